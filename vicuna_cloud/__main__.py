@@ -1,0 +1,3 @@
+from vicuna_cloud.cli import main
+
+main()

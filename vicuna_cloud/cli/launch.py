@@ -1,0 +1,3 @@
+"""CLI commands: launch (placeholder until its issue lands)."""
+
+from vicuna_cloud.cli import app  # noqa: F401

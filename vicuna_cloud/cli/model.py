@@ -1,0 +1,3 @@
+"""CLI commands: model (placeholder until its issue lands)."""
+
+from vicuna_cloud.cli import app  # noqa: F401

@@ -1,0 +1,282 @@
+"""Vicuna presets: model size x release version, with where every fixed value comes from.
+
+Sources (facts, not code):
+- [blog]  LMSYS, "Vicuna: An Open-Source Chatbot Impressing GPT-4 with 90% ChatGPT Quality"
+          (2023-03-30): ~70K ShareGPT conversations, max length 2048, gradient checkpointing,
+          flash attention, SkyPilot managed spot jobs, ~$140 (7B) and ~$300 (13B).
+- [fc]    FastChat README "Fine-tuning" and scripts/train_vicuna_*.sh: 3 epochs, lr 2e-5,
+          cosine schedule, warmup_ratio 0.03, weight_decay 0, bf16, FSDP full_shard,
+          global batch 128 (e.g. 4 GPUs x 2 x 16 accumulation, 8 x 4 x 4).
+- [v13]   FastChat docs/vicuna_weights_version.md: v1.3 trained on ~125K conversations,
+          LLaMA-1 base, 7B/13B/33B; v1.1 changed the separator to ``</s>``; v0 used ``###``.
+- [v15]   Same page: v1.5 fine-tuned from Llama 2 with 4K context; v1.5-16k uses linear RoPE
+          scaling to 16K (factor 4 over Llama 2's 4,096).
+- [llama] Parameter counts from the LLaMA / Llama 2 model cards (6.74B, 13.0B, 32.5B).
+
+Memory estimate (per GPU, FSDP full shard, AdamW, bf16 compute with fp32 master weights):
+fp32 params 4N + fp32 grads 4N + Adam moments 8N = 16N bytes sharded over all GPUs, plus
+one layer's gathered bf16 weights (prefetch x2), plus checkpointed activations (one hidden
+state per layer per token in bf16, and one layer's full activations recomputed), plus a
+fixed allowance for the CUDA context, NCCL buffers and the allocator's fragmentation.
+33B: 16 x 32.5e9 / 8 = 65 GB of sharded state alone on one 8-GPU node, which leaves no room
+for activations on an 80 GB card: the 33B preset therefore uses 2 nodes (16 GPUs, 32.5 GB).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+GIB = 1024**3
+
+
+class RecipeError(ValueError):
+    """Unknown preset or version, or an impossible combination."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the estimators need to know about a LLaMA-family network."""
+
+    n_params: int
+    n_layers: int
+    hidden: int
+    intermediate: int
+    n_heads: int
+    vocab: int
+    context: int
+
+    def as_llama_config(self) -> dict:
+        return {
+            "hidden_size": self.hidden,
+            "intermediate_size": self.intermediate,
+            "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_heads,
+            "vocab_size": self.vocab,
+            "max_position_embeddings": self.context,
+            "rms_norm_eps": 1e-6,
+            "tie_word_embeddings": False,
+        }
+
+
+LLAMA1 = {
+    "7b": Architecture(6_738_415_616, 32, 4096, 11008, 32, 32000, 2048),
+    "13b": Architecture(13_015_864_320, 40, 5120, 13824, 40, 32000, 2048),
+    "33b": Architecture(32_528_943_616, 60, 6656, 17920, 52, 32000, 2048),
+}
+LLAMA2 = {
+    "7b": Architecture(6_738_415_616, 32, 4096, 11008, 32, 32000, 4096),
+    "13b": Architecture(13_015_864_320, 40, 5120, 13824, 40, 32000, 4096),
+}
+TINY = Architecture(
+    n_params=4_196_672, n_layers=2, hidden=64, intermediate=176, n_heads=4,
+    vocab=32000, context=512,
+)
+
+BASE_MODELS = {
+    ("llama1", "7b"): "huggyllama/llama-7b",
+    ("llama1", "13b"): "huggyllama/llama-13b",
+    ("llama1", "33b"): "huggyllama/llama-30b",
+    ("llama2", "7b"): "meta-llama/Llama-2-7b-hf",
+    ("llama2", "13b"): "meta-llama/Llama-2-13b-hf",
+}
+
+
+@dataclass(frozen=True)
+class Version:
+    name: str
+    base_family: str  # llama1 | llama2
+    template: str
+    max_length: int
+    sizes: tuple[str, ...]
+    reference_conversations: int  # size of the published training set
+    note: str
+
+
+VERSIONS: dict[str, Version] = {
+    "v0": Version("v0", "llama1", "vicuna_v0", 2048, ("7b", "13b"), 70_000,
+                  "March 2023 release, '###' separator [blog][v13]"),
+    "v1.1": Version("v1.1", "llama1", "vicuna_v1.1", 2048, ("7b", "13b"), 70_000,
+                    "'</s>' separator, ~70K conversations [v13]"),
+    "v1.3": Version("v1.3", "llama1", "vicuna_v1.1", 2048, ("7b", "13b", "33b"), 125_000,
+                    "~125K conversations, adds 33B [v13]"),
+    "v1.5": Version("v1.5", "llama2", "vicuna_v1.1", 4096, ("7b", "13b"), 125_000,
+                    "Llama 2 base, 4K context [v15]"),
+    "v1.5-16k": Version("v1.5-16k", "llama2", "vicuna_v1.1", 16384, ("7b", "13b"), 125_000,
+                        "Llama 2 base, linear RoPE scaling x4 to 16K [v15]"),
+}
+DEFAULT_VERSION = {"7b": "v1.5", "13b": "v1.5", "33b": "v1.3", "tiny": "v1.1"}
+SIZES = ("7b", "13b", "33b")
+PRESET_NAMES = ("tiny", *SIZES)
+
+# Budgets the 2023 blog post reported for spot training on 8x A100-80GB [blog].
+PUBLISHED_BUDGET_USD = {"7b": 140.0, "13b": 300.0}
+
+
+@dataclass(frozen=True)
+class Hardware:
+    accelerator: str  # SkyPilot accelerator name
+    gpus_per_node: int
+    nodes: int
+    gpu_memory_gib: float
+    bf16_peak_tflops: float  # dense, per GPU
+
+    @property
+    def accelerators(self) -> str:
+        return f"{self.accelerator}:{self.gpus_per_node}"
+
+    @property
+    def world_size(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+
+GPU_SPECS = {
+    # name: (memory GiB, dense bf16 peak TFLOP/s) from the vendors' data sheets.
+    "A100-80GB": (80.0, 312.0),
+    "A100": (40.0, 312.0),
+    "H100": (80.0, 989.0),
+    "H200": (141.0, 989.0),
+    "cpu": (0.0, 0.0),
+}
+
+
+def hardware_for(accelerator: str, gpus_per_node: int, nodes: int) -> Hardware:
+    if accelerator not in GPU_SPECS:
+        raise RecipeError(
+            f"unknown accelerator {accelerator!r}; known: {', '.join(GPU_SPECS)}"
+        )
+    mem, peak = GPU_SPECS[accelerator]
+    return Hardware(accelerator, gpus_per_node, nodes, mem, peak)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    sharded_state_gib: float
+    gathered_layer_gib: float
+    activations_gib: float
+    overhead_gib: float
+
+    @property
+    def total_gib(self) -> float:
+        return (self.sharded_state_gib + self.gathered_layer_gib + self.activations_gib
+                + self.overhead_gib)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    size: str
+    version: str
+    base_model: str
+    tokenizer: str
+    template: str
+    arch: Architecture
+    hardware: Hardware
+    epochs: float = 3
+    global_batch_size: int = 128
+    learning_rate: float = 2e-5
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_length: int = 2048
+    micro_batch_tokens: int = 8192
+    micro_batch_size: int = 2
+    dtype: str = "bf16"
+    reference_conversations: int = 70_000
+    disk_size_gb: int = 512
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def rope_scaling_factor(self) -> Optional[float]:
+        if self.max_length <= self.arch.context:
+            return None
+        return float(math.ceil(self.max_length / self.arch.context))
+
+    @property
+    def published_budget_usd(self) -> Optional[float]:
+        return PUBLISHED_BUDGET_USD.get(self.size)
+
+    def memory_estimate(self, micro_batch_tokens: Optional[int] = None) -> MemoryEstimate:
+        """Per-GPU peak estimate (see module docstring for the model)."""
+        a = self.arch
+        tokens = micro_batch_tokens or self.micro_batch_tokens
+        world = self.hardware.world_size
+        sharded = 16 * a.n_params / world
+        per_layer = (a.n_params - 2 * a.vocab * a.hidden) / max(a.n_layers, 1)
+        gathered = 2 * 2 * per_layer  # bf16, current + prefetched layer
+        # Checkpointed inputs of every layer + one layer's recomputed activations
+        # (~34 bytes x hidden per token, Korthikanti et al. with flash attention),
+        # plus fp32 logits for the micro-batch.
+        acts = tokens * a.hidden * 2 * a.n_layers + tokens * a.hidden * 34 + tokens * a.vocab * 4
+        overhead = 4 * GIB
+        return MemoryEstimate(sharded / GIB, gathered / GIB, acts / GIB, overhead / GIB)
+
+    def fits(self) -> bool:
+        if self.hardware.gpu_memory_gib == 0:
+            return True
+        return self.memory_estimate().total_gib <= 0.95 * self.hardware.gpu_memory_gib
+
+
+def _disk_gb(arch: Architecture, keep: int = 2) -> int:
+    # base weights (bf16) + `keep` full checkpoints (fp32 params + Adam = 12N bytes) + export
+    # + dataset and pip cache; rounded up to the next 128 GB.
+    need = (2 * arch.n_params + keep * 12 * arch.n_params + 2 * arch.n_params) / 1e9 + 64
+    return int(math.ceil(need / 128) * 128)
+
+
+def get_preset(name: str, version: Optional[str] = None,
+               base_model: Optional[str] = None, accelerator: str = "A100-80GB",
+               gpus_per_node: int = 8, nodes: Optional[int] = None) -> Preset:
+    """Resolve a preset name (and optional version and overrides) to a full preset."""
+    name = name.lower().strip()
+    if name == "tiny":
+        vname = version or DEFAULT_VERSION["tiny"]
+        if vname not in VERSIONS:
+            raise RecipeError(f"unknown version {vname!r}; choose one of: {', '.join(VERSIONS)}")
+        v = VERSIONS[vname]
+        return Preset(
+            name="tiny", size="tiny", version=v.name,
+            base_model=base_model or "config:tiny", tokenizer="builtin:llama-sp",
+            template=v.template, arch=TINY,
+            hardware=hardware_for("cpu", 2, 1) if accelerator == "A100-80GB"
+            else hardware_for(accelerator, gpus_per_node, nodes or 1),
+            epochs=1, global_batch_size=16, learning_rate=2e-3, max_length=256,
+            micro_batch_tokens=1024, micro_batch_size=4, dtype="fp32",
+            reference_conversations=500, disk_size_gb=64,
+        )
+    if name not in SIZES:
+        raise RecipeError(
+            f"unknown preset {name!r}; choose one of: {', '.join(PRESET_NAMES)} "
+            "(see `vicuna-cloud presets`)"
+        )
+    vname = version or DEFAULT_VERSION[name]
+    if vname not in VERSIONS:
+        raise RecipeError(f"unknown version {vname!r}; choose one of: {', '.join(VERSIONS)}")
+    v = VERSIONS[vname]
+    if name not in v.sizes:
+        raise RecipeError(
+            f"Vicuna {vname} has no {name} model; {vname} sizes: {', '.join(v.sizes)}"
+        )
+    arch = (LLAMA2 if v.base_family == "llama2" else LLAMA1)[name]
+    default_nodes = 2 if name == "33b" else 1
+    hw = hardware_for(accelerator, gpus_per_node, nodes or default_nodes)
+    tokens = 8192 if v.max_length <= 4096 else v.max_length
+    return Preset(
+        name=name, size=name, version=vname,
+        base_model=base_model or BASE_MODELS[(v.base_family, name)],
+        tokenizer=base_model or BASE_MODELS[(v.base_family, name)],
+        template=v.template, arch=arch, hardware=hw,
+        max_length=v.max_length, micro_batch_tokens=tokens,
+        reference_conversations=v.reference_conversations,
+        disk_size_gb=_disk_gb(arch),
+    )
+
+
+def all_presets() -> list[Preset]:
+    out = [get_preset("tiny")]
+    for size in SIZES:
+        for vname, v in VERSIONS.items():
+            if size in v.sizes:
+                out.append(get_preset(size, vname))
+    return out

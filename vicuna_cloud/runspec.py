@@ -1,0 +1,188 @@
+"""The run spec: the single source of truth for one training run.
+
+The CLI writes it to ``runs/<run_id>/run.json`` in the bucket at launch; every node reads
+it back (its URI arrives in ``VICUNA_RUN_URI`` / ``--run``) and validates it with this
+same model, so no hyperparameter lives only in a shell line of a task YAML.
+Torch-free: both planes import it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import datetime, timezone
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+RUN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """Which network to fine-tune and how its shape relates to the recipe."""
+
+    base_model: str = Field(
+        description="Hugging Face id or local path; 'config:<preset>' builds a randomly "
+        "initialised LLaMA from `architecture` (the tiny preset, no download)."
+    )
+    tokenizer: str = Field(
+        description="Hugging Face id or local path; 'builtin:llama-sp' is the LLaMA-format "
+        "SentencePiece tokenizer shipped in the mistral-common wheel (no download)."
+    )
+    context_length: int = Field(gt=0, description="The base model's native context.")
+    n_params: int = Field(gt=0, description="Parameter count, for FLOP and memory estimates.")
+    architecture: Optional[dict] = Field(
+        default=None,
+        description="LlamaConfig keyword arguments, used only when base_model is 'config:...'.",
+    )
+
+
+class Hyperparameters(_Strict):
+    epochs: float = Field(3, gt=0)
+    global_batch_size: int = Field(128, gt=0, description="Conversations per optimizer step.")
+    micro_batch_size: int = Field(
+        2, gt=0, description="Padded mode: conversations per micro-batch per GPU."
+    )
+    micro_batch_tokens: int = Field(
+        8192, gt=0, description="Packed mode: token budget per micro-batch per GPU."
+    )
+    learning_rate: float = Field(2e-5, gt=0)
+    lr_schedule: Literal["cosine"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    grad_clip: float = Field(1.0, gt=0)
+    max_length: int = Field(2048, gt=0)
+    batching: Literal["packed", "padded"] = "packed"
+    dtype: Literal["bf16", "fp32"] = "bf16"
+    gradient_checkpointing: bool = True
+    rope_scaling_factor: Optional[float] = Field(
+        None, description="Linear RoPE factor; None = derived: ceil(max_length / context)."
+    )
+    seed: int = 42
+    log_every_steps: int = Field(1, gt=0)
+
+
+class DatasetRef(_Strict):
+    uri: str = Field(description="Directory (local, s3://, gs://) holding train.jsonl.")
+    sha256: Optional[str] = Field(
+        None, description="sha256 of train.jsonl; the trainer refuses a mismatch."
+    )
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not SHA256_PATTERN.match(v):
+            raise ValueError("dataset sha256 must be 64 lowercase hex characters")
+        return v
+
+
+class CheckpointPolicy(_Strict):
+    interval_seconds: Optional[float] = Field(
+        None, gt=0, description="Fixed time interval; None = Young/Daly from measured cost."
+    )
+    interval_steps: Optional[int] = Field(None, gt=0, description="Step-based interval.")
+    mtbf_hours: float = Field(
+        6.0, gt=0, description="Expected hours between preemptions, for Young/Daly."
+    )
+    keep: int = Field(2, ge=1, description="Committed checkpoints kept in the bucket.")
+
+
+class Resources(_Strict):
+    accelerators: str = "A100-80GB:8"
+    nodes: int = Field(1, ge=1)
+    use_spot: bool = True
+    cloud: Literal["aws", "gcp", "any", "local"] = "any"
+
+
+class Budget(_Strict):
+    max_cost_usd: Optional[float] = Field(None, gt=0)
+    heartbeat_seconds: float = Field(60.0, gt=0, le=60.0)
+    local_price_per_hour: float = Field(0.0, ge=0, description="Local runs only.")
+
+
+class RunSpec(_Strict):
+    """Everything a node needs to train (or resume) a run."""
+
+    schema_version: Literal[1] = 1
+    run_id: str
+    preset: str
+    version: str
+    template: str
+    model: ModelSpec
+    hyper: Hyperparameters = Hyperparameters()
+    dataset: DatasetRef
+    bucket_uri: str = Field(description="Bucket root: runs/<run_id>/ lives under it.")
+    resources: Resources = Resources()
+    budget: Budget = Budget()
+    checkpoint: CheckpointPolicy = CheckpointPolicy()
+    code_version: str
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, v: str) -> str:
+        if not RUN_ID_PATTERN.match(v):
+            raise ValueError(
+                f"run id {v!r} must be 1-63 characters of lowercase letters, digits and "
+                "'-', starting with a letter or digit"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _template_known(self) -> "RunSpec":
+        from vicuna_cloud.templates import TEMPLATES
+
+        if self.template not in TEMPLATES:
+            raise ValueError(
+                f"unknown chat template {self.template!r}; known: {', '.join(sorted(TEMPLATES))}"
+            )
+        return self
+
+    # --- derived values -------------------------------------------------------------
+    @property
+    def run_prefix(self) -> str:
+        return f"runs/{self.run_id}"
+
+    @property
+    def rope_scaling_factor(self) -> Optional[float]:
+        """Linear RoPE factor: explicit, or ceil(max_length / context) when it exceeds it."""
+        if self.hyper.rope_scaling_factor is not None:
+            return self.hyper.rope_scaling_factor
+        return rope_factor_for(self.hyper.max_length, self.model.context_length)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "RunSpec":
+        return cls.model_validate_json(text)
+
+    def training_hash(self) -> str:
+        """Hash of everything that changes the trained weights.
+
+        A checkpoint records it; resuming under a spec with a different hash is refused.
+        Budget, checkpoint cadence and provisioning may change between attempts.
+        """
+        payload = self.model_dump(
+            include={"run_id", "model", "hyper", "dataset", "template", "resources"}
+        )
+        # Where the run is provisioned does not change the math, the world size does.
+        payload["resources"] = {"accelerators": self.resources.accelerators,
+                                "nodes": self.resources.nodes}
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def rope_factor_for(max_length: int, context_length: int) -> Optional[float]:
+    if max_length <= context_length:
+        return None
+    return float(-(-max_length // context_length))

@@ -1,0 +1,97 @@
+"""The Bucket contract every backend implements."""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from vicuna_cloud.storage.uri import BucketURI
+
+ProgressFn = Callable[[int], None]  # called with bytes transferred since the last call
+
+
+class StorageError(RuntimeError):
+    """A storage call that failed for good (after retries where retrying made sense)."""
+
+
+class NotFoundError(StorageError):
+    """The key does not exist."""
+
+
+class BucketAccessError(StorageError):
+    """The bucket is missing, unreachable, or our credentials may not use it."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class Bucket(abc.ABC):
+    """A prefix in an object store. Keys are relative, '/'-separated.
+
+    Writes are whole-object (S3/GCS semantics): a reader sees the old object or the new
+    one, never a partial one. Transient faults are retried inside each call.
+    """
+
+    def __init__(self, uri: BucketURI):
+        self.location = uri
+
+    @property
+    def uri(self) -> str:
+        return str(self.location)
+
+    def child_uri(self, key: str) -> str:
+        return str(self.location.child(key))
+
+    @abc.abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def get_bytes(self, key: str) -> bytes: ...
+
+    @abc.abstractmethod
+    def put_file(self, key: str, path: str, progress: Optional[ProgressFn] = None) -> None:
+        """Upload a local file (multipart/resumable for large files)."""
+
+    @abc.abstractmethod
+    def get_file(self, key: str, path: str, progress: Optional[ProgressFn] = None) -> None:
+        """Download to ``path`` atomically (temp file + rename)."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """All objects whose key starts with ``prefix``, recursively, sorted by key."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete one object; deleting a missing key is not an error."""
+
+    @abc.abstractmethod
+    def check_access(self) -> None:
+        """Raise BucketAccessError with a fix-it message unless we can read and write."""
+
+    # --- conveniences shared by all backends -----------------------------------------
+    def exists(self, key: str) -> bool:
+        try:
+            self.stat(key)
+            return True
+        except NotFoundError:
+            return False
+
+    def stat(self, key: str) -> ObjectInfo:
+        for info in self.list(key):
+            if info.key == key:
+                return info
+        raise NotFoundError(f"{self.child_uri(key)} does not exist")
+
+    def delete_prefix(self, prefix: str) -> int:
+        items = self.list(prefix)
+        for info in items:
+            self.delete(info.key)
+        return len(items)
+
+    def sha256(self, key: str) -> str:
+        return hashlib.sha256(self.get_bytes(key)).hexdigest()

@@ -1,0 +1,110 @@
+"""A local directory as a bucket: the default for `--local` runs and the simplest test bed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+from vicuna_cloud.storage.base import (
+    Bucket, BucketAccessError, NotFoundError, ObjectInfo, ProgressFn,
+)
+
+
+class LocalBucket(Bucket):
+    @property
+    def root(self) -> str:
+        return self.location.bucket
+
+    def _path(self, key: str) -> str:
+        key = key.strip("/")
+        path = os.path.normpath(os.path.join(self.root, key))
+        if not (path == self.root or path.startswith(self.root + os.sep)):
+            raise ValueError(f"key {key!r} escapes the bucket root")
+        return path
+
+    def _atomic_write(self, dest: str, writer) -> None:
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                writer(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._atomic_write(self._path(key), lambda f: f.write(data))
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read()
+        except (FileNotFoundError, IsADirectoryError):
+            raise NotFoundError(f"{self.child_uri(key)} does not exist") from None
+
+    def put_file(self, key: str, path: str, progress: Optional[ProgressFn] = None) -> None:
+        def copy(dst):
+            with open(path, "rb") as src:
+                while chunk := src.read(8 << 20):
+                    dst.write(chunk)
+                    if progress:
+                        progress(len(chunk))
+        self._atomic_write(self._path(key), copy)
+
+    def get_file(self, key: str, path: str, progress: Optional[ProgressFn] = None) -> None:
+        src = self._path(key)
+        if not os.path.isfile(src):
+            raise NotFoundError(f"{self.child_uri(key)} does not exist")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.part"
+        shutil.copyfile(src, tmp)
+        if progress:
+            progress(os.path.getsize(tmp))
+        os.replace(tmp, path)
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        out: list[ObjectInfo] = []
+        if not os.path.isdir(self.root):
+            return out
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(".tmp-"):
+                    continue
+                full = os.path.join(dirpath, name)
+                key = os.path.relpath(full, self.root).replace(os.sep, "/")
+                if key.startswith(prefix):
+                    try:
+                        out.append(ObjectInfo(key, os.path.getsize(full)))
+                    except FileNotFoundError:
+                        continue
+        return sorted(out, key=lambda o: o.key)
+
+    def stat(self, key: str) -> ObjectInfo:
+        p = self._path(key)
+        if not os.path.isfile(p):
+            raise NotFoundError(f"{self.child_uri(key)} does not exist")
+        return ObjectInfo(key.strip("/"), os.path.getsize(p))
+
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def check_access(self) -> None:
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            probe = os.path.join(self.root, ".tmp-access-check")
+            with open(probe, "wb") as f:
+                f.write(b"ok")
+            os.unlink(probe)
+        except OSError as e:
+            raise BucketAccessError(
+                f"cannot write to {self.root}: {e.strerror}; choose a writable --bucket directory"
+            ) from None

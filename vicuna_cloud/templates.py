@@ -1,0 +1,179 @@
+"""Vicuna chat templates, shared by the data pipeline, the trainer and the exported model.
+
+Rendering returns the text *and* the character spans of every trained region (each
+assistant reply plus the stop string that follows it), so the trainer builds its loss mask
+from the tokenizer's offsets on the whole rendered conversation instead of per-turn length
+arithmetic (FastChat's ``-2`` broke with Llama-2 tokenizers).
+
+Formats (facts from FastChat's ``conversation.py``):
+- ``vicuna_v1.1`` (used by v1.1, v1.3, v1.5, v1.5-16k): ``SYSTEM USER: q ASSISTANT: a</s>USER: ...``
+  (separator style ADD_COLON_TWO, seps ``" "`` and ``"</s>"``).
+- ``vicuna_v0`` (the March 2023 release): ``SYSTEM###Human: q###Assistant: a###...``
+  (separator style SINGLE with ``"###"``); the trained region is the reply plus ``###``,
+  the stop string that ends a reply in this format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+HUMAN_ROLES = frozenset({"human", "user"})
+ASSISTANT_ROLES = frozenset({"gpt", "assistant", "chatgpt", "bard", "bing"})
+
+
+class TemplateError(ValueError):
+    """A conversation that cannot be rendered (unknown role, roles not alternating)."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    # Half-open [start, end) character spans of the trained regions, in order.
+    assistant_spans: tuple[tuple[int, int], ...]
+    # Half-open spans of each (human, assistant) pair, for splitting at pair boundaries.
+    pair_spans: tuple[tuple[int, int], ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    name: str
+    system: str
+    user_role: str
+    assistant_role: str
+    sep: str          # after the system prompt and after each user turn
+    sep2: str         # after each assistant reply (the trained stop string)
+    hf_jinja: str     # tokenizer_config.json chat_template reproducing `render`
+
+    def render(self, conversation: Sequence[Mapping[str, str]]) -> Rendered:
+        """Render ShareGPT turns ``[{"from": "human"|"gpt", "value": ...}, ...]``.
+
+        Turns must alternate human, assistant, starting with human. A trailing human turn is
+        rendered as an open prompt (``ASSISTANT:``) with nothing trained after it.
+        """
+        parts: list[str] = [self.system, self.sep]
+        pos = len(self.system) + len(self.sep)
+        spans: list[tuple[int, int]] = []
+        pairs: list[tuple[int, int]] = []
+        pair_start = pos
+        for i, turn in enumerate(conversation):
+            role = normalize_role(turn.get("from", ""))
+            expected = "human" if i % 2 == 0 else "gpt"
+            if role != expected:
+                raise TemplateError(
+                    f"turn {i} has role {turn.get('from')!r}, expected {expected!r}: "
+                    "turns must alternate human/gpt starting with human"
+                )
+            value = turn.get("value", "")
+            if role == "human":
+                pair_start = pos
+                chunk = f"{self.user_role}: {value}{self.sep}"
+                parts.append(chunk)
+                pos += len(chunk)
+            else:
+                head = f"{self.assistant_role}: "
+                parts.append(head)
+                pos += len(head)
+                body = f"{value}{self.sep2}"
+                parts.append(body)
+                spans.append((pos, pos + len(body)))
+                pos += len(body)
+                pairs.append((pair_start, pos))
+        if len(conversation) % 2 == 1:
+            tail = f"{self.assistant_role}:"
+            parts.append(tail)
+            pos += len(tail)
+        return Rendered("".join(parts), tuple(spans), tuple(pairs))
+
+    def prompt(self, conversation: Sequence[Mapping[str, str]]) -> str:
+        """The generation prompt for a conversation ending with a human turn."""
+        if len(conversation) % 2 != 1:
+            raise TemplateError("a generation prompt must end with a human turn")
+        return self.render(conversation).text
+
+    @property
+    def stop_strings(self) -> list[str]:
+        return [self.sep2.strip() or self.sep2]
+
+
+def normalize_role(role: str) -> str:
+    r = (role or "").strip().lower()
+    if r in HUMAN_ROLES:
+        return "human"
+    if r in ASSISTANT_ROLES:
+        return "gpt"
+    if r == "system":
+        return "system"
+    raise TemplateError(f"unknown role {role!r}: expected one of human/user or gpt/assistant")
+
+
+VICUNA_V11_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+VICUNA_V0_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+
+
+def _jinja(system: str, user: str, assistant: str, sep: str, sep2: str) -> str:
+    # No BOS in the template: the tokenizer adds it, exactly as in training.
+    # A leading "system" message replaces the default system prompt.
+    return (
+        "{%- if messages and messages[0]['role'] == 'system' -%}"
+        "{%- set system = messages[0]['content'] -%}{%- set msgs = messages[1:] -%}"
+        "{%- else -%}"
+        f"{{%- set system = {system!r} -%}}{{%- set msgs = messages -%}}"
+        "{%- endif -%}"
+        f"{{{{ system }}}}{{{{ {sep!r} }}}}"
+        "{%- for m in msgs -%}"
+        "{%- if m['role'] == 'user' -%}"
+        f"{{{{ {user!r} }}}}: {{{{ m['content'] }}}}{{{{ {sep!r} }}}}"
+        "{%- else -%}"
+        f"{{{{ {assistant!r} }}}}: {{{{ m['content'] }}}}{{{{ {sep2!r} }}}}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        f"{{%- if add_generation_prompt -%}}{{{{ {assistant!r} }}}}:{{%- endif -%}}"
+    )
+
+
+TEMPLATES: dict[str, ChatTemplate] = {
+    "vicuna_v1.1": ChatTemplate(
+        name="vicuna_v1.1",
+        system=VICUNA_V11_SYSTEM,
+        user_role="USER",
+        assistant_role="ASSISTANT",
+        sep=" ",
+        sep2="</s>",
+        hf_jinja=_jinja(VICUNA_V11_SYSTEM, "USER", "ASSISTANT", " ", "</s>"),
+    ),
+    "vicuna_v0": ChatTemplate(
+        name="vicuna_v0",
+        system=VICUNA_V0_SYSTEM,
+        user_role="Human",
+        assistant_role="Assistant",
+        sep="###",
+        sep2="###",
+        hf_jinja=_jinja(VICUNA_V0_SYSTEM, "Human", "Assistant", "###", "###"),
+    ),
+}
+
+
+def get_template(name: str) -> ChatTemplate:
+    try:
+        return TEMPLATES[name]
+    except KeyError:
+        raise TemplateError(
+            f"unknown chat template {name!r}; choose one of: {', '.join(sorted(TEMPLATES))}"
+        ) from None
+
+
+def to_messages(conversation: Iterable[Mapping[str, str]]) -> list[dict[str, str]]:
+    """ShareGPT turns -> OpenAI/HF style messages (role user/assistant)."""
+    out = []
+    for turn in conversation:
+        role = normalize_role(turn["from"])
+        out.append({"role": "user" if role == "human" else "assistant",
+                    "content": turn["value"]})
+    return out
