@@ -1,0 +1,17 @@
+"""Exit codes of `python -m train`, shared by the task YAML, the trainer and the local supervisor.
+
+SkyPilot managed jobs restart a job whose run exits non-zero (up to
+``max_restarts_on_errors``) and always recover on ``recover_on_exit_codes``. So:
+- a budget stop exits 0: SkyPilot must not start (and bill) another VM; the ledger's end
+  reason "budget" is what `status` and `cost` report;
+- a clean exit after a preemption notice or SIGTERM exits EXIT_PREEMPTED, listed in
+  ``recover_on_exit_codes`` so the job recovers without spending an error restart;
+- a bad run spec or dataset (will fail the same way again) exits EXIT_CONFIG, which the
+  local supervisor never restarts.
+"""
+
+EXIT_COMPLETED = 0
+EXIT_BUDGET = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 78      # EX_CONFIG: fix the input, restarting will not help
+EXIT_PREEMPTED = 75   # EX_TEMPFAIL: try again on a new node

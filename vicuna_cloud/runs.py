@@ -1,0 +1,126 @@
+"""Creating, storing and reading run specs: shared by cloud launch and local launch."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import subprocess
+from datetime import datetime, timezone
+from typing import Optional
+
+from vicuna_cloud import __version__
+from vicuna_cloud.recipes import Preset
+from vicuna_cloud.runspec import (
+    Budget, CheckpointPolicy, DatasetRef, Hyperparameters, ModelSpec, Resources, RunSpec,
+)
+from vicuna_cloud.storage import Bucket, NotFoundError, open_bucket
+
+RUN_SPEC_NAME = "run.json"
+
+
+class RunSpecConflict(ValueError):
+    pass
+
+
+def new_run_id(preset: Preset, now: Optional[datetime] = None) -> str:
+    now = now or datetime.now(timezone.utc)
+    version = re.sub(r"[^a-z0-9]+", "-", preset.version.lower()).strip("-")
+    return f"vicuna-{preset.name}-{version}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def code_version() -> str:
+    """Package version plus the git commit when running from a checkout."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+            timeout=5, cwd=__file__.rsplit("/", 2)[0],
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+g{sha}" if sha else __version__
+
+
+def spec_from_preset(
+    preset: Preset,
+    *,
+    run_id: str,
+    dataset_uri: str,
+    dataset_sha256: Optional[str],
+    bucket_uri: str,
+    use_spot: bool = True,
+    cloud: str = "any",
+    max_cost_usd: Optional[float] = None,
+    local_price_per_hour: float = 0.0,
+    seed: int = 42,
+    checkpoint: Optional[CheckpointPolicy] = None,
+    hyper_overrides: Optional[dict] = None,
+) -> RunSpec:
+    hyper = dict(
+        epochs=preset.epochs,
+        global_batch_size=preset.global_batch_size,
+        micro_batch_size=preset.micro_batch_size,
+        micro_batch_tokens=preset.micro_batch_tokens,
+        learning_rate=preset.learning_rate,
+        warmup_ratio=preset.warmup_ratio,
+        weight_decay=preset.weight_decay,
+        max_length=preset.max_length,
+        dtype=preset.dtype,
+        seed=seed,
+        gradient_checkpointing=preset.name != "tiny",
+    )
+    hyper.update(hyper_overrides or {})
+    return RunSpec(
+        run_id=run_id,
+        preset=preset.name,
+        version=preset.version,
+        template=preset.template,
+        model=ModelSpec(
+            base_model=preset.base_model,
+            tokenizer=preset.tokenizer,
+            context_length=preset.arch.context,
+            n_params=preset.arch.n_params,
+            architecture=preset.arch.as_llama_config()
+            if preset.base_model.startswith("config:") else None,
+        ),
+        hyper=Hyperparameters(**hyper),
+        dataset=DatasetRef(uri=dataset_uri, sha256=dataset_sha256),
+        bucket_uri=bucket_uri,
+        resources=Resources(
+            accelerators=preset.hardware.accelerators,
+            nodes=preset.hardware.nodes,
+            use_spot=use_spot,
+            cloud=cloud,
+        ),
+        budget=Budget(max_cost_usd=max_cost_usd, local_price_per_hour=local_price_per_hour),
+        checkpoint=checkpoint or CheckpointPolicy(),
+        code_version=code_version(),
+    )
+
+
+def run_spec_uri(bucket_uri: str, run_id: str) -> str:
+    return str(open_bucket(bucket_uri).location.child(f"runs/{run_id}/{RUN_SPEC_NAME}"))
+
+
+def write_run_spec(bucket: Bucket, spec: RunSpec) -> str:
+    """Write runs/<id>/run.json. An existing spec is never overwritten by a different one."""
+    key = f"runs/{spec.run_id}/{RUN_SPEC_NAME}"
+    try:
+        existing = RunSpec.from_json(bucket.get_bytes(key))
+    except NotFoundError:
+        existing = None
+    if existing is not None:
+        if existing.training_hash() != spec.training_hash():
+            raise RunSpecConflict(
+                f"{bucket.child_uri(key)} already holds a different run spec; choose a new "
+                "--run-id (or --name) or delete that run first"
+            )
+        return bucket.child_uri(key)
+    bucket.put_bytes(key, spec.to_json().encode())
+    return bucket.child_uri(key)
+
+
+def read_run_spec(uri: str) -> RunSpec:
+    """Read run.json from a full URI (s3://b/p/runs/<id>/run.json or a local path)."""
+    head, _, name = uri.rstrip("/").rpartition("/")
+    bucket = open_bucket(head)
+    return RunSpec.from_json(bucket.get_bytes(name))
