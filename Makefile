@@ -1,0 +1,33 @@
+# Two entry points a newcomer needs: `make demo` and `make test`. Each sets itself up.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+# torch first, pinned to the CPU wheel these machines carry (an open range pulls a
+# multi-GB CUDA build), then the project with SkyPilot pinned, in one resolve.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[train,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/vicuna-cloud launch tiny --local
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/cli_startup.py
+	$(BIN)/python bench/data_prep.py --quick
+	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/checkpoint.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
