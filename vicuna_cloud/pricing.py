@@ -1,0 +1,276 @@
+"""Hourly node prices from SkyPilot's own price catalog: no price table lives in this code.
+
+Why the catalog API and not our own CSV parsing: SkyPilot is what provisions the node, so
+its catalog (and its AWS zone-id mapping, its GCP "VM row + GPU row" split) is the price
+the optimizer saw when it picked the node. We only add what SkyPilot does not give: every
+zone's on-demand *and* spot price side by side, the cheapest spot across clouds, and a
+source string (catalog schema version, file fingerprint, row) that a ledger segment keeps
+so that a cost report months later can say where a dollar figure came from.
+
+Rules of the catalog (schema v8):
+- AWS: one row per (instance type, zone); ``Price`` is on-demand, ``SpotPrice`` is spot.
+- GCP: the host VM row (e.g. ``a2-ultragpu-8g``) and the GPU row (``A100-80GB`` x 8, empty
+  instance type) of the same zone are billed separately; a node costs their sum.
+- Some GCP GPU rows list a spot price above on-demand. We report what the catalog says and
+  flag it (``NodePrice.flags``); we do not "fix" prices.
+
+``import sky`` (about 2 s) happens inside the functions, never at module import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Optional
+
+CLOUDS = ("aws", "gcp")
+FLAG_SPOT_ABOVE_ON_DEMAND = "spot price above on-demand in the catalog"
+FLAG_NO_SPOT = "no spot price in the catalog"
+_EPS = 1e-3  # catalog rows carry rounding noise (32.9365 spot vs 32.93646 on-demand)
+
+
+class PricingError(ValueError):
+    """No price can be found (unknown accelerator, cloud without such nodes, no catalog)."""
+
+
+@dataclass(frozen=True)
+class NodePrice:
+    """The price of one node (all its GPUs) in one zone, per hour, in US dollars."""
+
+    cloud: str
+    region: str
+    zone: Optional[str]
+    instance_type: str
+    accelerators: str          # e.g. "A100-80GB:8"
+    on_demand: float           # $/hour
+    spot: Optional[float]      # $/hour; None when the catalog has no spot price
+    source: str                # catalog version + file + row(s)
+    flags: tuple[str, ...] = field(default=())
+
+    def price(self, use_spot: bool) -> float:
+        if use_spot:
+            if self.spot is None:
+                raise PricingError(
+                    f"{self.instance_type} in {self.zone or self.region} has no spot price in "
+                    "the catalog; use on-demand (--no-spot) or another zone"
+                )
+            return self.spot
+        return self.on_demand
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["flags"] = list(self.flags)
+        return d
+
+
+def parse_accelerators(accelerators: str) -> tuple[str, int]:
+    """'A100-80GB:8' -> ('A100-80GB', 8). A bare name means one GPU."""
+    name, _, count = accelerators.partition(":")
+    try:
+        n = int(count) if count else 1
+    except ValueError:
+        raise PricingError(
+            f"malformed accelerators {accelerators!r}: expected NAME:COUNT, e.g. A100-80GB:8"
+        ) from None
+    if not name or n <= 0:
+        raise PricingError(
+            f"malformed accelerators {accelerators!r}: expected NAME:COUNT, e.g. A100-80GB:8"
+        )
+    return name, n
+
+
+def catalog_fingerprint(cloud: str) -> str:
+    """'catalog v8 aws/vms.csv sha256:1a2b3c4d5e6f (2026-11-27)': which file priced it."""
+    from sky.catalog import common as catalog_common
+    from sky.skylet import constants
+
+    rel = f"{cloud}/vms.csv"
+    path = catalog_common.get_catalog_path(rel)
+    try:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()[:12]
+        import datetime as _dt
+
+        day = _dt.datetime.fromtimestamp(os.path.getmtime(path), _dt.timezone.utc).date()
+        return f"skypilot catalog {constants.CATALOG_SCHEMA_VERSION} {rel} sha256:{digest} ({day})"
+    except OSError:
+        return f"skypilot catalog {constants.CATALOG_SCHEMA_VERSION} {rel}"
+
+
+def _clouds(cloud: str) -> tuple[str, ...]:
+    cloud = (cloud or "any").lower()
+    if cloud == "any":
+        return CLOUDS
+    if cloud not in CLOUDS:
+        raise PricingError(f"unknown cloud {cloud!r}: choose aws, gcp or any")
+    return (cloud,)
+
+
+def instance_type_for(accelerators: str, cloud: str) -> str:
+    """The instance type SkyPilot picks for these accelerators on this cloud."""
+    import sky.catalog
+
+    name, count = parse_accelerators(accelerators)
+    try:
+        types, fuzzy = sky.catalog.get_instance_type_for_accelerator(
+            name, count, use_spot=False, clouds=cloud
+        )
+    except Exception as e:  # sky raises various types for unknown names
+        raise PricingError(f"no {accelerators} node on {cloud} in the catalog: {e}") from None
+    if not types:
+        hint = f" (close matches: {', '.join(fuzzy[:4])})" if fuzzy else ""
+        raise PricingError(f"no {accelerators} node on {cloud} in the catalog{hint}")
+    return types[0]
+
+
+def _safe_cost(fn, *args, **kwargs) -> Optional[float]:
+    try:
+        v = fn(*args, **kwargs)
+    except (ValueError, KeyError, AssertionError):
+        return None
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return float(v)
+
+
+def _zones(regions) -> list[tuple[str, str]]:
+    out = []
+    for r in regions:
+        for z in (r.zones or []):
+            out.append((r.name, z.name))
+    return out
+
+
+def zone_prices(accelerators: str, cloud: str = "any") -> list[NodePrice]:
+    """Every zone's node price for these accelerators, cheapest spot first."""
+    import sky.catalog
+
+    name, count = parse_accelerators(accelerators)
+    out: list[NodePrice] = []
+    errors = []
+    for c in _clouds(cloud):
+        try:
+            itype = instance_type_for(accelerators, c)
+        except PricingError as e:
+            errors.append(str(e))
+            continue
+        fp = catalog_fingerprint(c)
+        zones = _zones(sky.catalog.get_region_zones_for_instance_type(itype, False, clouds=c))
+        if c == "gcp":
+            gpu_zones = set(_zones(sky.catalog.get_region_zones_for_accelerators(
+                name, count, use_spot=False, clouds=c)))
+            zones = [z for z in zones if z in gpu_zones]
+        for region, zone in zones:
+            out.append(_price_row(c, region, zone, itype, accelerators, fp))
+    if not out:
+        raise PricingError("; ".join(errors) or f"no {accelerators} prices in the catalog")
+    return sorted(out, key=lambda p: (p.spot if p.spot is not None else math.inf, p.on_demand))
+
+
+def _price_row(cloud: str, region: Optional[str], zone: Optional[str], itype: str,
+               accelerators: str, fingerprint: str) -> NodePrice:
+    import sky.catalog
+
+    name, count = parse_accelerators(accelerators)
+    vm_od = _safe_cost(sky.catalog.get_hourly_cost, itype, False, region, zone, clouds=cloud)
+    vm_spot = _safe_cost(sky.catalog.get_hourly_cost, itype, True, region, zone, clouds=cloud)
+    if vm_od is None:
+        raise PricingError(f"{itype} has no on-demand price in {zone or region} ({cloud})")
+    where = "/".join(x for x in (region, zone) if x)
+    rows = f"row {itype} {where}"
+    flags: list[str] = []
+    od, spot = vm_od, vm_spot
+    if cloud == "gcp":
+        gpu_od = _safe_cost(sky.catalog.get_accelerator_hourly_cost, name, count, False,
+                            region, zone, clouds=cloud)
+        gpu_spot = _safe_cost(sky.catalog.get_accelerator_hourly_cost, name, count, True,
+                              region, zone, clouds=cloud)
+        if gpu_od is None:
+            raise PricingError(f"{name}:{count} has no price in {zone or region} (gcp)")
+        od = vm_od + gpu_od
+        spot = None if (vm_spot is None or gpu_spot is None) else vm_spot + gpu_spot
+        rows += f" + row {name}:{count} {where}"
+        if gpu_spot is not None and gpu_spot > gpu_od + _EPS:
+            flags.append(FLAG_SPOT_ABOVE_ON_DEMAND)
+    if spot is None:
+        flags.append(FLAG_NO_SPOT)
+    elif spot > od + _EPS and FLAG_SPOT_ABOVE_ON_DEMAND not in flags:
+        flags.append(FLAG_SPOT_ABOVE_ON_DEMAND)
+    return NodePrice(cloud, region or "", zone, itype, accelerators, round(od, 6),
+                     None if spot is None else round(spot, 6), f"{fingerprint} {rows}",
+                     tuple(flags))
+
+
+def cheapest(accelerators: str, cloud: str = "any", use_spot: bool = True) -> NodePrice:
+    """The cheapest node across all regions and zones (and clouds for 'any')."""
+    prices = [p for p in zone_prices(accelerators, cloud) if not use_spot or p.spot is not None]
+    if not prices:
+        raise PricingError(f"no {'spot ' if use_spot else ''}price for {accelerators} on {cloud}")
+    return min(prices, key=lambda p: p.price(use_spot))
+
+
+def price_at(cloud: str, region: Optional[str], zone: Optional[str], accelerators: str,
+             instance_type: Optional[str] = None) -> NodePrice:
+    """The catalog price of the node a segment runs on (zone, else cheapest in region).
+
+    When the zone is not in the catalog (AWS zone names vs zone ids without credentials),
+    falls back to the region and says so in the source.
+    """
+    cloud = cloud.lower()
+    if cloud not in CLOUDS:
+        raise PricingError(f"cannot price cloud {cloud!r}: only aws and gcp are priced")
+    itype = instance_type or instance_type_for(accelerators, cloud)
+    fp = catalog_fingerprint(cloud)
+    if zone:
+        try:
+            return _price_row(cloud, region, zone, itype, accelerators, fp)
+        except (PricingError, ValueError):
+            pass
+    if not region:
+        raise PricingError(f"no region given to price {itype} on {cloud}")
+    p = _price_row(cloud, region, None, itype, accelerators, fp)
+    note = f" (zone {zone} not in catalog: cheapest in region)" if zone else " (region price)"
+    return NodePrice(p.cloud, p.region, zone, p.instance_type, p.accelerators, p.on_demand,
+                     p.spot, p.source + note, p.flags)
+
+
+@dataclass(frozen=True)
+class PriceSummary:
+    """Spot and on-demand spread for one configuration, for estimates and sensitivity."""
+
+    accelerators: str
+    cloud: str
+    cheapest_spot: NodePrice
+    cheapest_on_demand: NodePrice
+    spot_median: float
+    spot_max: float
+    zones: int
+
+    def to_dict(self) -> dict:
+        return {
+            "accelerators": self.accelerators, "cloud": self.cloud,
+            "cheapest_spot": self.cheapest_spot.to_dict(),
+            "cheapest_on_demand": self.cheapest_on_demand.to_dict(),
+            "spot_median": self.spot_median, "spot_max": self.spot_max, "zones": self.zones,
+        }
+
+
+def summarize(accelerators: str, cloud: str = "any") -> PriceSummary:
+    prices = zone_prices(accelerators, cloud)
+    spots = [p.spot for p in prices if p.spot is not None]
+    if not spots:
+        raise PricingError(f"no spot price for {accelerators} on {cloud} in the catalog")
+    return PriceSummary(
+        accelerators=accelerators, cloud=cloud,
+        cheapest_spot=min((p for p in prices if p.spot is not None), key=lambda p: p.spot),
+        cheapest_on_demand=min(prices, key=lambda p: p.on_demand),
+        spot_median=round(statistics.median(spots), 4), spot_max=max(spots),
+        zones=len(prices),
+    )
+
+
+def flagged(prices: Iterable[NodePrice]) -> list[NodePrice]:
+    return [p for p in prices if p.flags]
