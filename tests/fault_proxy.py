@@ -1,0 +1,188 @@
+"""A fault-injecting HTTP reverse proxy for storage tests.
+
+Sits on 127.0.0.1 in front of a local object store (moto, fake-gcs-server) and, for a
+seeded random fraction of requests, fails them the way clouds do:
+
+- ``500`` / ``503``: an S3-style XML error (InternalError / SlowDown), request not forwarded;
+- ``reset``: the connection is reset, before or after the request reached the server
+  (the latter is the nasty case: the write happened, the client never heard);
+- ``truncate``: the response is forwarded with its full Content-Length but cut off half way.
+
+``forbid=True`` answers every request with 403 AccessDenied, to check that a permanent
+error is not retried. ``stats`` counts requests and faults. Point a client or a
+subprocess at it by setting AWS_ENDPOINT_URL (or STORAGE_EMULATOR_HOST) to ``proxy.url``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import socket
+import struct
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Optional, Sequence
+from urllib.parse import urlsplit
+
+_HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
+               "trailer", "upgrade", "expect", "content-length"}
+DEFAULT_KINDS = ("500", "503", "reset", "truncate")
+
+
+class FaultProxy:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        rate: float = 0.1,
+        seed: int = 0,
+        kinds: Sequence[str] = DEFAULT_KINDS,
+        forbid: bool = False,
+    ):
+        parts = urlsplit(upstream)
+        self.upstream_host = parts.hostname or "127.0.0.1"
+        self.upstream_port = parts.port or 80
+        self.rate = rate
+        self.kinds = tuple(kinds)
+        self.forbid = forbid
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self.stats: Counter = Counter()
+        self._server: Optional[ThreadingHTTPServer] = None
+        self._thread: Optional[threading.Thread] = None
+        self.url = ""
+
+    # --- control -------------------------------------------------------------------------
+    def start(self) -> "FaultProxy":
+        proxy = self
+
+        class Handler(_Handler):
+            owner = proxy
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> "FaultProxy":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _choose(self) -> Optional[str]:
+        with self._lock:
+            self.stats["requests"] += 1
+            if self.forbid:
+                self.stats["fault:403"] += 1
+                return "403"
+            if self._rng.random() < self.rate:
+                kind = self._rng.choice(self.kinds)
+                if kind == "reset":
+                    kind = self._rng.choice(("reset-before", "reset-after"))
+                self.stats[f"fault:{kind}"] += 1
+                return kind
+            return None
+
+    @property
+    def faults(self) -> int:
+        with self._lock:
+            return sum(v for k, v in self.stats.items() if k.startswith("fault:"))
+
+
+_ERRORS = {
+    "500": (500, "InternalError", "We encountered an internal error. Please try again."),
+    "503": (503, "SlowDown", "Please reduce your request rate."),
+    "403": (403, "AccessDenied", "Access Denied"),
+}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: FaultProxy
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # keep test output quiet
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            out = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return bytes(out)
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def _reset(self) -> None:
+        """Abort the TCP connection (RST), as a dropped load balancer connection would."""
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        self.close_connection = True
+        try:
+            self.connection.close()
+        except OSError:
+            pass
+
+    def _send_error(self, kind: str) -> None:
+        status, code, msg = _ERRORS[kind]
+        body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+                f"<Message>{msg}</Message><RequestId>fault-proxy</RequestId></Error>").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _handle(self) -> None:
+        body = self._body()  # read it even when failing, so keep-alive stays in sync
+        fault = self.owner._choose()
+        if fault in _ERRORS:
+            return self._send_error(fault)
+        if fault == "reset-before":
+            return self._reset()
+        conn = http.client.HTTPConnection(self.owner.upstream_host, self.owner.upstream_port, timeout=60)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            headers["Content-Length"] = str(len(body))
+            conn.request(self.command, self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            resp_headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]
+        finally:
+            conn.close()
+        if fault == "reset-after":
+            return self._reset()
+        self.send_response(resp.status, resp.reason)
+        for k, v in resp_headers:
+            self.send_header(k, v)
+        # HEAD answers carry the object's length but no body.
+        length = resp.getheader("Content-Length") if self.command == "HEAD" else str(len(data))
+        if length is not None:
+            self.send_header("Content-Length", length)
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        if fault == "truncate" and len(data) > 1:
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            return self._reset()
+        self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _handle

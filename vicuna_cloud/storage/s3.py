@@ -1,0 +1,279 @@
+"""Amazon S3 (and S3-compatible endpoints) as a Bucket, through boto3.
+
+The endpoint comes from AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL when set (a local moto
+server in tests, or an S3-compatible store), else AWS. Credentials come from boto3's usual
+chain; they are never read or logged here.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import uuid
+from typing import Optional
+
+from vicuna_cloud.storage.base import (
+    Bucket, BucketAccessError, NotFoundError, ObjectInfo, ProgressFn, StorageError,
+)
+from vicuna_cloud.storage.retry import (
+    RetryPolicy, TransientStorageError, call_with_retry, _short,
+)
+from vicuna_cloud.storage.uri import BucketURI
+
+MiB = 1 << 20
+_clients: dict = {}
+_clients_lock = threading.Lock()
+
+_BAD_CREDENTIAL_CODES = {
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+    "TokenRefreshRequired", "UnrecognizedClientException", "InvalidClientTokenId",
+}
+
+
+def _endpoint_from_env() -> Optional[str]:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def _client(endpoint: Optional[str], policy: RetryPolicy):
+    """One boto3 client per (endpoint, region, policy): clients are thread-safe, and
+    making one costs ~100 ms, so they are shared."""
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    # Credentials are part of the key only through identity, never stored in the key.
+    cred_key = (os.environ.get("AWS_PROFILE"), hash(os.environ.get("AWS_ACCESS_KEY_ID")))
+    key = (endpoint, region, policy, cred_key)
+    with _clients_lock:
+        if key not in _clients:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                retries={"mode": "standard", "total_max_attempts": policy.request_attempts},
+                connect_timeout=policy.connect_timeout_s,
+                read_timeout=policy.read_timeout_s,
+                max_pool_connections=32,
+                s3={"addressing_style": "path"} if endpoint else {},
+            )
+            session = boto3.session.Session()
+            _clients[key] = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+        return _clients[key]
+
+
+class S3Bucket(Bucket):
+    """A prefix in an S3 bucket.
+
+    Large files go up and down in parts (boto3's transfer manager, parts in parallel);
+    an interrupted multipart upload is aborted, so no partial object is ever visible.
+    """
+
+    def __init__(
+        self,
+        uri: BucketURI,
+        *,
+        endpoint_url: Optional[str] = None,
+        policy: Optional[RetryPolicy] = None,
+        multipart_threshold: int = 64 * MiB,
+        multipart_chunksize: int = 64 * MiB,
+        max_concurrency: int = 8,
+    ):
+        super().__init__(uri)
+        self.endpoint_url = endpoint_url or _endpoint_from_env()
+        self.policy = policy or RetryPolicy.from_env()
+        self.multipart_threshold = multipart_threshold
+        self.multipart_chunksize = multipart_chunksize
+        self.max_concurrency = max_concurrency
+        self._bucket_seen = False
+
+    # --- plumbing ----------------------------------------------------------------------
+    @property
+    def client(self):
+        return _client(self.endpoint_url, self.policy)
+
+    @property
+    def name(self) -> str:
+        return self.location.bucket
+
+    def _key(self, key: str) -> str:
+        key = key.strip("/")
+        if not key:
+            raise ValueError("empty object key")
+        return f"{self.location.prefix}/{key}" if self.location.prefix else key
+
+    def _base(self) -> str:
+        return f"{self.location.prefix}/" if self.location.prefix else ""
+
+    def _run(self, fn, what: str, key: Optional[str] = None):
+        return call_with_retry(
+            fn, what=what, policy=self.policy,
+            translate=lambda exc: self._translate(exc, what, key),
+        )
+
+    def _translate(self, exc: BaseException, what: str, key: Optional[str]) -> StorageError:
+        from botocore import exceptions as be
+
+        bucket = f"s3://{self.name}"
+        if isinstance(exc, (be.NoCredentialsError, be.PartialCredentialsError)):
+            return BucketAccessError(
+                "no AWS credentials found: run `aws configure`, set AWS_PROFILE, or set "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            )
+        if isinstance(exc, be.ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code == "NoSuchBucket" or (code in ("404", "NotFound") and key is None):
+                return self._missing_bucket()
+            if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+                if code != "NoSuchKey" and not self._bucket_exists():
+                    return self._missing_bucket()
+                return NotFoundError(f"{self.child_uri(key or '')} does not exist")
+            if code in _BAD_CREDENTIAL_CODES:
+                return BucketAccessError(
+                    f"AWS rejected the credentials ({code}) for {bucket}: check them with "
+                    f"`aws sts get-caller-identity`, refresh them (e.g. `aws sso login`) or set AWS_PROFILE"
+                )
+            if code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled") or status == 403:
+                return BucketAccessError(
+                    f"access denied to {bucket} ({what}): grant your AWS identity "
+                    f"s3:ListBucket, s3:GetObject, s3:PutObject and s3:DeleteObject on it, "
+                    f"or pass another --bucket"
+                )
+            return StorageError(f"{what} failed: {code or status}: {_short(exc)}")
+        if isinstance(exc, be.EndpointConnectionError):
+            return StorageError(f"{what} failed: cannot reach the S3 endpoint ({_short(exc)}); "
+                                f"check the network or AWS_ENDPOINT_URL")
+        return StorageError(f"{what} failed: {_short(exc)}")
+
+    def _missing_bucket(self) -> BucketAccessError:
+        b = f"s3://{self.name}"
+        return BucketAccessError(
+            f"bucket {b} does not exist: create it with `aws s3 mb {b}` or pass another --bucket")
+
+    def _bucket_exists(self) -> bool:
+        """Asked only after a bare 404 (HEAD has no error body): key or bucket missing?"""
+        if self._bucket_seen:
+            return True
+        from botocore import exceptions as be
+
+        try:
+            self.client.head_bucket(Bucket=self.name)
+        except be.ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return False
+            return True  # 403 and the like: reported by the original error
+        except Exception:  # noqa: BLE001 - unreachable now: keep the original error
+            return True
+        self._bucket_seen = True
+        return True
+
+    def _transfer_config(self):
+        from boto3.s3.transfer import TransferConfig
+
+        return TransferConfig(
+            multipart_threshold=self.multipart_threshold,
+            multipart_chunksize=self.multipart_chunksize,
+            max_concurrency=self.max_concurrency,
+            num_download_attempts=self.policy.request_attempts,
+        )
+
+    # --- the contract ------------------------------------------------------------------
+    def put_bytes(self, key: str, data: bytes) -> None:
+        full = self._key(key)
+        self._run(lambda: self.client.put_object(Bucket=self.name, Key=full, Body=data),
+                  f"put {self.child_uri(key)}", key)
+
+    def get_bytes(self, key: str) -> bytes:
+        full = self._key(key)
+
+        def get() -> bytes:
+            resp = self.client.get_object(Bucket=self.name, Key=full)
+            body = resp["Body"].read()
+            if len(body) != resp["ContentLength"]:
+                raise TransientStorageError(
+                    f"short read of {self.child_uri(key)}: {len(body)} of {resp['ContentLength']} bytes")
+            return body
+
+        return self._run(get, f"get {self.child_uri(key)}", key)
+
+    def put_file(self, key: str, path: str, progress: Optional[ProgressFn] = None) -> None:
+        full = self._key(key)
+        if not os.path.isfile(path):
+            raise StorageError(f"cannot upload {path}: no such file")
+        self._run(
+            lambda: self.client.upload_file(path, self.name, full, Config=self._transfer_config(),
+                                            Callback=progress),
+            f"upload {path} to {self.child_uri(key)}", key,
+        )
+
+    def get_file(self, key: str, path: str, progress: Optional[ProgressFn] = None) -> None:
+        full = self._key(key)
+        dest_dir = os.path.dirname(os.path.abspath(path))
+        os.makedirs(dest_dir, exist_ok=True)
+
+        def download() -> None:
+            size = self.client.head_object(Bucket=self.name, Key=full)["ContentLength"]
+            fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{os.path.basename(path)}.part-")
+            os.close(fd)
+            try:
+                self.client.download_file(self.name, full, tmp, Config=self._transfer_config(),
+                                          Callback=progress)
+                got = os.path.getsize(tmp)
+                if got != size:
+                    raise TransientStorageError(
+                        f"short download of {self.child_uri(key)}: {got} of {size} bytes")
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+
+        self._run(download, f"download {self.child_uri(key)}", key)
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        base = self._base()
+        full_prefix = base + prefix.lstrip("/")
+
+        def list_all() -> list[ObjectInfo]:
+            out = []
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.name, Prefix=full_prefix)
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    out.append(ObjectInfo(obj["Key"][len(base):], int(obj["Size"])))
+            return sorted(out, key=lambda o: o.key)
+
+        return self._run(list_all, f"list {self.uri}/{prefix}", None)
+
+    def stat(self, key: str) -> ObjectInfo:
+        full = self._key(key)
+        resp = self._run(lambda: self.client.head_object(Bucket=self.name, Key=full),
+                         f"stat {self.child_uri(key)}", key)
+        return ObjectInfo(key.strip("/"), int(resp["ContentLength"]))
+
+    def delete(self, key: str) -> None:
+        full = self._key(key)
+        self._run(lambda: self.client.delete_object(Bucket=self.name, Key=full),
+                  f"delete {self.child_uri(key)}", key)
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Batch delete (1,000 keys a request) instead of one request per object."""
+        items = self.list(prefix)
+        base = self._base()
+        for i in range(0, len(items), 1000):
+            batch = [{"Key": base + o.key} for o in items[i:i + 1000]]
+
+            def delete_batch(batch=batch):
+                resp = self.client.delete_objects(Bucket=self.name, Delete={"Objects": batch, "Quiet": True})
+                errors = resp.get("Errors") or []
+                if errors:
+                    raise StorageError(f"could not delete {len(errors)} objects under "
+                                       f"{self.child_uri(prefix)}: {errors[0].get('Code')}")
+
+            self._run(delete_batch, f"delete {self.child_uri(prefix)}*", key=prefix or "")
+        return len(items)
+
+    def check_access(self) -> None:
+        self._run(lambda: self.client.head_bucket(Bucket=self.name), f"open s3://{self.name}", None)
+        probe = f".vicuna-access-check-{uuid.uuid4().hex[:12]}"
+        self.put_bytes(probe, b"ok")
+        if self.get_bytes(probe) != b"ok":
+            raise BucketAccessError(f"{self.uri} returned different bytes than were written")
+        self.delete(probe)
