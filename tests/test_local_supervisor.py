@@ -1,0 +1,125 @@
+"""Supervisor policy with a small real child program (tests/local_child/worker.py).
+
+No torchrun here: the restart / kill / exit-code policy is independent of what runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from vicuna_cloud.exit_codes import EXIT_CONFIG
+from vicuna_cloud.local.progress import MetricsTail
+from vicuna_cloud.local.supervisor import (
+    EXIT_CANCELLED, PreemptionPlan, Supervisor, SupervisorConfig,
+)
+from vicuna_cloud.storage import open_bucket
+
+WORKER = str(Path(__file__).parent / "local_child" / "worker.py")
+
+
+def make(tmp_path, mode="ok", total=20, dt=0.05, **cfg):
+    env = dict(os.environ, METRICS=str(tmp_path / "metrics.jsonl"), STATE=str(tmp_path / "state"),
+               TOTAL=str(total), DT=str(dt), MODE=mode, CANCELLED=str(tmp_path / "cancelled"),
+               PIDS=str(tmp_path / "pids"))
+    probe = MetricsTail(open_bucket(str(tmp_path)), "metrics.jsonl")
+    cfg.setdefault("restart_delay_s", 0.01)
+    sup = Supervisor([sys.executable, WORKER], config=SupervisorConfig(**cfg), probe=probe,
+                     env=env, log_path=str(tmp_path / "log.txt"))
+    return sup
+
+
+def steps(tmp_path) -> list[int]:
+    import json
+    return [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_plan_is_seeded_increasing_and_inside_the_run():
+    a, b = PreemptionPlan(3, seed=7), PreemptionPlan(3, seed=7)
+    assert a.fractions == b.fractions
+    assert a.fractions != PreemptionPlan(3, seed=8).fractions
+    t = a.targets(40)
+    assert t == sorted(set(t)) and 1 <= t[0] and t[-1] <= 39
+    # Even a run shorter than the number of preemptions keeps targets strictly inside.
+    assert all(1 <= x <= 2 for x in PreemptionPlan(5, seed=1).targets(3))
+
+
+def test_success_runs_once(tmp_path):
+    res = make(tmp_path).run()
+    assert (res.exit_code, res.outcome, len(res.attempts)) == (0, "completed", 1)
+    assert steps(tmp_path) == list(range(1, 21))
+    assert "step 20" in (tmp_path / "log.txt").read_text()
+
+
+def test_preemptions_kill_and_resume(tmp_path):
+    res = make(tmp_path, preemptions=2, seed=3, total=30).run()
+    assert res.exit_code == 0 and res.preemptions == 2
+    assert [a.outcome for a in res.attempts] == ["preempted", "preempted", "completed"]
+    targets = PreemptionPlan(2, seed=3).targets(30)
+    for attempt, target in zip(res.attempts, targets):
+        assert attempt.last_step >= target
+    # Each restart resumed from its "checkpoint" (the state file), never from zero.
+    s = steps(tmp_path)
+    assert s[-1] == 30 and s.count(1) == 1
+    assert res.attempts[1].first_step > 1 and res.attempts[2].first_step > res.attempts[1].first_step
+
+
+def test_config_error_is_not_restarted(tmp_path):
+    res = make(tmp_path, mode="config").run()
+    assert (res.exit_code, res.outcome, len(res.attempts)) == (EXIT_CONFIG, "config", 1)
+
+
+def test_failures_are_bounded(tmp_path):
+    res = make(tmp_path, mode="fail", max_failures=2).run()
+    assert res.outcome == "failed" and res.exit_code == 3
+    assert len(res.attempts) == 3  # the first try plus two restarts
+
+
+def test_clean_exit_after_notice_recovers_without_counting_a_failure(tmp_path):
+    res = make(tmp_path, mode="notice-once", max_failures=0).run()
+    assert res.exit_code == 0
+    assert [a.outcome for a in res.attempts] == ["recovering", "completed"]
+
+
+def test_preemption_kills_workers_in_their_own_session(tmp_path):
+    # Like torchrun, the child starts its worker with start_new_session: the kill must
+    # still reach it (a process-group kill alone would leave it running).
+    res = make(tmp_path, mode="spawn", preemptions=1, seed=0, total=30).run()
+    assert res.exit_code == 0 and res.preemptions == 1
+    pids = [int(x) for x in (tmp_path / "pids").read_text().split()]
+    assert len(pids) == 4
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    # The killed worker did not keep writing: steps are a clean resume, not two writers.
+    s = steps(tmp_path)
+    assert s[-1] == 30 and sorted(set(s)) == list(range(1, 31))
+    assert len(s) <= 31  # at most the one step between a metrics line and its "checkpoint"
+
+
+
+def test_cancel_sends_sigint_to_every_worker_then_runs_on_cancel(tmp_path):
+    cancelled_hook = []
+    sup = make(tmp_path, mode="spawn", total=10_000, dt=0.05, grace_s=5)
+    sup.on_cancel = lambda: cancelled_hook.append(True)
+    main_thread = threading.main_thread().ident
+
+    def interrupt():
+        deadline = time.time() + 20
+        while time.time() < deadline and not (tmp_path / "metrics.jsonl").exists():
+            time.sleep(0.05)
+        signal.pthread_kill(main_thread, signal.SIGINT)  # what Ctrl-C delivers
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    res = sup.run()
+    assert (res.exit_code, res.outcome) == (EXIT_CANCELLED, "cancelled")
+    assert res.attempts[-1].outcome == "cancelled" and cancelled_hook == [True]
+    pids = [int(x) for x in (tmp_path / "pids").read_text().split()]
+    # The grandchild (own session) got SIGINT and handled it; nobody is left running.
+    assert str(pids[1]) in (tmp_path / "cancelled").read_text().split()
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]

@@ -1,0 +1,267 @@
+"""A local stand-in for SkyPilot managed jobs.
+
+It starts the task's command (``torchrun ... -m train --run URI``) in a session of its
+own, and restarts it like a managed job's recovery would:
+- exit 0: done; EXIT_CONFIG: the input is wrong, restarting will not help: stop;
+- EXIT_PREEMPTED (clean exit after a notice): recover, not counted as a failure;
+- any other non-zero exit: a failure; after ``max_failures`` of them, give up;
+- with ``preemptions=N`` it SIGKILLs the whole process tree at N seeded points of the
+  run (only once the current attempt has trained, i.e. reported a new metrics record) and
+  restarts it: a simulated spot preemption, with no warning, like a vanished VM;
+- Ctrl-C (KeyboardInterrupt) or SIGTERM: SIGINT to every process of the tree, a grace
+  period for the trainer to close its ledger segment, then SIGKILL; ``on_cancel`` runs
+  afterwards so the caller can close the segment on the trainer's behalf.
+The policy takes no torch: a unit test drives it with a tiny Python child.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol, Sequence
+
+from vicuna_cloud.exit_codes import EXIT_CONFIG, EXIT_PREEMPTED
+from vicuna_cloud.local import proctree
+
+EXIT_CANCELLED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the supervisor needs to know about training progress."""
+
+    seq: int                 # number of metrics records seen so far (monotonic)
+    step: Optional[int] = None
+    total_steps: Optional[int] = None
+
+
+class ProgressProbe(Protocol):
+    def poll(self) -> Progress: ...
+
+
+@dataclass
+class SupervisorConfig:
+    preemptions: int = 0
+    seed: int = 0
+    max_failures: int = 3          # like max_restarts_on_errors
+    max_recoveries: int = 100      # EXIT_PREEMPTED restarts, a guard against loops
+    restart_delay_s: float = 0.5   # a new VM is not instant
+    grace_s: float = 20.0          # Ctrl-C: time to close ledgers before SIGKILL
+    poll_s: float = 0.1
+    window: tuple[float, float] = (0.15, 0.85)  # preemption points, fractions of the run
+    expected_steps: Optional[int] = None        # used until a probe reports total_steps
+
+
+@dataclass
+class Attempt:
+    index: int
+    pid: int
+    started: float
+    ended: Optional[float] = None
+    exit_code: Optional[int] = None
+    outcome: str = "running"  # completed | preempted | recovering | failed | config | cancelled
+    first_step: Optional[int] = None
+    last_step: Optional[int] = None
+
+
+@dataclass
+class SupervisorResult:
+    exit_code: int
+    outcome: str                  # completed | config | failed | cancelled | recoveries-exhausted
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def preemptions(self) -> int:
+        return sum(a.outcome == "preempted" for a in self.attempts)
+
+
+class PreemptionPlan:
+    """N seeded points in (0, 1) of the run, turned into step targets once the length is known."""
+
+    def __init__(self, n: int, seed: int, window: tuple[float, float] = (0.15, 0.85)):
+        rng = random.Random(f"vicuna-local-preemptions:{seed}")
+        lo, hi = window
+        self.fractions = sorted(rng.uniform(lo, hi) for _ in range(max(n, 0)))
+        self.done = 0
+
+    @property
+    def remaining(self) -> int:
+        return len(self.fractions) - self.done
+
+    def targets(self, total_steps: int) -> list[int]:
+        """Strictly increasing steps in [1, total_steps - 1] (as far as the run allows)."""
+        out: list[int] = []
+        for f in self.fractions:
+            t = max(1, int(round(f * total_steps)), (out[-1] + 1) if out else 1)
+            out.append(min(t, max(total_steps - 1, 1)))
+        return out
+
+    def due(self, step: Optional[int], total_steps: Optional[int]) -> bool:
+        if self.remaining <= 0 or step is None or not total_steps:
+            return False
+        return step >= self.targets(total_steps)[self.done]
+
+
+class Supervisor:
+    """Run ``command`` until it succeeds, restarting it like a managed job."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        config: SupervisorConfig,
+        probe: Optional[ProgressProbe] = None,
+        env: Optional[dict] = None,
+        cwd: Optional[str] = None,
+        log_path: Optional[str] = None,
+        on_line: Optional[Callable[[str], None]] = None,
+        on_event: Optional[Callable[[str, Attempt], None]] = None,
+        on_cancel: Optional[Callable[[], None]] = None,
+    ):
+        self.command = list(command)
+        self.config = config
+        self.probe = probe
+        self.env = env
+        self.cwd = cwd
+        self.log_path = log_path
+        self.on_line = on_line
+        self.on_event = on_event or (lambda kind, attempt: None)
+        self.on_cancel = on_cancel
+        self.plan = PreemptionPlan(config.preemptions, config.seed, config.window)
+        self.attempts: list[Attempt] = []
+        self._proc: Optional[subprocess.Popen] = None
+
+    # --- public ----------------------------------------------------------------------
+    def run(self) -> SupervisorResult:
+        failures = recoveries = 0
+        old_term = _raise_on_sigterm()
+        try:
+            while True:
+                attempt = self._run_attempt(len(self.attempts))
+                code = attempt.exit_code
+                if attempt.outcome == "preempted":
+                    self.on_event("preempted", attempt)
+                elif code == 0:
+                    attempt.outcome = "completed"
+                    self.on_event("completed", attempt)
+                    return SupervisorResult(0, "completed", self.attempts)
+                elif code == EXIT_CONFIG:
+                    attempt.outcome = "config"
+                    self.on_event("config", attempt)
+                    return SupervisorResult(EXIT_CONFIG, "config", self.attempts)
+                elif code == EXIT_PREEMPTED:
+                    attempt.outcome = "recovering"
+                    recoveries += 1
+                    self.on_event("recovering", attempt)
+                    if recoveries > self.config.max_recoveries:
+                        return SupervisorResult(code, "recoveries-exhausted", self.attempts)
+                else:
+                    attempt.outcome = "failed"
+                    failures += 1
+                    self.on_event("failed", attempt)
+                    if failures > self.config.max_failures:
+                        return SupervisorResult(code or 1, "failed", self.attempts)
+                time.sleep(self.config.restart_delay_s * (1 + failures))
+        except KeyboardInterrupt:
+            self._cancel()
+            return SupervisorResult(EXIT_CANCELLED, "cancelled", self.attempts)
+        finally:
+            try:
+                signal.signal(signal.SIGTERM, old_term)
+            except ValueError:
+                pass
+
+    # --- one attempt -----------------------------------------------------------------
+    def _run_attempt(self, index: int) -> Attempt:
+        log = open(self.log_path, "ab") if self.log_path else None
+        if log:
+            log.write(f"\n===== attempt {index} at {time.strftime('%H:%M:%S')}: "
+                      f"{' '.join(self.command)}\n".encode())
+            log.flush()
+        start_seq = self.probe.poll().seq if self.probe else 0
+        proc = subprocess.Popen(
+            self.command, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self._proc = proc
+        attempt = Attempt(index=index, pid=proc.pid, started=time.time())
+        self.attempts.append(attempt)
+        self.on_event("started", attempt)
+        reader = threading.Thread(target=self._pump, args=(proc, log), daemon=True)
+        reader.start()
+        try:
+            while proc.poll() is None:
+                if self.probe is not None:
+                    p = self.probe.poll()
+                    if p.seq > start_seq and p.step is not None:
+                        if attempt.first_step is None:
+                            attempt.first_step = p.step
+                        attempt.last_step = p.step
+                        total = p.total_steps or self.config.expected_steps
+                        if self.plan.due(p.step, total):
+                            self.plan.done += 1
+                            proctree.kill_tree(proc.pid)
+                            proc.wait()
+                            attempt.outcome = "preempted"
+                            break
+                time.sleep(self.config.poll_s)
+            # The launcher (a subprocess' leader) is gone: make sure its workers are too.
+            proctree.kill_tree(proc.pid)
+            attempt.exit_code = proc.wait()
+        finally:
+            attempt.ended = time.time()
+            if proc.poll() is not None:
+                reader.join(timeout=5)  # the rest of the output, for the log
+        return attempt
+
+    def _pump(self, proc: subprocess.Popen, log) -> None:
+        assert proc.stdout is not None
+        try:
+            for raw in iter(proc.stdout.readline, b""):
+                if log:
+                    log.write(raw)
+                    log.flush()
+                if self.on_line:
+                    try:
+                        self.on_line(raw.decode("utf-8", "replace").rstrip("\n"))
+                    except Exception:  # a display bug must never stop training
+                        pass
+        finally:
+            if log:
+                log.close()
+
+    def _cancel(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            # Everyone gets SIGINT at once, as a terminal would send to a foreground job:
+            # torchrun's workers live in sessions of their own and would miss it otherwise.
+            procs = proctree.signal_tree(proc.pid, signal.SIGINT)
+            deadline = time.monotonic() + self.config.grace_s
+            while time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+            alive = proctree.wait_gone(procs, max(0.0, deadline - time.monotonic()))
+            proctree.kill_tree(proc.pid, also=alive)
+            proc.wait()
+        if self.attempts and self.attempts[-1].outcome == "running":
+            a = self.attempts[-1]
+            a.outcome, a.ended, a.exit_code = "cancelled", time.time(), proc.returncode if proc else None
+            self.on_event("cancelled", a)
+        if self.on_cancel:
+            self.on_cancel()
+
+
+def _raise_on_sigterm():
+    """SIGTERM to the launcher means the same as Ctrl-C: cancel cleanly."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        return signal.getsignal(signal.SIGTERM)
