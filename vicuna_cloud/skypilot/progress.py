@@ -1,0 +1,93 @@
+"""What the bucket knows about a run: last metrics line and the ledger's last segment.
+
+Read by `vicuna-cloud status`, which must work even when SkyPilot's API server does not.
+Tolerant by design: the trainer owns these files' fields; we show what is there.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from vicuna_cloud.storage import Bucket, NotFoundError, StorageError
+
+
+@dataclass(frozen=True)
+class BucketProgress:
+    has_spec: bool
+    last_metrics: Optional[dict[str, Any]]
+    segments: int
+    last_end_reason: Optional[str]
+    checkpoints: int
+    final: bool
+    error: Optional[str] = None
+
+    @property
+    def summary(self) -> str:
+        if self.error:
+            return f"bucket unreadable: {self.error}"
+        if self.final:
+            return "finished (final/ exported)"
+        if self.last_end_reason == "budget":
+            return "stopped: budget"
+        if self.last_metrics:
+            step = self.last_metrics.get("step")
+            total = self.last_metrics.get("total_steps")
+            loss = self.last_metrics.get("loss")
+            parts = [f"step {step}" + (f"/{total}" if total else "")]
+            if isinstance(loss, (int, float)):
+                parts.append(f"loss {loss:.4f}")
+            return ", ".join(parts)
+        if self.has_spec:
+            return "no step logged yet"
+        return "no run.json in the bucket"
+
+
+def _last_jsonl(data: bytes) -> Optional[dict[str, Any]]:
+    for line in reversed(data.decode("utf-8", "replace").splitlines()):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line: take the one before
+        if isinstance(obj, dict):
+            return obj
+    return None
+
+
+def _segment_order(seg: dict[str, Any], key: str) -> tuple:
+    start = seg.get("start") or seg.get("started_at") or seg.get("start_time") or ""
+    return (str(start), key)
+
+
+def read_progress(bucket: Bucket, run_id: str) -> BucketProgress:
+    prefix = f"runs/{run_id}/"
+    try:
+        listing = bucket.list(prefix)
+    except StorageError as e:
+        return BucketProgress(False, None, 0, None, 0, False, error=str(e).splitlines()[0])
+    keys = {o.key for o in listing}
+    has_spec = f"{prefix}run.json" in keys
+    metrics = None
+    if f"{prefix}metrics.jsonl" in keys:
+        try:
+            metrics = _last_jsonl(bucket.get_bytes(f"{prefix}metrics.jsonl"))
+        except NotFoundError:
+            metrics = None
+    segs = []
+    for key in sorted(k for k in keys if k.startswith(f"{prefix}ledger/") and k.endswith(".json")):
+        try:
+            seg = json.loads(bucket.get_bytes(key))
+        except (NotFoundError, json.JSONDecodeError):
+            continue
+        if isinstance(seg, dict):
+            segs.append((_segment_order(seg, key), seg))
+    segs.sort(key=lambda s: s[0])
+    last_reason = segs[-1][1].get("end_reason") if segs else None
+    ckpts = {k.split("/")[3] for k in keys
+             if k.startswith(f"{prefix}checkpoints/") and k.endswith("/COMMIT.json")}
+    final = any(k.startswith(f"{prefix}final/") for k in keys)
+    return BucketProgress(has_spec, metrics, len(segs), last_reason, len(ckpts), final)

@@ -1,0 +1,102 @@
+"""The two shell texts of the SkyPilot task: ``setup`` (install) and ``run`` (rendezvous).
+
+Both are deliberately dumb: ``run`` only turns SkyPilot's node variables into a torchrun
+rendezvous and execs ``torchrun ... -m train --run "$VICUNA_RUN_URI"``; every other
+decision (hyperparameters, resume, budget) is made in Python from run.json. No user string
+is pasted into either text unquoted: values go through ``shlex.quote`` (and the run URI
+reaches the node as an environment variable, never as script text).
+"""
+
+from __future__ import annotations
+
+import shlex
+
+#: torch release installed on the node; tests keep it equal to pyproject's [train] pin.
+TORCH_VERSION = "2.13.0"
+#: Fixed rendezvous port on the head node (torchrun's default).
+MASTER_PORT = 29500
+#: Where setup puts the node's virtual environment and its "installed" marker.
+NODE_HOME = "$HOME/.vicuna-cloud"
+
+_RUN = """\
+# Rendezvous only; everything else is decided in Python from run.json (DESIGN.md, 3).
+set -euo pipefail
+export PATH="{node_home}/venv/bin:$PATH"
+NODE_IPS="${{SKYPILOT_NODE_IPS:-127.0.0.1}}"
+NNODES="${{SKYPILOT_NUM_NODES:-$(printf '%s\\n' "$NODE_IPS" | grep -c .)}}"
+NODE_RANK="${{SKYPILOT_NODE_RANK:-0}}"
+NPROC_PER_NODE="${{SKYPILOT_NUM_GPUS_PER_NODE:-1}}"
+MASTER_ADDR="$(printf '%s\\n' "$NODE_IPS" | grep -m1 .)"
+if [ -z "${{VICUNA_RUN_URI:-}}" ]; then
+  echo "VICUNA_RUN_URI is not set; launch with 'vicuna-cloud launch'" >&2
+  exit {exit_config}
+fi
+if [ "$NODE_RANK" -ge "$NNODES" ]; then
+  echo "node rank $NODE_RANK is outside $NNODES nodes" >&2
+  exit {exit_config}
+fi
+echo "vicuna-cloud: node $NODE_RANK/$NNODES, $NPROC_PER_NODE procs, master $MASTER_ADDR:{port}"
+exec torchrun \\
+  --nnodes "$NNODES" \\
+  --nproc_per_node "$NPROC_PER_NODE" \\
+  --node_rank "$NODE_RANK" \\
+  --master_addr "$MASTER_ADDR" \\
+  --master_port {port} \\
+  -m train --run "$VICUNA_RUN_URI"
+"""
+
+_SETUP_VALUES = """\
+WANT_VERSION={code_version}
+WANT_TORCH={torch_version}
+"""
+
+_SETUP_BODY = """\
+# Idempotent: on a recovery onto a VM that already has this code version, skip at once.
+set -euo pipefail
+VENV="{node_home}/venv"
+MARKER="{node_home}/installed"
+if [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$WANT_VERSION" ] \\
+   && "$VENV/bin/python" -c 'import torch, vicuna_cloud, train' 2>/dev/null; then
+  echo "vicuna-cloud $WANT_VERSION already installed; setup skipped"
+  exit 0
+fi
+mkdir -p "{node_home}"
+python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# torch first at its pin, so the project install cannot resolve a different build.
+"$VENV/bin/python" -m pip install -q "torch==$WANT_TORCH"
+# The workdir is the exact source tree that rendered this task (SkyPilot syncs it).
+"$VENV/bin/python" -m pip install -q -e ".[train]"
+HAVE_VERSION="$("$VENV/bin/python" -c 'import vicuna_cloud; print(vicuna_cloud.__version__)')"
+case "$WANT_VERSION" in
+  "$HAVE_VERSION"|"$HAVE_VERSION"+*) ;;
+  *) echo "workdir holds vicuna-cloud $HAVE_VERSION but the task wants $WANT_VERSION" >&2
+     exit {exit_config} ;;
+esac
+printf '%s\\n' "$WANT_VERSION" > "$MARKER.tmp"
+mv "$MARKER.tmp" "$MARKER"
+echo "vicuna-cloud $WANT_VERSION installed"
+"""
+
+
+def run_script() -> str:
+    """The task's ``run`` text; identical for every preset (the node reads run.json)."""
+    from vicuna_cloud.exit_codes import EXIT_CONFIG
+
+    return _RUN.format(node_home=NODE_HOME, port=MASTER_PORT, exit_config=EXIT_CONFIG)
+
+
+def setup_values(code_version: str, torch_version: str = TORCH_VERSION) -> str:
+    """The only lines of ``setup`` that carry values; each is shell-quoted."""
+    return _SETUP_VALUES.format(
+        code_version=shlex.quote(code_version), torch_version=shlex.quote(torch_version)
+    )
+
+
+def setup_script(code_version: str, torch_version: str = TORCH_VERSION) -> str:
+    """The task's ``setup`` text: install torch, then this exact source tree, once per VM."""
+    from vicuna_cloud.exit_codes import EXIT_CONFIG
+
+    return setup_values(code_version, torch_version) + _SETUP_BODY.format(
+        node_home=NODE_HOME, exit_config=EXIT_CONFIG
+    )

@@ -1,0 +1,233 @@
+"""Typed SkyPilot task builder: preset + launch options -> task dict -> checked YAML.
+
+The dict is always checked twice before anyone sees it: by our own rules for the parts
+SkyPilot's client lets through (``job_recovery`` keys and strategy, exit code 137, names),
+then by SkyPilot's own parser, ``sky.Task.from_yaml_config``, on a deep copy (it mutates
+its argument).
+
+Decisions (see also tasks/README.md):
+- job_recovery EAGER_NEXT_REGION: after a spot preemption the same region is the one most
+  likely still short of capacity; the checkpoint lives in the bucket, so moving on costs
+  only its download. ``recover_on_exit_codes`` lists EXIT_PREEMPTED (75, the trainer's
+  clean exit after a preemption notice) and never 137 (OOM kill: retrying cannot help).
+- file_mounts: the dataset is COPY-ed (read-only, local disk speed, fetched once per VM);
+  the run prefix is MOUNT-ed for people and tools on the node to look at. The trainer
+  itself reads and writes the bucket through vicuna_cloud.storage (atomic objects,
+  COMMIT.json last), never through the FUSE mount.
+- workdir: the source tree that renders the task, synced by SkyPilot; setup installs it.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from vicuna_cloud import __version__
+from vicuna_cloud.exit_codes import EXIT_PREEMPTED
+from vicuna_cloud.recipes import Preset
+from vicuna_cloud.skypilot.run_script import run_script, setup_script
+
+#: Where the dataset copy and the run-prefix mount appear on every node.
+DATA_MOUNT = "/vicuna/data"
+RUN_MOUNT = "/vicuna/run"
+SECRET_NAMES = ("HF_TOKEN", "WANDB_API_KEY")
+RECOVERY_STRATEGY = "EAGER_NEXT_REGION"
+MAX_RESTARTS_ON_ERRORS = 3
+RECOVER_ON_EXIT_CODES = (EXIT_PREEMPTED,)
+
+# What SkyPilot 0.14.1 understands in job_recovery (sky/utils/schemas.py and the
+# strategies registered in sky/jobs/recovery_strategy.py). The client-side schema allows
+# any extra key, so a typo would only surface on the API server: we check here.
+JOB_RECOVERY_KEYS = frozenset({"strategy", "max_restarts_on_errors", "recover_on_exit_codes"})
+JOB_RECOVERY_STRATEGIES = frozenset({"EAGER_NEXT_REGION", "FAILOVER"})
+NEVER_RECOVER_ON = frozenset({137})  # SIGKILL/OOM: the same VM size will be killed again
+
+CLOUDS = ("aws", "gcp", "any")
+#: Job names: letters, digits, '.', '_' and '-', starting with a letter or digit.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class TaskValidationError(ValueError):
+    """The task would be rejected (by us or by SkyPilot's parser)."""
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Everything about one launch that is not in the preset."""
+
+    run_id: str
+    run_uri: str  # full URI of runs/<run_id>/run.json
+    run_prefix_uri: str  # bucket URI of runs/<run_id>/
+    data_uri: str
+    use_spot: bool = True
+    cloud: str = "any"
+    name: Optional[str] = None
+    code_version: str = __version__
+    workdir: str = "."
+
+
+def check_name(name: str, what: str = "--name") -> str:
+    if not NAME_PATTERN.match(name):
+        raise TaskValidationError(
+            f"{what} {name!r} may only use letters, digits, '.', '_' and '-' (1-63 "
+            "characters, starting with a letter or digit); choose another"
+        )
+    return name
+
+
+def _resources(preset: Preset, opts: TaskOptions) -> dict[str, Any]:
+    if opts.cloud not in CLOUDS:
+        raise TaskValidationError(
+            f"unknown cloud {opts.cloud!r}; use --cloud aws, gcp or any"
+        )
+    res: dict[str, Any] = {
+        "accelerators": preset.hardware.accelerators,
+        "use_spot": opts.use_spot,
+        "disk_size": preset.disk_size_gb,
+        # Checkpoints are written to local disk by nothing but the pip/HF caches, yet
+        # loading the base model and restoring shards is disk-bound: take the best tier.
+        "disk_tier": "best",
+        "job_recovery": {
+            "strategy": RECOVERY_STRATEGY,
+            "max_restarts_on_errors": MAX_RESTARTS_ON_ERRORS,
+            "recover_on_exit_codes": list(RECOVER_ON_EXIT_CODES),
+        },
+    }
+    if opts.cloud == "any":
+        res["any_of"] = [{"cloud": "aws"}, {"cloud": "gcp"}]
+    else:
+        res["cloud"] = opts.cloud
+    return res
+
+
+def build_task_config(preset: Preset, opts: TaskOptions) -> dict[str, Any]:
+    """The task as a plain dict, in the key order the YAML shows."""
+    name = check_name(opts.name or opts.run_id)
+    if not opts.data_uri.startswith(("s3://", "gs://")):
+        raise TaskValidationError(
+            f"dataset URI {opts.data_uri!r} must be s3:// or gs:// for a cloud run; "
+            "upload it with `vicuna-cloud data upload DIR s3://BUCKET/...`"
+        )
+    if not opts.run_prefix_uri.startswith(("s3://", "gs://")):
+        raise TaskValidationError(
+            f"bucket {opts.run_prefix_uri!r} must be s3:// or gs:// for a cloud run "
+            "(a local directory works only with --local)"
+        )
+    return {
+        "name": name,
+        "workdir": opts.workdir,
+        "num_nodes": preset.hardware.nodes,
+        "resources": _resources(preset, opts),
+        "envs": {
+            "VICUNA_RUN_ID": opts.run_id,
+            "VICUNA_RUN_URI": opts.run_uri,
+            "VICUNA_CODE_VERSION": opts.code_version,
+            "VICUNA_DATA_DIR": DATA_MOUNT,
+            "VICUNA_RUN_DIR": RUN_MOUNT,
+        },
+        # Values are given at launch from the user's environment, never written here.
+        "secrets": {name_: None for name_ in SECRET_NAMES},
+        "file_mounts": {
+            DATA_MOUNT: {"source": opts.data_uri.rstrip("/"), "mode": "COPY"},
+            RUN_MOUNT: {"source": opts.run_prefix_uri.rstrip("/"), "mode": "MOUNT"},
+        },
+        "setup": setup_script(opts.code_version),
+        "run": run_script(),
+    }
+
+
+def check_job_recovery(config: dict[str, Any]) -> None:
+    """Our checks for what SkyPilot's client-side schema lets through."""
+    resources = config.get("resources") or {}
+    blocks = [resources] + list(resources.get("any_of") or []) + list(
+        resources.get("ordered") or [])
+    for block in blocks:
+        jr = block.get("job_recovery")
+        if jr is None:
+            continue
+        if isinstance(jr, str):
+            jr = {"strategy": jr}
+        unknown = set(jr) - JOB_RECOVERY_KEYS
+        if unknown:
+            raise TaskValidationError(
+                f"unknown job_recovery key(s) {', '.join(sorted(unknown))}; SkyPilot 0.14 "
+                f"knows {', '.join(sorted(JOB_RECOVERY_KEYS))}"
+            )
+        strategy = jr.get("strategy")
+        if strategy is not None and str(strategy).upper() not in JOB_RECOVERY_STRATEGIES:
+            raise TaskValidationError(
+                f"unknown job_recovery strategy {strategy!r}; use one of "
+                f"{', '.join(sorted(JOB_RECOVERY_STRATEGIES))}"
+            )
+        codes = jr.get("recover_on_exit_codes") or []
+        codes = [codes] if isinstance(codes, int) else list(codes)
+        bad = NEVER_RECOVER_ON.intersection(codes)
+        if bad:
+            raise TaskValidationError(
+                f"recover_on_exit_codes must not contain {sorted(bad)} (killed for memory: "
+                "recovering would pay for the same failure again)"
+            )
+
+
+def check_no_secret_values(config: dict[str, Any]) -> None:
+    secrets = config.get("secrets") or {}
+    if isinstance(secrets, dict):
+        filled = [k for k, v in secrets.items() if v not in (None, "")]
+        if filled:
+            raise TaskValidationError(
+                f"secret value(s) for {', '.join(filled)} in the task; they are passed at "
+                "launch from the environment and must never be written"
+            )
+
+
+def validate_task_config(config: dict[str, Any], secrets: Optional[dict[str, str]] = None):
+    """Check ``config`` and return SkyPilot's parsed ``sky.Task`` (config is not mutated).
+
+    ``secrets`` (name -> value) become the task's secret values for submission only;
+    secrets declared with no value are dropped when the user has none to give, so
+    SkyPilot does not look for a managed secret that does not exist.
+    """
+    check_job_recovery(config)
+    check_no_secret_values(config)
+    import sky
+
+    cfg = copy.deepcopy(config)
+    overrides = None
+    if secrets is not None:
+        declared = cfg.get("secrets") or {}
+        cfg["secrets"] = {k: v for k, v in declared.items() if k in secrets}
+        overrides = [(k, v) for k, v in secrets.items() if k in declared]
+    try:
+        return sky.Task.from_yaml_config(cfg, secrets_overrides=overrides)
+    except Exception as e:  # SkyPilot raises ValueError and jsonschema errors alike
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TaskValidationError(f"SkyPilot rejected the task: {first}") from None
+
+
+class _LiteralDumper:
+    """yaml.SafeDumper that writes multi-line strings (setup, run) as literal blocks."""
+
+    @staticmethod
+    def make():
+        import yaml
+
+        class Dumper(yaml.SafeDumper):
+            pass
+
+        def str_rep(dumper, data):
+            style = "|" if "\n" in data else None
+            return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+        Dumper.add_representer(str, str_rep)
+        return Dumper
+
+
+def to_yaml(config: dict[str, Any], header: str = "") -> str:
+    import yaml
+
+    body = yaml.dump(config, Dumper=_LiteralDumper.make(), sort_keys=False,
+                     default_flow_style=False, width=100, allow_unicode=True)
+    lines = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
+    return lines + body
