@@ -1,0 +1,189 @@
+"""Per-conversation cleaning and filters. Each drop has one named reason.
+
+``clean_conversation`` runs the steps in a fixed order and returns either the cleaned turns
+or the first reason that drops the conversation, so every input lands in exactly one
+bucket of the manifest's ``counts``. Reasons (``DROP_REASONS``):
+
+- ``bad_schema``: not an object, no ``conversations`` list, a turn without string
+  ``from``/``value``.
+- ``unknown_role``: a role other than human/user, gpt/assistant/chatgpt/bard/bing, system.
+- ``plugins``: the conversation used ChatGPT plugins (tool output, not a chat).
+- ``roles_not_alternating``: after trimming leading assistant turns and a trailing human
+  turn, roles do not alternate human/gpt.
+- ``invalid_unicode``: a lone surrogate or other text that cannot be written as UTF-8.
+- ``html_error``: the HTML parser rejected a message.
+- ``blocked_words``: a message mentions a blocked word (FastChat's list: openai, chatgpt;
+  configurable) which mostly marks "As an AI language model by OpenAI" boilerplate.
+- ``assistant_error``: an assistant turn is a ChatGPT UI error ("Too many requests in 1
+  hour. Try again later.", "network error", ...).
+- ``empty_message``: the first message is empty or starts with a non-printable character.
+  Later empty messages truncate the conversation there (FastChat's behaviour), which
+  is not a drop; the truncation is counted in ``truncated``.
+- ``too_short``: fewer than one human/gpt pair, or fewer than ``min_chars`` characters.
+- ``broken_list``: a numbered list that restarts at "1." right after a "1." item (the
+  scrapes' broken list numbering, FastChat's filter_wrong_format).
+The language, decontamination, duplicate and length reasons are added by later steps.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+from vicuna_cloud.data.html_to_markdown import HTMLConversionError, convert_value
+from vicuna_cloud.templates import ASSISTANT_ROLES, HUMAN_ROLES
+
+DEFAULT_BLOCKED_WORDS = ("openai", "chatgpt")
+ASSISTANT_ERRORS = (
+    "too many requests in 1 hour",
+    "an error occurred. if this issue persists",
+    "something went wrong, please try reloading the conversation",
+    "network error",
+    "the message you submitted was too long",
+    "conversation not found",
+    "hmm...something seems to have gone wrong",
+)
+DROP_REASONS = (
+    "bad_schema", "unknown_role", "plugins", "roles_not_alternating", "invalid_unicode",
+    "html_error", "blocked_words", "assistant_error", "empty_message", "too_short",
+    "broken_list", "language", "contaminated", "duplicate_id", "duplicate_content",
+    "pair_too_long",
+)
+
+# C0/C1 control characters except tab, newline and carriage return; they are removed.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_NUMBERED = re.compile(r"^( *)(\d+)\. ", re.M)
+_FENCE = re.compile(r"^```.*?^```", re.M | re.S)
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    blocked_words: tuple[str, ...] = DEFAULT_BLOCKED_WORDS
+    min_chars: int = 16
+    drop_plugins: bool = True
+    check_lists: bool = True
+
+
+@dataclass
+class Cleaned:
+    id: str
+    turns: list[dict[str, str]] = field(default_factory=list)
+    reason: str | None = None          # drop reason, None when kept
+    truncated: bool = False
+    detail: str = ""
+
+
+def _role(raw: Any) -> str | None:
+    r = raw.strip().lower()
+    if r in HUMAN_ROLES:
+        return "human"
+    if r in ASSISTANT_ROLES:
+        return "gpt"
+    if r == "system":
+        return "system"
+    return None
+
+
+def has_broken_list(text: str) -> bool:
+    """True when a numbered list at some indent goes "1." then "1." again."""
+    if "1. " not in text:
+        return False
+    text = _FENCE.sub("", text)
+    last: dict[str, int] = {}
+    for m in _NUMBERED.finditer(text):
+        indent, num = m.group(1), int(m.group(2))
+        if num == 1 and last.get(indent) == 1:
+            return True
+        last[indent] = num
+        for k in [k for k in last if len(k) > len(indent)]:
+            del last[k]  # a shallower item ends deeper lists
+    return False
+
+
+def _printable_start(text: str) -> bool:
+    c = text[0]
+    return c.isprintable() or c in "\n\t" or unicodedata.category(c) == "Co"
+
+
+def clean_conversation(item: Any, fallback_id: str, opts: FilterOptions) -> Cleaned:
+    if not isinstance(item, dict):
+        return Cleaned(fallback_id, reason="bad_schema", detail="item is not an object")
+    cid = item.get("id", fallback_id)
+    cid = str(cid) if isinstance(cid, (str, int, float)) and str(cid) else fallback_id
+    out = Cleaned(cid)
+    convs = item.get("conversations", item.get("items"))
+    if not isinstance(convs, list):
+        out.reason, out.detail = "bad_schema", "no 'conversations' list"
+        return out
+    turns: list[tuple[str, str]] = []
+    for t in convs:
+        if not isinstance(t, dict) or not isinstance(t.get("from"), str) \
+                or not isinstance(t.get("value"), str):
+            out.reason, out.detail = "bad_schema", "turn without string 'from' and 'value'"
+            return out
+        role = _role(t["from"])
+        if role is None:
+            out.reason, out.detail = "unknown_role", f"role {t['from'][:40]!r}"
+            return out
+        if role != "system":
+            turns.append((role, t["value"]))
+    if opts.drop_plugins and item.get("plugins"):
+        out.reason = "plugins"
+        return out
+    # Trim leading assistant turns and a trailing human turn (no reply to learn from).
+    start = 0
+    while start < len(turns) and turns[start][0] != "human":
+        start += 1
+    turns = turns[start:]
+    if turns and turns[-1][0] == "human":
+        turns = turns[:-1]
+    for i, (role, _) in enumerate(turns):
+        if role != ("human" if i % 2 == 0 else "gpt"):
+            out.reason, out.detail = "roles_not_alternating", f"turn {i} is {role}"
+            return out
+    if len(turns) < 2:
+        out.reason = "too_short"
+        return out
+    blocked = tuple(w.lower() for w in opts.blocked_words)
+    cleaned: list[dict[str, str]] = []
+    chars = 0
+    for role, value in turns:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            out.reason = "invalid_unicode"
+            return out
+        low = value.lower()
+        if blocked and any(w in low for w in blocked):
+            out.reason = "blocked_words"
+            return out
+        try:
+            text = convert_value(value)
+        except (HTMLConversionError, ValueError) as e:
+            out.reason, out.detail = "html_error", str(e)[:80]
+            return out
+        text = _CONTROL.sub("", text).strip()
+        if role == "gpt":
+            tl = text[:200].lower().lstrip("!")
+            if any(tl.startswith(err) for err in ASSISTANT_ERRORS):
+                out.reason = "assistant_error"
+                return out
+        if not text or not _printable_start(text):
+            out.truncated = True
+            break
+        if opts.check_lists and has_broken_list(text):
+            out.reason = "broken_list"
+            return out
+        chars += len(text)
+        cleaned.append({"from": role, "value": text})
+    cleaned = cleaned[: len(cleaned) // 2 * 2]
+    if not cleaned:
+        out.reason = "empty_message"
+        return out
+    if chars < opts.min_chars:
+        out.reason = "too_short"
+        return out
+    out.turns = cleaned
+    return out
