@@ -1,0 +1,60 @@
+"""``python -m train --run URI``: what torchrun starts on every GPU.
+
+Exit codes (vicuna_cloud/exit_codes.py): 0 completed or budget stop, 75 preempted (the
+managed job recovers), 78 bad run spec or data (restarting will not help), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from vicuna_cloud.exit_codes import EXIT_CONFIG, EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0])
+    # torchrun's argparse rejects `--run` after `-m train` (ambiguous with its --run-path),
+    # so under torchrun pass the URI positionally, as --run-uri, or in $VICUNA_RUN_URI.
+    p.add_argument("run_uri", nargs="?", default=None, help="URI of runs/<id>/run.json")
+    p.add_argument("--run", "--run-uri", dest="run", default=None,
+                   help="same as the positional URI (default: $VICUNA_RUN_URI)")
+    p.add_argument("--local-root", default=None,
+                   help="node-local cache and checkpoint staging (default: $VICUNA_LOCAL_ROOT "
+                        "or the user cache)")
+    p.add_argument("--stop-after-steps", type=int, default=None,
+                   help="testing: stop after N steps of this attempt as if preempted (exit 75)")
+    p.add_argument("--export-shard-mb", type=int, default=5 * 1024,
+                   help="max size of one exported safetensors shard")
+    a = p.parse_args(argv)
+    a.run = a.run_uri or a.run or os.environ.get("VICUNA_RUN_URI")
+    if not a.run:
+        print("error: no run spec: pass --run URI or set VICUNA_RUN_URI", file=sys.stderr)
+        return EXIT_CONFIG
+
+    from train.inputs import ConfigError
+    from train.loop import LoopOptions, run
+    from vicuna_cloud.tokenizers import TokenizerNotFound
+
+    try:
+        return run(a.run, LoopOptions(local_root=a.local_root,
+                                      stop_after_steps=a.stop_after_steps,
+                                      export_shard_bytes=a.export_shard_mb * 1024**2))
+    except (ConfigError, TokenizerNotFound) as e:
+        rank = os.environ.get("RANK", "0")
+        print(f"error (rank {rank}): {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    code = main()
+    try:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - teardown must not mask the exit code
+        pass
+    sys.exit(code)

@@ -1,0 +1,145 @@
+"""Inputs of a run: the validated run spec, the dataset (checked against its sha256), the
+tokenizer, and the tokenized examples. Every bad input becomes a one-line ConfigError."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from vicuna_cloud.runs import read_run_spec
+from vicuna_cloud.runspec import RunSpec
+from vicuna_cloud.storage import NotFoundError, StorageError, open_bucket
+from vicuna_cloud.templates import TemplateError, get_template
+
+from train.masking import Example, tokenize_conversation
+
+DATASET_FILE = "train.jsonl"
+
+
+class ConfigError(ValueError):
+    """Bad run spec or dataset: restarting will not help (exit EXIT_CONFIG)."""
+
+
+def load_spec(uri: str) -> RunSpec:
+    try:
+        return read_run_spec(uri)
+    except NotFoundError:
+        raise ConfigError(f"run spec {uri} does not exist; pass the run.json URI that "
+                          "`vicuna-cloud launch` printed") from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"run spec {uri} is invalid: {loc}: {first['msg']}") from None
+    except (StorageError, ValueError) as e:
+        raise ConfigError(f"cannot read run spec {uri}: {str(e).splitlines()[0]}") from None
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_dataset(spec: RunSpec, cache_dir: str, *, download: bool = True) -> str:
+    """Local path of train.jsonl, downloaded into ``cache_dir`` when the URI is remote.
+
+    Only one process per node should pass ``download=True``; the others wait on a barrier
+    and call again with ``download=False``. The sha256 in the spec is checked either way.
+    """
+    uri = spec.dataset.uri.rstrip("/")
+    if uri.endswith(".jsonl"):
+        uri, _, name = uri.rpartition("/")
+    else:
+        name = DATASET_FILE
+    try:
+        bucket = open_bucket(uri)
+    except ValueError as e:
+        raise ConfigError(f"dataset URI {spec.dataset.uri!r}: {e}") from None
+    if bucket.location.scheme == "file":
+        path = os.path.join(bucket.location.bucket, name)
+        if not os.path.isfile(path):
+            raise ConfigError(f"dataset {path} does not exist; run `vicuna-cloud data prepare` "
+                              "and point the run at its output directory")
+    else:
+        key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+        path = os.path.join(cache_dir, "datasets", spec.dataset.sha256 or key, name)
+        if download and not (os.path.isfile(path) and _sha_ok(spec, path)):
+            try:
+                bucket.get_file(name, path)
+            except NotFoundError:
+                raise ConfigError(f"dataset {bucket.child_uri(name)} does not exist; upload it "
+                                  "with `vicuna-cloud data upload`") from None
+    if spec.dataset.sha256 and not _sha_ok(spec, path):
+        raise ConfigError(
+            f"dataset {spec.dataset.uri} has sha256 {file_sha256(path)}, but the run spec "
+            f"expects {spec.dataset.sha256}; the data changed since launch: re-launch with "
+            "the current data or restore the original file")
+    return path
+
+
+def _sha_ok(spec: RunSpec, path: str) -> bool:
+    return spec.dataset.sha256 is None or file_sha256(path) == spec.dataset.sha256
+
+
+def read_conversations(path: str) -> list[list[dict]]:
+    """train.jsonl: one {"id", "conversations": [{"from", "value"}, ...]} per line."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                conv = rec["conversations"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ConfigError(f"{path}:{n}: not a JSON object with 'conversations'; "
+                                  "prepare the data with `vicuna-cloud data prepare`") from None
+            out.append(conv)
+    if not out:
+        raise ConfigError(f"dataset {path} holds no conversations")
+    return out
+
+
+@dataclass
+class DataStats:
+    conversations: int = 0
+    kept: int = 0
+    truncated: int = 0
+    misaligned: int = 0
+    dropped_untrained: int = 0   # nothing left to train after truncation
+    dropped_invalid: int = 0     # roles not alternating etc.
+    tokens: int = 0
+    trained_tokens: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def tokenize_all(conversations: list[list[dict]], tokenizer, template_name: str,
+                 max_length: int) -> tuple[list[Example], DataStats]:
+    template = get_template(template_name)
+    stats = DataStats(conversations=len(conversations))
+    examples: list[Example] = []
+    for conv in conversations:
+        try:
+            ex = tokenize_conversation(tokenizer, template, conv, max_length)
+        except TemplateError:
+            stats.dropped_invalid += 1
+            continue
+        stats.truncated += ex.truncated
+        stats.misaligned += ex.misaligned
+        if ex.n_trained == 0:
+            stats.dropped_untrained += 1
+            continue
+        examples.append(ex)
+        stats.tokens += len(ex)
+        stats.trained_tokens += ex.n_trained
+    stats.kept = len(examples)
+    if not examples:
+        raise ConfigError("no conversation has a trained token after masking and truncation; "
+                          "check the template and --max-length")
+    return examples, stats

@@ -1,0 +1,76 @@
+"""Assistant-only labels from the template's character spans and the tokenizer's offsets.
+
+The whole conversation is rendered once and tokenized once; a token is trained when its
+character range overlaps a trained span (assistant reply + stop string). No per-turn
+length arithmetic, so tokenizers that merge or split across turn boundaries cannot shift
+the mask (FastChat's hard-coded ``-2`` did with Llama-2 tokenizers).
+
+A SentencePiece token may start one character early, at the space that the template puts
+between ``ASSISTANT:`` and the reply (``▁Hello``); that is expected. Any other token that
+straddles a span edge is counted as *misaligned* (still trained: it holds reply text).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from vicuna_cloud.templates import ChatTemplate
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    """One tokenized conversation. ``targets[i]`` is the label for predicting token i+1,
+    already shifted, so packing samples end to end never trains across a boundary."""
+
+    input_ids: list[int]
+    targets: list[int]
+    truncated: bool = False
+    misaligned: bool = False
+
+    @property
+    def n_trained(self) -> int:
+        return sum(1 for t in self.targets if t != IGNORE)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def token_labels(text: str, spans: Sequence[tuple[int, int]],
+                 offsets: Sequence[tuple[int, int]], ids: Sequence[int]) -> tuple[list[int], bool]:
+    """Unshifted labels (token id or IGNORE) and whether any token straddled a span edge."""
+    labels = [IGNORE] * len(ids)
+    misaligned = False
+    j = 0
+    for i, (start, end) in enumerate(offsets):
+        if end <= start:  # BOS and other zero-width specials
+            continue
+        while j < len(spans) and spans[j][1] <= start:
+            j += 1
+        if j == len(spans):
+            break
+        s, e = spans[j]
+        if end <= s:
+            continue
+        labels[i] = ids[i]
+        if start < s and not (start == s - 1 and text[start] == " "):
+            misaligned = True
+        if end > e:
+            misaligned = True
+    return labels, misaligned
+
+
+def tokenize_conversation(tokenizer, template: ChatTemplate,
+                          conversation: Sequence[Mapping[str, str]],
+                          max_length: int) -> Example:
+    """Render, tokenize with offsets, mask, truncate to ``max_length`` tokens, shift."""
+    rendered = template.render(conversation)
+    enc = tokenizer(rendered.text, return_offsets_mapping=True, add_special_tokens=True)
+    ids = list(enc["input_ids"])
+    labels, misaligned = token_labels(rendered.text, rendered.assistant_spans,
+                                      enc["offset_mapping"], ids)
+    truncated = len(ids) > max_length
+    ids, labels = ids[:max_length], labels[:max_length]
+    return Example(ids, labels[1:] + [IGNORE], truncated=truncated, misaligned=misaligned)

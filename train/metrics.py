@@ -1,0 +1,122 @@
+"""Per-step metrics: console (rich), ``runs/<id>/metrics.jsonl`` in the bucket, and W&B.
+
+Object stores have no append, so rank 0 keeps the file's lines in memory and re-uploads
+the whole file every ``flush_seconds`` (and at the end); a resumed run keeps the earlier
+lines up to its resume step and drops the ones of work that was lost.
+
+MFU follows PaLM's convention: FLOPs per trained token = 6N (N = parameters in matmuls:
+all but the input embedding) + 12·L·H·s for attention, where s is the token's own
+conversation length (packed rows do not attend across conversations), over the GPUs'
+dense bf16 peak from vicuna_cloud.recipes.GPU_SPECS. On CPU there is no peak: mfu = null.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Optional, Sequence
+
+from vicuna_cloud.recipes import GPU_SPECS
+from vicuna_cloud.storage import Bucket, NotFoundError
+
+METRICS_KEY = "metrics.jsonl"
+
+
+def step_flops(matmul_params: int, n_layers: int, hidden: int, seq_lens: Sequence[int]) -> float:
+    tokens = sum(seq_lens)
+    return 6.0 * matmul_params * tokens + 12.0 * n_layers * hidden * sum(s * s for s in seq_lens)
+
+
+def gpu_peak_tflops(device_name: Optional[str]) -> Optional[float]:
+    """Dense bf16 peak of one GPU from its CUDA device name, None on CPU or unknown."""
+    if not device_name:
+        return None
+    name = device_name.upper()
+    for key in sorted(GPU_SPECS, key=len, reverse=True):
+        base = key.split("-")[0]
+        if key != "cpu" and base in name and GPU_SPECS[key][1] > 0:
+            return GPU_SPECS[key][1]
+    return None
+
+
+def mfu(flops: float, seconds: float, n_gpus: int, peak_tflops: Optional[float]) -> Optional[float]:
+    if not peak_tflops or seconds <= 0:
+        return None
+    return flops / seconds / (n_gpus * peak_tflops * 1e12)
+
+
+class MetricsLog:
+    """Rank 0's metrics sink. Other ranks never construct one."""
+
+    def __init__(self, bucket: Optional[Bucket], run_prefix: str, *, resume_step: int = 0,
+                 flush_seconds: float = 10.0, console: bool = True, wandb_config: Optional[dict] = None):
+        self.bucket = bucket
+        self.key = f"{run_prefix}/{METRICS_KEY}"
+        self.flush_seconds = flush_seconds
+        self.lines: list[str] = []
+        self._last_flush = time.monotonic()
+        self._dirty = False
+        if bucket is not None:
+            try:
+                for line in bucket.get_bytes(self.key).decode().splitlines():
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if rec.get("step", 0) <= resume_step:
+                        self.lines.append(line)
+            except NotFoundError:
+                pass
+        self.console = None
+        if console:
+            from rich.console import Console
+            self.console = Console(stderr=True, soft_wrap=True)
+        self.wandb = None
+        if wandb_config is not None and os.environ.get("WANDB_API_KEY"):
+            try:
+                import wandb  # optional: never a hard dependency
+                self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "vicuna-cloud"),
+                                        id=wandb_config.get("run_id"), resume="allow",
+                                        config=wandb_config)
+            except Exception as e:  # noqa: BLE001 - W&B trouble must not stop training
+                self.print(f"[yellow]W&B disabled: {str(e).splitlines()[0]}")
+
+    def print(self, msg: str) -> None:
+        if self.console is not None:
+            self.console.print(msg, highlight=False)
+
+    def event(self, kind: str, step: int, **fields) -> None:
+        self._append({"event": kind, "step": step, "time": time.time(), **fields})
+        self.flush()
+
+    def log(self, rec: dict, total_steps: int) -> None:
+        self._append(rec)
+        if self.console is not None:
+            m = rec.get("mfu")
+            self.console.print(
+                f"step {rec['step']}/{total_steps} loss {rec['loss']:.4f} lr {rec['lr']:.2e} "
+                f"gnorm {rec['grad_norm']:.3f} tok/s {rec['tokens_per_s']:.0f} "
+                f"trained {rec['trained_fraction']:.2f} pad {rec['padding_fraction']:.2f} "
+                f"mfu {'-' if m is None else f'{100 * m:.1f}%'}", highlight=False)
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in rec.items() if isinstance(v, (int, float))},
+                           step=rec["step"])
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def _append(self, rec: dict) -> None:
+        self.lines.append(json.dumps(rec, separators=(",", ":")))
+        self._dirty = True
+
+    def flush(self) -> None:
+        if self.bucket is None or not self._dirty:
+            return
+        self.bucket.put_bytes(self.key, ("\n".join(self.lines) + "\n").encode())
+        self._dirty = False
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        self.flush()
+        if self.wandb is not None:
+            self.wandb.finish()
