@@ -1,0 +1,347 @@
+"""Before-launch cost estimate: tokens -> FLOPs -> GPU hours -> billed hours -> dollars.
+
+The model, every term stated (all hours are node-hours of wall time billed per node):
+
+1. Trained tokens per epoch come from the dataset manifest (``--data``), or from the
+   reference workload of the preset's version (``REFERENCE_*`` below, assumptions listed).
+2. Compute tokens: *packed* (ours) = real tokens; *padded* (FastChat-faithful: every
+   sample padded to ``max_length``, no packing) = samples x max_length.
+3. FLOPs per token = 6 N + 12 L H S  (PaLM, Chowdhery et al. 2022, appendix B):
+   6N for the forward and backward matmuls of all N parameters (embeddings included,
+   an over-count of ~2% for LLaMA-7B), plus 12 L H S for attention scores and values
+   over a sequence of S tokens (L layers, hidden H), counted as the full square the
+   way MFU is conventionally reported. S is the token-weighted mean sample length when
+   packed with per-document masking, and max_length when padded.
+   Recomputation under activation checkpointing is not counted (MFU, not HFU).
+4. Compute hours = total FLOPs / (GPUs x bf16 peak x MFU). Default MFU 0.40: published
+   7B/13B FSDP runs on A100-80GB with flash attention and full activation checkpointing
+   sit at 0.4-0.5 MFU; checkpointing recomputes the forward (8N hardware vs 6N model
+   FLOPs), so 0.53 of the hardware is 0.40 MFU. Both recipes get the same MFU, so the
+   comparison isolates padding.
+5. Checkpoint stall per save = 12 N bytes (fp32 weights + two Adam moments) / 2 GB/s
+   (a local NVMe write; the upload to the bucket runs in the background). Interval:
+   Young's sqrt(2 C / P) for a preemption rate P per hour, else 60 minutes.
+6. Setup: ``restart_minutes`` (default 10: boot, dependencies, base-weight download,
+   model load and resume) billed once at the start and again after every preemption.
+7. Preemptions at rate P per billed hour each cost restart + half an interval of lost
+   work: billed H = (compute + checkpoints + setup) / (1 - P (restart + interval / 2)).
+8. Dollars = H x node price x nodes; price = cheapest spot in the catalog (pricing.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Optional
+
+from vicuna_cloud.recipes import Preset
+
+DEFAULT_MFU = 0.40
+DEFAULT_RESTART_MINUTES = 10.0
+CHECKPOINT_WRITE_BYTES_PER_S = 2e9
+DEFAULT_INTERVAL_MINUTES_NO_PREEMPTION = 60.0
+
+# Reference workload for the ShareGPT data (used when no manifest is given).
+# Assumption: 3.2 rounds per conversation of 71 prompt + 358 completion LLaMA tokens
+# (the ShareGPT statistics of Wang et al. 2023, "How Far Can Camels Go?", Table 1),
+# plus ~40 tokens of system prompt and role tags: 1,413 tokens per conversation, of
+# which 1,146 (81%) are assistant tokens. Conversations longer than max_length are
+# split (as FastChat's split_long_conversation does), so samples ~= conversations;
+# assumed token-weighted mean sample length: 1.6 x the mean (a long-tailed length
+# distribution), capped at max_length.
+REFERENCE_ROUNDS = 3.2
+REFERENCE_PROMPT_TOKENS = 71.0
+REFERENCE_COMPLETION_TOKENS = 358.0
+REFERENCE_OVERHEAD_TOKENS = 40.0
+REFERENCE_WEIGHTED_LENGTH_FACTOR = 1.6
+
+
+class EstimateError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one epoch trains."""
+
+    conversations: int
+    samples: int
+    tokens_per_epoch: int          # real tokens (packed compute)
+    assistant_tokens_per_epoch: Optional[int]
+    weighted_sample_length: float  # token-weighted mean sample length (attention S)
+    source: str
+    assumptions: tuple[str, ...] = field(default=())
+
+    @property
+    def mean_tokens(self) -> float:
+        return self.tokens_per_epoch / max(self.samples, 1)
+
+
+def reference_workload(preset: Preset) -> Workload:
+    n = preset.reference_conversations
+    per_conv = REFERENCE_ROUNDS * (REFERENCE_PROMPT_TOKENS + REFERENCE_COMPLETION_TOKENS) \
+        + REFERENCE_OVERHEAD_TOKENS
+    per_sample = min(per_conv, preset.max_length)
+    weighted = min(per_sample * REFERENCE_WEIGHTED_LENGTH_FACTOR, preset.max_length)
+    return Workload(
+        conversations=n, samples=n, tokens_per_epoch=int(round(n * per_sample)),
+        assistant_tokens_per_epoch=int(round(n * REFERENCE_ROUNDS * REFERENCE_COMPLETION_TOKENS)),
+        weighted_sample_length=weighted,
+        source=f"reference workload for Vicuna {preset.version} (no --data manifest)",
+        assumptions=(
+            f"{n:,} conversations (published size of the {preset.version} training set)",
+            f"{per_conv:,.0f} tokens per conversation = {REFERENCE_ROUNDS} rounds x "
+            f"({REFERENCE_PROMPT_TOKENS:.0f} prompt + {REFERENCE_COMPLETION_TOKENS:.0f} "
+            f"completion) + {REFERENCE_OVERHEAD_TOKENS:.0f} template tokens "
+            "(ShareGPT statistics, Wang et al. 2023)",
+            "samples = conversations (long ones split at max_length, few in ShareGPT)",
+            f"token-weighted mean sample length = {REFERENCE_WEIGHTED_LENGTH_FACTOR} x mean "
+            f"= {weighted:,.0f} tokens (attention cost when packed)",
+        ),
+    )
+
+
+def _histogram_weighted_length(hist) -> Optional[float]:
+    """Token-weighted mean length E[L^2]/E[L] from a length histogram, read defensively.
+
+    Accepts {"edges": [...], "counts": [...]} (or "bins"), a list of
+    {"lo"/"min", "hi"/"max", "count"} objects, or a {"lo-hi": count} mapping.
+    """
+    bins: list[tuple[float, float, float]] = []
+    try:
+        if isinstance(hist, dict) and "counts" in hist:
+            edges = hist.get("edges") or hist.get("bins") or hist.get("bin_edges")
+            counts = hist["counts"]
+            if edges and len(edges) == len(counts) + 1:
+                bins = [(edges[i], edges[i + 1], counts[i]) for i in range(len(counts))]
+        elif isinstance(hist, list):
+            for b in hist:
+                lo = b.get("lo", b.get("min", b.get("start")))
+                hi = b.get("hi", b.get("max", b.get("end")))
+                bins.append((lo, hi, b["count"]))
+        elif isinstance(hist, dict):
+            for k, c in hist.items():
+                lo, _, hi = str(k).partition("-")
+                bins.append((float(lo), float(hi or lo), c))
+    except (TypeError, KeyError, ValueError, AttributeError):
+        return None
+    s1 = s2 = 0.0
+    for lo, hi, c in bins:
+        try:
+            mid = (float(lo) + float(hi)) / 2
+            c = float(c)
+        except (TypeError, ValueError):
+            return None
+        s1 += c * mid
+        s2 += c * mid * mid
+    return s2 / s1 if s1 > 0 else None
+
+
+def _int_at(d: dict, *paths: str) -> Optional[int]:
+    for path in paths:
+        cur = d
+        for part in path.split("."):
+            cur = cur.get(part) if isinstance(cur, dict) else None
+        if isinstance(cur, dict):
+            cur = cur.get("count", cur.get("total"))
+        if isinstance(cur, (int, float)) and not isinstance(cur, bool) and cur >= 0:
+            return int(cur)
+    return None
+
+
+def workload_from_manifest(manifest: dict, preset: Preset, source: str) -> Workload:
+    """Read the data helper's manifest.json (tokens.total, conversations, histogram)."""
+    if not isinstance(manifest, dict):
+        raise EstimateError(f"{source}: manifest is not a JSON object; give the manifest.json "
+                            "written by `vicuna-cloud data prepare`")
+    total = _int_at(manifest, "tokens.total", "tokens_total", "total_tokens")
+    if not total:
+        raise EstimateError(f"{source}: no token count (tokens.total); re-run "
+                            "`vicuna-cloud data prepare` to write a complete manifest")
+    convs = _int_at(manifest, "conversations", "counts.conversations", "num_conversations")
+    samples = _int_at(manifest, "samples", "counts.samples", "num_samples") or convs
+    if not samples:
+        raise EstimateError(f"{source}: no conversation count (conversations); re-run "
+                            "`vicuna-cloud data prepare` to write a complete manifest")
+    assistant = _int_at(manifest, "tokens.assistant", "assistant_tokens")
+    tok = manifest.get("tokens")
+    hist = manifest.get("length_histogram") or (
+        tok.get("histogram") if isinstance(tok, dict) else None)
+    weighted = _histogram_weighted_length(hist) if hist else None
+    assumptions = []
+    if weighted is None:
+        weighted = min(total / samples * REFERENCE_WEIGHTED_LENGTH_FACTOR, preset.max_length)
+        assumptions.append(f"no usable length histogram: token-weighted length assumed "
+                           f"{REFERENCE_WEIGHTED_LENGTH_FACTOR} x mean = {weighted:,.0f}")
+    return Workload(
+        conversations=convs or samples, samples=samples, tokens_per_epoch=total,
+        assistant_tokens_per_epoch=assistant,
+        weighted_sample_length=min(weighted, preset.max_length), source=source,
+        assumptions=tuple(assumptions),
+    )
+
+
+def load_manifest(location: str) -> tuple[dict, str]:
+    """A manifest.json path/URI, or the dataset directory/URI holding one."""
+    from vicuna_cloud.storage import NotFoundError, StorageError, open_bucket
+
+    loc = location.rstrip("/")
+    if loc.endswith(".json"):
+        head, _, name = loc.rpartition("/")
+        head = head or "."
+    else:
+        head, name = loc, "manifest.json"
+    try:
+        raw = open_bucket(head).get_bytes(name)
+    except NotFoundError:
+        raise EstimateError(f"no manifest at {head}/{name}; give --data a dataset directory "
+                            "(or its manifest.json) written by `vicuna-cloud data prepare`") from None
+    except (StorageError, ValueError) as e:
+        raise EstimateError(f"cannot read {head}/{name}: {e}") from None
+    try:
+        return json.loads(raw), f"{head}/{name}"
+    except ValueError:
+        raise EstimateError(f"{head}/{name} is not valid JSON; re-run `vicuna-cloud data prepare`") from None
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    mfu: float = DEFAULT_MFU
+    preemptions_per_hour: float = 1 / 6      # = the run spec's default mtbf_hours of 6
+    restart_minutes: float = DEFAULT_RESTART_MINUTES
+    checkpoint_interval_minutes: Optional[float] = None   # None: Young's formula
+    checkpoint_stall_seconds: Optional[float] = None      # None: 12 N bytes / 2 GB/s
+
+    def validate(self) -> None:
+        if not 0 < self.mfu <= 1:
+            raise EstimateError(f"--mfu {self.mfu} must be in (0, 1], e.g. 0.4")
+        if self.preemptions_per_hour < 0:
+            raise EstimateError("--preemptions-per-hour must be >= 0")
+        if self.restart_minutes < 0:
+            raise EstimateError("--restart-minutes must be >= 0")
+        if self.checkpoint_interval_minutes is not None and self.checkpoint_interval_minutes <= 0:
+            raise EstimateError("--checkpoint-minutes must be > 0")
+
+
+def flops_per_token(preset: Preset, seq: float) -> float:
+    a = preset.arch
+    return 6.0 * a.n_params + 12.0 * a.n_layers * a.hidden * seq
+
+
+def checkpoint_stall_seconds(preset: Preset, a: Assumptions) -> float:
+    if a.checkpoint_stall_seconds is not None:
+        return a.checkpoint_stall_seconds
+    return 12.0 * preset.arch.n_params / CHECKPOINT_WRITE_BYTES_PER_S
+
+
+def checkpoint_interval_hours(preset: Preset, a: Assumptions) -> float:
+    if a.checkpoint_interval_minutes is not None:
+        return a.checkpoint_interval_minutes / 60.0
+    if a.preemptions_per_hour <= 0:
+        return DEFAULT_INTERVAL_MINUTES_NO_PREEMPTION / 60.0
+    c = checkpoint_stall_seconds(preset, a) / 3600.0
+    return math.sqrt(2.0 * c / a.preemptions_per_hour)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    mode: str                      # "packed" (ours) | "padded" (FastChat-faithful)
+    epochs: float
+    trained_tokens: float          # real tokens over all epochs
+    compute_tokens: float          # tokens the GPUs compute on (incl. padding)
+    attention_seq: float
+    flops_per_token: float
+    total_flops: float
+    gpus: int
+    peak_tflops: float
+    mfu: float
+    compute_hours: float
+    checkpoint_interval_minutes: float
+    checkpoint_stall_seconds: float
+    checkpoint_hours: float
+    setup_hours: float
+    preemption_hours: float
+    expected_preemptions: float
+    billed_hours: float
+    price_per_node_hour: float
+    nodes: int
+    cost_usd: float
+    budget_usd: Optional[float]
+
+    @property
+    def verdict(self) -> str:
+        if self.budget_usd is None:
+            return "no published budget"
+        if self.cost_usd <= self.budget_usd:
+            return f"within ${self.budget_usd:,.0f} (${self.budget_usd - self.cost_usd:,.0f} to spare)"
+        return f"over ${self.budget_usd:,.0f} by ${self.cost_usd - self.budget_usd:,.0f}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["verdict"] = self.verdict
+        return d
+
+
+def estimate(preset: Preset, workload: Workload, price_per_node_hour: float,
+             assumptions: Assumptions = Assumptions(), mode: str = "packed") -> Estimate:
+    a = assumptions
+    a.validate()
+    if mode not in ("packed", "padded"):
+        raise EstimateError(f"unknown mode {mode!r}")
+    epochs = preset.epochs
+    trained = epochs * workload.tokens_per_epoch
+    if mode == "packed":
+        compute_tokens, seq = trained, workload.weighted_sample_length
+    else:
+        compute_tokens, seq = epochs * workload.samples * preset.max_length, preset.max_length
+    fpt = flops_per_token(preset, seq)
+    total = fpt * compute_tokens
+    hw = preset.hardware
+    if hw.bf16_peak_tflops <= 0:
+        raise EstimateError(f"preset {preset.name} runs on {hw.accelerator}: no GPU peak to "
+                            "estimate from; choose 7b, 13b or 33b")
+    compute_h = total / (hw.world_size * hw.bf16_peak_tflops * 1e12 * a.mfu) / 3600.0
+    interval_h = checkpoint_interval_hours(preset, a)
+    stall_s = checkpoint_stall_seconds(preset, a)
+    ckpt_h = math.floor(compute_h / interval_h) * stall_s / 3600.0
+    setup_h = a.restart_minutes / 60.0
+    loss_per_preemption = a.restart_minutes / 60.0 + interval_h / 2.0
+    frac = a.preemptions_per_hour * loss_per_preemption
+    if frac >= 1:
+        raise EstimateError(
+            f"at {a.preemptions_per_hour:g} preemptions/hour each costing "
+            f"{loss_per_preemption * 60:.0f} min (restart + half an interval) the run never "
+            "finishes; shorten --checkpoint-minutes or --restart-minutes"
+        )
+    base = compute_h + ckpt_h + setup_h
+    billed = base / (1.0 - frac)
+    return Estimate(
+        mode=mode, epochs=epochs, trained_tokens=trained, compute_tokens=compute_tokens,
+        attention_seq=seq, flops_per_token=fpt, total_flops=total, gpus=hw.world_size,
+        peak_tflops=hw.bf16_peak_tflops, mfu=a.mfu, compute_hours=compute_h,
+        checkpoint_interval_minutes=interval_h * 60.0, checkpoint_stall_seconds=stall_s,
+        checkpoint_hours=ckpt_h, setup_hours=setup_h, preemption_hours=billed - base,
+        expected_preemptions=a.preemptions_per_hour * billed, billed_hours=billed,
+        price_per_node_hour=price_per_node_hour, nodes=hw.nodes,
+        cost_usd=billed * price_per_node_hour * hw.nodes,
+        budget_usd=preset.published_budget_usd,
+    )
+
+
+SENSITIVITY_MFU = (0.30, 0.40, 0.50, 0.60)
+
+
+def sensitivity(preset: Preset, workload: Workload, prices: dict[str, tuple[float, bool]],
+                assumptions: Assumptions, mode: str = "packed") -> dict:
+    """Cost for each MFU x price column. prices: label -> ($/node-hour, spot?)."""
+    mfus = sorted(set(SENSITIVITY_MFU) | {round(assumptions.mfu, 4)})
+    rows = []
+    for m in mfus:
+        row = {"mfu": m}
+        for label, (price, spot) in prices.items():
+            a = replace(assumptions, mfu=m,
+                        preemptions_per_hour=assumptions.preemptions_per_hour if spot else 0.0)
+            row[label] = round(estimate(preset, workload, price, a, mode).cost_usd, 2)
+        rows.append(row)
+    return {"columns": list(prices), "rows": rows}
