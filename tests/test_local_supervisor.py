@@ -103,7 +103,7 @@ def test_preemption_kills_workers_in_their_own_session(tmp_path):
 
 
 
-def test_cancel_sends_sigint_to_every_worker_then_runs_on_cancel(tmp_path):
+def test_ctrl_c_signals_every_worker_then_runs_on_cancel(tmp_path):
     cancelled_hook = []
     sup = make(tmp_path, mode="spawn", total=10_000, dt=0.05, grace_s=5)
     sup.on_cancel = lambda: cancelled_hook.append(True)
@@ -120,6 +120,6 @@ def test_cancel_sends_sigint_to_every_worker_then_runs_on_cancel(tmp_path):
     assert (res.exit_code, res.outcome) == (EXIT_CANCELLED, "cancelled")
     assert res.attempts[-1].outcome == "cancelled" and cancelled_hook == [True]
     pids = [int(x) for x in (tmp_path / "pids").read_text().split()]
-    # The grandchild (own session) got SIGINT and handled it; nobody is left running.
+    # The grandchild (own session) got the cancel signal and handled it; nobody is left.
     assert str(pids[1]) in (tmp_path / "cancelled").read_text().split()
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]

@@ -4,7 +4,7 @@ It "trains" TOTAL steps, one every DT seconds, appending a metrics record per st
 METRICS and "checkpointing" its step to STATE after each one, so a restart resumes.
 MODE changes the exit policy: ok | fail | config | notice-once (exit 75 once) |
 spawn (start a grandchild in its own session, as torchrun does with its workers).
-On SIGINT it writes CANCELLED and exits 130.
+On SIGINT or SIGTERM it writes its pid to CANCELLED and exits 130.
 """
 
 import json
@@ -27,6 +27,7 @@ def on_int(signum, frame):
 
 
 signal.signal(signal.SIGINT, on_int)
+signal.signal(signal.SIGTERM, on_int)
 if mode == "config":
     sys.exit(78)
 if mode == "fail":

@@ -8,9 +8,10 @@ own, and restarts it like a managed job's recovery would:
 - with ``preemptions=N`` it SIGKILLs the whole process tree at N seeded points of the
   run (only once the current attempt has trained, i.e. reported a new metrics record) and
   restarts it: a simulated spot preemption, with no warning, like a vanished VM;
-- Ctrl-C (KeyboardInterrupt) or SIGTERM: SIGINT to every process of the tree, a grace
-  period for the trainer to close its ledger segment, then SIGKILL; ``on_cancel`` runs
-  afterwards so the caller can close the segment on the trainer's behalf.
+- Ctrl-C (KeyboardInterrupt) or SIGTERM to the launcher: ``cancel_signal`` (SIGTERM, the
+  trainer's graceful-stop path: checkpoint if it fits, flush the ledger) to every process
+  of the tree at once, a grace period, then SIGKILL for whatever is left; ``on_cancel``
+  runs afterwards so the caller can record the segment's end as "cancelled".
 The policy takes no torch: a unit test drives it with a tiny Python child.
 """
 
@@ -52,6 +53,7 @@ class SupervisorConfig:
     max_recoveries: int = 100      # EXIT_PREEMPTED restarts, a guard against loops
     restart_delay_s: float = 0.5   # a new VM is not instant
     grace_s: float = 20.0          # Ctrl-C: time to close ledgers before SIGKILL
+    cancel_signal: int = signal.SIGTERM
     poll_s: float = 0.1
     window: tuple[float, float] = (0.15, 0.85)  # preemption points, fractions of the run
     expected_steps: Optional[int] = None        # used until a probe reports total_steps
@@ -238,9 +240,9 @@ class Supervisor:
     def _cancel(self) -> None:
         proc = self._proc
         if proc is not None and proc.poll() is None:
-            # Everyone gets SIGINT at once, as a terminal would send to a foreground job:
+            # Everyone gets the signal at once, as a terminal's Ctrl-C reaches a whole job:
             # torchrun's workers live in sessions of their own and would miss it otherwise.
-            procs = proctree.signal_tree(proc.pid, signal.SIGINT)
+            procs = proctree.signal_tree(proc.pid, self.config.cancel_signal)
             deadline = time.monotonic() + self.config.grace_s
             while time.monotonic() < deadline and proc.poll() is None:
                 time.sleep(0.05)
