@@ -226,7 +226,7 @@ def _disk_gb(arch: Architecture, keep: int = 2) -> int:
 
 
 def get_preset(name: str, version: Optional[str] = None,
-               base_model: Optional[str] = None, accelerator: str = "A100-80GB",
+               base_model: Optional[str] = None, accelerator: Optional[str] = None,
                gpus_per_node: int = 8, nodes: Optional[int] = None) -> Preset:
     """Resolve a preset name (and optional version and overrides) to a full preset."""
     name = name.lower().strip()
@@ -239,7 +239,8 @@ def get_preset(name: str, version: Optional[str] = None,
             name="tiny", size="tiny", version=v.name,
             base_model=base_model or "config:tiny", tokenizer="builtin:llama-sp",
             template=v.template, arch=TINY,
-            hardware=hardware_for("cpu", 2, 1) if accelerator == "A100-80GB"
+            # CPU (2 processes) unless a GPU type is asked for (e.g. --gpus A100-80GB:1).
+            hardware=hardware_for("cpu", 2, 1) if accelerator is None
             else hardware_for(accelerator, gpus_per_node, nodes or 1),
             epochs=1, global_batch_size=16, learning_rate=2e-3, max_length=256,
             micro_batch_tokens=1024, micro_batch_size=4, dtype="fp32",
@@ -260,7 +261,7 @@ def get_preset(name: str, version: Optional[str] = None,
         )
     arch = (LLAMA2 if v.base_family == "llama2" else LLAMA1)[name]
     default_nodes = 2 if name == "33b" else 1
-    hw = hardware_for(accelerator, gpus_per_node, nodes or default_nodes)
+    hw = hardware_for(accelerator or "A100-80GB", gpus_per_node, nodes or default_nodes)
     tokens = 8192 if v.max_length <= 4096 else v.max_length
     return Preset(
         name=name, size=name, version=vname,

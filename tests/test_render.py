@@ -1,0 +1,155 @@
+"""Task rendering: every preset renders a task SkyPilot's own parser accepts; tasks/ is
+kept equal to the renderer; our job_recovery checks catch what SkyPilot's client lets by."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launch_helpers import run_cli
+from vicuna_cloud.cli.launch import render_task
+from vicuna_cloud.recipes import all_presets
+from vicuna_cloud.skypilot.task import (
+    TaskValidationError, check_job_recovery, validate_task_config,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["7b", "13b", "33b"])
+def test_committed_tasks_match_the_renderer(name):
+    committed = (REPO / "tasks" / f"{name}.yaml").read_text()
+    assert committed == render_task(name), (
+        f"tasks/{name}.yaml drifted: re-render with `vicuna-cloud render {name} -o tasks/{name}.yaml`")
+
+
+def _cases():
+    out = [(p.name, p.version, None) for p in all_presets() if p.name != "tiny"]
+    return out + [("tiny", "v1.1", "A100-80GB:1")]
+
+
+@pytest.mark.parametrize("name,version,gpus", _cases())
+def test_every_preset_renders_a_task_skypilot_accepts(name, version, gpus):
+    import sky
+
+    text = render_task(name, version=version, gpus=gpus)
+    cfg = yaml.safe_load(text)
+    task = sky.Task.from_yaml_config(copy.deepcopy(cfg))
+    res = list(task.resources)
+    assert {str(r.cloud) for r in res} == {"AWS", "GCP"}
+    want_gpus = gpus or "A100-80GB:8"
+    acc, count = want_gpus.split(":")
+    assert all(r.accelerators == {acc: int(count)} for r in res)
+    assert all(r.use_spot for r in res)
+    assert task.num_nodes == (2 if name == "33b" else 1)
+    jr = cfg["resources"]["job_recovery"]
+    assert jr["strategy"] == "EAGER_NEXT_REGION"
+    assert 0 < jr["max_restarts_on_errors"] <= 5
+    assert jr["recover_on_exit_codes"] == [75] and 137 not in jr["recover_on_exit_codes"]
+    assert cfg["secrets"] == {"HF_TOKEN": None, "WANDB_API_KEY": None}
+    assert cfg["envs"]["VICUNA_RUN_URI"].endswith("/run.json")
+    mounts = cfg["file_mounts"]
+    assert mounts["/vicuna/data"]["mode"] == "COPY"
+    assert mounts["/vicuna/run"]["source"].endswith(f"runs/{cfg['envs']['VICUNA_RUN_ID']}")
+    assert set(task.storage_mounts) == {"/vicuna/data", "/vicuna/run"}
+    # The run spec carries hyperparameters; the YAML must not.
+    for word in ("learning_rate", "2e-05", "warmup", "global_batch"):
+        assert word not in text
+    # Disk: base weights + two checkpoints (16 bytes/param) + caches.
+    if name != "tiny":
+        from vicuna_cloud.recipes import get_preset
+
+        n = get_preset(name, version).arch.n_params
+        assert cfg["resources"]["disk_size"] * 1e9 >= 2 * 12 * n + 4 * n
+
+
+def test_cloud_choice_and_on_demand_and_gcs():
+    cfg = yaml.safe_load(render_task("7b", cloud="gcp", spot=False, bucket="gs://vc-bucket/p"))
+    assert cfg["resources"]["cloud"] == "gcp" and "any_of" not in cfg["resources"]
+    assert cfg["resources"]["use_spot"] is False
+    assert cfg["file_mounts"]["/vicuna/run"]["source"].startswith("gs://vc-bucket/p/runs/")
+    assert cfg["envs"]["VICUNA_RUN_URI"].startswith("gs://vc-bucket/p/runs/")
+    cfg = yaml.safe_load(render_task("13b", cloud="aws", nodes=2, gpus="H100:8"))
+    assert cfg["resources"]["cloud"] == "aws" and cfg["num_nodes"] == 2
+    assert cfg["resources"]["accelerators"] == "H100:8"
+
+
+def test_job_recovery_typos_pass_skypilot_but_not_us():
+    import sky
+
+    cfg = yaml.safe_load(render_task("7b"))
+    typo = copy.deepcopy(cfg)
+    typo["resources"]["job_recovery"]["max_restart_on_errors"] = 3  # missing 's'
+    # SkyPilot 0.14.1's client-side schema lets unknown job_recovery keys through ...
+    sky.Task.from_yaml_config(copy.deepcopy(typo))
+    # ... so we check them ourselves.
+    with pytest.raises(TaskValidationError, match="max_restart_on_errors"):
+        validate_task_config(typo)
+    bad = copy.deepcopy(cfg)
+    bad["resources"]["job_recovery"]["strategy"] = "EAGER_NEXT_REGIONS"
+    with pytest.raises(TaskValidationError, match="strategy"):
+        check_job_recovery(bad)
+    oom = copy.deepcopy(cfg)
+    oom["resources"]["job_recovery"]["recover_on_exit_codes"] = [75, 137]
+    with pytest.raises(TaskValidationError, match="137"):
+        check_job_recovery(oom)
+
+
+def test_secret_values_are_refused_and_skypilot_errors_are_one_line():
+    cfg = yaml.safe_load(render_task("7b"))
+    leaked = copy.deepcopy(cfg)
+    leaked["secrets"]["HF_TOKEN"] = "hf_abc"
+    with pytest.raises(TaskValidationError, match="HF_TOKEN"):
+        validate_task_config(leaked)
+    broken = copy.deepcopy(cfg)
+    broken["resources"]["use_spot"] = "sometimes"
+    with pytest.raises(TaskValidationError) as e:
+        validate_task_config(broken)
+    assert "\n" not in str(e.value) and "SkyPilot rejected" in str(e.value)
+    assert broken == {**cfg, "resources": {**cfg["resources"], "use_spot": "sometimes"}}
+
+
+def test_secrets_given_at_launch_reach_the_task_only(monkeypatch):
+    cfg = yaml.safe_load(render_task("7b"))
+    task = validate_task_config(cfg, secrets={"HF_TOKEN": "hf_fake_value"})
+    assert task.secrets["HF_TOKEN"].get_secret_value() == "hf_fake_value"
+    assert "WANDB_API_KEY" not in task.secrets  # not given: dropped, not a dangling ref
+    assert cfg["secrets"] == {"HF_TOKEN": None, "WANDB_API_KEY": None}  # input untouched
+
+
+def test_render_cli_stdout_and_file(tmp_path, capsys, monkeypatch):
+    r = run_cli(capsys, monkeypatch, "render", "7b")
+    assert r.code == 0 and r.out == render_task("7b")
+    out = tmp_path / "sub" / "t.yaml"
+    r = run_cli(capsys, monkeypatch, "render", "33b", "--no-spot", "--cloud", "aws",
+                "-o", str(out))
+    assert r.code == 0
+    cfg = yaml.safe_load(out.read_text())
+    assert cfg["resources"]["use_spot"] is False and cfg["num_nodes"] == 2
+
+
+def _modules_after(args: list[str]) -> list[str]:
+    code = (
+        "import sys, json\n"
+        f"sys.argv = ['vicuna-cloud', *{args!r}]\n"
+        "from vicuna_cloud.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = ('torch', 'sky', 'transformers', 'boto3', 'google.cloud.storage')\n"
+        "print(json.dumps([m for m in heavy if m in sys.modules]), file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    return json.loads(proc.stderr.strip().splitlines()[-1])
+
+
+def test_help_imports_neither_torch_nor_sky_and_render_no_torch():
+    assert _modules_after(["--help"]) == []
+    loaded = _modules_after(["render", "7b"])
+    assert "torch" not in loaded and "transformers" not in loaded
+    assert "sky" in loaded  # render validates with SkyPilot's parser

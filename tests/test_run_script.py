@@ -1,0 +1,198 @@
+"""The task's shell: run (rendezvous) and setup (install), executed for real with bash.
+
+`torchrun`, `python3` and the venv's python are stand-ins on PATH that record their
+arguments: the thing under test is the shell text SkyPilot will run on each node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vicuna_cloud.skypilot.run_script import (
+    MASTER_PORT, TORCH_VERSION, run_script, setup_script, setup_values,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_URI = "s3://my-vicuna-bucket/runs/vicuna-7b-v1-5-example/run.json"
+
+
+def _exe(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC | stat.S_IXGRP | stat.S_IXOTH)
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    """A HOME and a bin/ with a recording `torchrun`; returns (env, argv_log)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "torchrun.argv.jsonl"
+    _exe(bin_dir / "torchrun", f"""#!{os.environ.get('PYTHON', '/usr/bin/env python3')}
+import json, sys
+with open({str(log)!r}, "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+""")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(home)}
+    return env, log
+
+
+def _shipped_run_text() -> str:
+    """The run section exactly as committed in tasks/7b.yaml."""
+    return yaml.safe_load((REPO / "tasks" / "7b.yaml").read_text())["run"]
+
+
+def _run(text: str, env: dict, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", text], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=30)
+
+
+def _argv(log: Path) -> list[list[str]]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_two_node_rendezvous(sandbox, tmp_path, rank):
+    env, log = sandbox
+    env.update({
+        "SKYPILOT_NODE_IPS": "10.1.2.3\n10.1.2.4\n",
+        "SKYPILOT_NUM_NODES": "2",
+        "SKYPILOT_NODE_RANK": str(rank),
+        "SKYPILOT_NUM_GPUS_PER_NODE": "8",
+        "VICUNA_RUN_URI": RUN_URI,
+    })
+    assert _shipped_run_text() == run_script()
+    proc = _run(_shipped_run_text(), env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert _argv(log) == [[
+        "--nnodes", "2", "--nproc_per_node", "8", "--node_rank", str(rank),
+        "--master_addr", "10.1.2.3", "--master_port", str(MASTER_PORT),
+        "-m", "train", "--run", RUN_URI,
+    ]]
+
+
+def test_node_count_falls_back_to_ip_count(sandbox, tmp_path):
+    env, log = sandbox
+    env.update({"SKYPILOT_NODE_IPS": "10.0.0.7\n10.0.0.8\n10.0.0.9", "SKYPILOT_NODE_RANK": "2",
+                "SKYPILOT_NUM_GPUS_PER_NODE": "4", "VICUNA_RUN_URI": RUN_URI})
+    proc = _run(run_script(), env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    argv = _argv(log)[0]
+    assert argv[argv.index("--nnodes") + 1] == "3"
+    assert argv[argv.index("--node_rank") + 1] == "2"
+    assert argv[argv.index("--master_addr") + 1] == "10.0.0.7"
+    assert argv[argv.index("--nproc_per_node") + 1] == "4"
+
+
+def test_rank_outside_nodes_and_missing_uri_never_start_torchrun(sandbox, tmp_path):
+    env, log = sandbox
+    base = {"SKYPILOT_NODE_IPS": "10.0.0.1\n10.0.0.2", "SKYPILOT_NUM_NODES": "2",
+            "SKYPILOT_NUM_GPUS_PER_NODE": "8"}
+    proc = _run(run_script(), {**env, **base, "SKYPILOT_NODE_RANK": "0"}, tmp_path)
+    assert proc.returncode == 78 and "VICUNA_RUN_URI" in proc.stderr
+    proc = _run(run_script(), {**env, **base, "SKYPILOT_NODE_RANK": "2",
+                               "VICUNA_RUN_URI": RUN_URI}, tmp_path)
+    assert proc.returncode == 78 and "outside 2 nodes" in proc.stderr
+    assert _argv(log) == []
+
+
+def test_hostile_run_uri_is_one_argument_not_shell(sandbox, tmp_path):
+    env, log = sandbox
+    hostile = "s3://b/x\"; touch pwned-run; echo \"$(touch pwned-sub)`touch pwned-bt`"
+    env.update({"SKYPILOT_NODE_IPS": "10.0.0.1", "SKYPILOT_NUM_NODES": "1",
+                "SKYPILOT_NODE_RANK": "0", "SKYPILOT_NUM_GPUS_PER_NODE": "1",
+                "VICUNA_RUN_URI": hostile})
+    proc = _run(run_script(), env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert _argv(log)[0][-2:] == ["--run", hostile]
+    assert not list(tmp_path.glob("pwned*"))
+
+
+def test_hostile_code_version_cannot_inject_into_setup(tmp_path):
+    hostile = "1.0'; touch pwned; echo '$(touch pwned2)\n`touch pwned3`"
+    text = setup_values(hostile) + 'printf %s "$WANT_VERSION"'
+    proc = subprocess.run(["bash", "-c", text], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=10)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == hostile
+    assert not list(tmp_path.glob("pwned*"))
+
+
+def test_torch_pin_matches_pyproject():
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["train"]
+    assert f"torch=={TORCH_VERSION}" in extras
+
+
+def _setup_sandbox(tmp_path):
+    """Stand-in python3 that 'creates' a venv whose python logs every call."""
+    home = tmp_path / "home"
+    (home).mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.log"
+    venv_python = f"""#!/bin/bash
+echo "venv-python $*" >> {log}
+if [ "$1" = "-c" ]; then
+  case "$2" in *__version__*) echo 0.1.0 ;; esac
+fi
+exit 0
+"""
+    _exe(bin_dir / "python3", f"""#!/bin/bash
+echo "python3 $*" >> {log}
+if [ "$1 $2" = "-m venv" ]; then
+  mkdir -p "$3/bin"
+  cat > "$3/bin/python" <<'PY'
+{venv_python}PY
+  chmod +x "$3/bin/python"
+fi
+""")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(home)}
+    return env, log, home
+
+
+def test_setup_installs_torch_first_then_this_tree_and_skips_on_recovery(tmp_path):
+    env, log, home = _setup_sandbox(tmp_path)
+    version = "0.1.0+gabcdef123456"
+    proc = _run(setup_script(version), env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    calls = log.read_text().splitlines()
+    pip = [c for c in calls if "-m pip install" in c]
+    assert pip[1].endswith(f"torch=={TORCH_VERSION}")
+    assert pip[2].endswith("-e .[train]")
+    assert (home / ".vicuna-cloud" / "installed").read_text().strip() == version
+    # A recovery onto the same VM: nothing is installed again.
+    log.unlink()
+    proc = _run(setup_script(version), env, tmp_path)
+    assert proc.returncode == 0 and "setup skipped" in proc.stdout
+    assert not any("pip install" in c for c in log.read_text().splitlines())
+    # Another code version: installs again.
+    log.unlink()
+    proc = _run(setup_script("0.1.0+gffffffffffff"), env, tmp_path)
+    assert proc.returncode == 0
+    assert any(f"torch=={TORCH_VERSION}" in c for c in log.read_text().splitlines())
+
+
+def test_setup_refuses_a_workdir_of_another_version(tmp_path):
+    env, log, home = _setup_sandbox(tmp_path)
+    proc = _run(setup_script("0.2.0+g123"), env, tmp_path)
+    assert proc.returncode == 78
+    assert "wants 0.2.0+g123" in proc.stderr
+    assert not (home / ".vicuna-cloud" / "installed").exists()
+
+
+def test_scripts_carry_no_hyperparameters():
+    text = run_script() + setup_script("0.1.0")
+    for word in ("learning_rate", "2e-05", "epochs", "global_batch", "max_length"):
+        assert word not in text
+    assert re.search(r"-m train --run \"\$VICUNA_RUN_URI\"", text)
