@@ -99,6 +99,15 @@ class _FallbackProgress:
     train_seconds: float = 0.0
 
 
+def _watcher(spec):
+    """Preemption notices (cloud metadata + SIGTERM); None before train.preemption lands."""
+    try:
+        from train.preemption import PreemptionWatcher, sources_for
+    except ImportError:
+        return None
+    return PreemptionWatcher(sources_for(spec.resources.cloud)).start()
+
+
 def _ledger(bucket, spec, first_step: int, total: int):
     try:
         from vicuna_cloud.ledger import LedgerRecorder
@@ -151,8 +160,9 @@ def run(run_uri: str, opts: Optional[LoopOptions] = None) -> int:
 
     # ---- resume ------------------------------------------------------------------------
     Manager, Progress = _checkpointing()
-    ckpt = Manager(spec, rank=d.rank, world_size=d.world_size, local_root=local_root) \
-        if Manager else None
+    watcher = _watcher(spec)
+    ckpt = Manager(spec, rank=d.rank, world_size=d.world_size, local_root=local_root,
+                   watcher=watcher) if Manager else None
     progress = (ckpt.restore(model, optimizer, scheduler) if ckpt else None) \
         or (Progress() if Progress else _FallbackProgress())
     first_step = progress.step
@@ -165,6 +175,10 @@ def run(run_uri: str, opts: Optional[LoopOptions] = None) -> int:
     _, matmul_params = model_lib.count_params(config)
     peak = metrics.gpu_peak_tflops(torch.cuda.get_device_name(d.device)
                                    if d.device.type == "cuda" else None)
+    if log and ckpt:  # restores, fallbacks to an older checkpoint, deleted leftovers
+        for ev in ckpt.events:
+            log.event(ev.pop("event"), first_step, **ev)
+        ckpt.events.clear()
     if log:
         log.event("start", first_step, total_steps=total, world_size=d.world_size,
                   data={k: v for k, v in vars(stats).items() if k != "notes"},
@@ -228,6 +242,9 @@ def run(run_uri: str, opts: Optional[LoopOptions] = None) -> int:
             t_save = time.perf_counter()
             if ckpt.maybe_save(progress, model, optimizer, scheduler) and ledger:
                 ledger.note_checkpoint(time.perf_counter() - t_save, progress.step)
+            if ckpt.stop_requested:  # preemption notice or SIGTERM, agreed by all ranks
+                reason = "preempted"
+                break
         last_ckpt = ckpt.last_committed_step if ckpt else None
         stop_budget = False
         if ledger:
@@ -250,6 +267,10 @@ def run(run_uri: str, opts: Optional[LoopOptions] = None) -> int:
             log.event("exported", progress.step, uri=uri)
     if ckpt:
         ckpt.close()
+        for ev in ckpt.events if log else ():
+            log.event(ev.pop("event"), progress.step, **ev)
+    if watcher:
+        watcher.close()
     last_ckpt = ckpt.last_committed_step if ckpt else None
     if ledger:
         ledger.end(reason, step=progress.step, tokens=seg_tokens, last_checkpoint_step=last_ckpt)
