@@ -372,9 +372,10 @@ def simulation_payload(ctx: dict, trials: int, seed: int) -> dict:
                   stall_hours=e.checkpoint_stall_seconds / 3600.0,
                   rate_per_hour=a.preemptions_per_hour, price_per_hour=price, trials=trials,
                   seed=seed, budget=preset.published_budget_usd)
-    intervals = sorted(set(sim.DEFAULT_INTERVALS_MIN) | {round(e.checkpoint_interval_minutes, 1)})
+    chosen_min = round(e.checkpoint_interval_minutes, 1)
+    intervals = sorted(set(sim.DEFAULT_INTERVALS_MIN) | {chosen_min})
     try:
-        chosen = sim.simulate(interval_hours=e.checkpoint_interval_minutes / 60.0, **common)
+        chosen = sim.simulate(interval_hours=chosen_min / 60.0, **common)
         table = sim.interval_table(intervals_minutes=intervals, **common)
     except sim.SimulationError as err:
         raise UserError(str(err)) from None
