@@ -1,0 +1,100 @@
+"""Assistant-only loss masks with a real LLaMA-format SentencePiece tokenizer.
+
+The unmasked tokens of each conversation, decoded run by run, must be exactly the
+assistant replies followed by the template's stop string: nothing of the system prompt,
+the user turns or the role tags is trained, and nothing of a reply is lost.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vicuna_cloud.templates import TEMPLATES
+from vicuna_cloud.tokenizers import load_tokenizer
+
+from train.masking import IGNORE, tokenize_conversation
+from conftest import DUMMY_CONVERSATIONS
+
+TRICKY = [
+    [{"from": "human", "value": "Who are you?"},
+     {"from": "gpt", "value": "I am Vicuna.\n1. yes"},
+     {"from": "human", "value": "Hi"},
+     {"from": "gpt", "value": " 12 leading space"},
+     {"from": "human", "value": "code?"},
+     {"from": "gpt", "value": "\n```python\nprint('héllo ✓ 你好')\n```"}],
+    [{"from": "human", "value": "###"},
+     {"from": "gpt", "value": "USER: not a turn ### ASSISTANT: either"},
+     {"from": "human", "value": "emoji"},
+     {"from": "gpt", "value": "🙂🙂 ok"}],
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("builtin:llama-sp")
+
+
+def multi_turn(n: int) -> list[list[dict]]:
+    convs = [r["conversations"] for r in json.loads(DUMMY_CONVERSATIONS.read_text())]
+    return [c for c in convs if len(c) >= 4][:n]
+
+
+def trained_runs(ex) -> list[list[int]]:
+    """Contiguous runs of trained token ids (targets are shifted: target i is token i+1)."""
+    runs, cur = [], []
+    for t in ex.targets:
+        if t == IGNORE:
+            if cur:
+                runs.append(cur)
+            cur = []
+        else:
+            cur.append(t)
+    if cur:
+        runs.append(cur)
+    return runs
+
+
+@pytest.mark.parametrize("template", ["vicuna_v1.1", "vicuna_v0"])
+def test_unmasked_tokens_are_exactly_the_replies(tok, template):
+    tpl = TEMPLATES[template]
+    convs = multi_turn(40) + TRICKY
+    assert len(convs) > 20
+    for conv in convs:
+        ex = tokenize_conversation(tok, tpl, conv, max_length=100_000)
+        replies = [t["value"] + tpl.sep2 for t in conv[1::2]]
+        decoded = [tok.decode(r, skip_special_tokens=False) for r in trained_runs(ex)]
+        assert decoded == replies, conv
+        assert not ex.misaligned and not ex.truncated
+        # BOS, the system prompt and the first user turn are never trained.
+        assert ex.input_ids[0] == tok.bos_token_id
+        first_reply_at = tpl.render(conv).assistant_spans[0][0]
+        n_prompt = len(tok(tpl.render(conv).text[:first_reply_at])["input_ids"]) - 1
+        assert all(t == IGNORE for t in ex.targets[: n_prompt - 1])
+
+
+def test_v11_trains_the_eos_token(tok):
+    ex = tokenize_conversation(tok, TEMPLATES["vicuna_v1.1"], TRICKY[0], max_length=10_000)
+    trained = [t for t in ex.targets if t != IGNORE]
+    assert trained.count(tok.eos_token_id) == 3   # one </s> per reply, as a single token
+    assert len(ex.input_ids) == len(ex.targets)
+
+
+def test_truncation_is_counted_and_keeps_a_prefix(tok):
+    conv = multi_turn(1)[0]
+    full = tokenize_conversation(tok, TEMPLATES["vicuna_v1.1"], conv, max_length=100_000)
+    cut = tokenize_conversation(tok, TEMPLATES["vicuna_v1.1"], conv, max_length=40)
+    assert cut.truncated and not full.truncated
+    assert len(cut) == 40 and cut.input_ids == full.input_ids[:40]
+    assert cut.targets[:-1] == full.targets[:39] and cut.targets[-1] == IGNORE
+
+
+def test_misaligned_token_is_counted():
+    from train.masking import token_labels
+    text = "ab cd"
+    # A token "b c" straddles the span start at 3 ("cd") by more than the separator space.
+    labels, bad = token_labels(text, [(3, 5)], [(0, 1), (1, 4), (4, 5)], [7, 8, 9])
+    assert bad and labels == [IGNORE, 8, 9]
+    labels, bad = token_labels(text, [(3, 5)], [(0, 2), (2, 4), (4, 5)], [7, 8, 9])
+    assert not bad and labels == [IGNORE, 8, 9]   # "▁c" starting at the space is expected

@@ -1,0 +1,152 @@
+"""Single-process checks of the trainer's parts: packed == padded (loss and gradients),
+RoPE scaling rule, data order and resume position, optimizer groups and lr schedule."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from vicuna_cloud.recipes import TINY
+from vicuna_cloud.runspec import rope_factor_for
+from vicuna_cloud.templates import TEMPLATES
+from vicuna_cloud.tokenizers import load_tokenizer
+
+from conftest import DUMMY_CONVERSATIONS
+from train import batching, optim
+from train.loop import micro_batch_loss
+from train.masking import tokenize_conversation
+from train.sampler import GlobalBatchSampler, epoch_permutation, total_steps
+
+
+@pytest.fixture(scope="module")
+def examples():
+    tok = load_tokenizer("builtin:llama-sp")
+    convs = [r["conversations"] for r in json.loads(DUMMY_CONVERSATIONS.read_text())]
+    # Mixed lengths (57-128 tokens), some truncated at 100.
+    picked = [convs[i] for i in (0, 3, 17, 40, 77, 101, 150, 222, 333)]
+    return [tokenize_conversation(tok, TEMPLATES["vicuna_v1.1"], c, 100) for c in picked]
+
+
+def tiny_model(seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(**TINY.as_llama_config())
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg).float()
+
+
+def loss_and_grads(model, mbs, n_trained):
+    model.zero_grad(set_to_none=True)
+    total = 0.0
+    for mb in mbs:
+        ce = micro_batch_loss(model, mb)
+        (ce / n_trained).backward()
+        total += float(ce.detach())
+    return total / n_trained, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_packed_and_padded_give_the_same_loss_and_gradients(examples):
+    model = tiny_model()
+    n = sum(e.n_trained for e in examples)
+    assert any(e.truncated for e in examples) and len({len(e) for e in examples}) > 3
+    padded = batching.padded_batches(examples, micro_batch_size=2, max_length=100)
+    packed = batching.packed_batches(examples, budget=300)
+    assert len(packed) < len(examples) and max(len(mb.seq_lens) for mb in packed) > 1
+    assert sum(mb.n_trained for mb in packed) == sum(mb.n_trained for mb in padded) == n
+    l_pad, g_pad = loss_and_grads(model, padded, n)
+    l_pack, g_pack = loss_and_grads(model, packed, n)
+    assert l_pack == pytest.approx(l_pad, rel=1e-5)
+    for name in g_pad:
+        torch.testing.assert_close(g_pack[name], g_pad[name], rtol=1e-4, atol=1e-6, msg=name)
+    # Micro-batch boundaries do not matter either (the loss is normalised per global batch).
+    l_one, g_one = loss_and_grads(model, batching.padded_batches(examples, 5, 100), n)
+    assert l_one == pytest.approx(l_pad, rel=1e-5)
+    torch.testing.assert_close(g_one["model.embed_tokens.weight"],
+                               g_pad["model.embed_tokens.weight"], rtol=1e-4, atol=1e-6)
+
+
+def test_packing_without_position_restarts_would_differ(examples):
+    """Control: the equality above is not vacuous; attention across samples changes it."""
+    model = tiny_model()
+    n = sum(e.n_trained for e in examples)
+    packed = batching.packed_batches(examples, budget=300)
+    l_pack, _ = loss_and_grads(model, packed, n)
+    for mb in packed:
+        mb.position_ids = torch.arange(mb.input_ids.shape[1]).unsqueeze(0)
+    l_leaky, _ = loss_and_grads(model, packed, n)
+    assert abs(l_leaky - l_pack) > 1e-4
+
+
+def test_rope_scaling_rule_and_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from train.model import apply_rope_scaling
+
+    assert rope_factor_for(2048, 2048) is None
+    assert rope_factor_for(4096, 4096) is None
+    assert rope_factor_for(3000, 2048) == 2.0
+    assert rope_factor_for(16384, 4096) == 4.0     # Vicuna v1.5-16k
+    assert rope_factor_for(16385, 4096) == 5.0
+    base = LlamaConfig(**TINY.as_llama_config())
+    scaled = LlamaConfig(**TINY.as_llama_config())
+    apply_rope_scaling(scaled, 4.0)
+    assert scaled.rope_parameters["rope_type"] == "linear"
+    inv0 = LlamaForCausalLM(base).model.rotary_emb.inv_freq
+    inv4 = LlamaForCausalLM(scaled).model.rotary_emb.inv_freq
+    torch.testing.assert_close(inv4, inv0 / 4.0)
+
+
+def test_rope_scaling_from_run_spec(tmp_path):
+    from train.model import build_config
+    from train_helpers import tiny_spec
+
+    spec, _ = tiny_spec(tmp_path, limit=4, max_length=1100)   # tiny context is 512
+    assert spec.rope_scaling_factor == 3.0
+    assert build_config(spec, None).rope_parameters["factor"] == 3.0
+    spec, _ = tiny_spec(tmp_path / "b", limit=4)
+    assert "factor" not in (build_config(spec, None).rope_parameters or {})
+
+
+def test_sampler_walks_seeded_epochs_and_resumes_from_any_position():
+    s = GlobalBatchSampler(n_samples=10, global_batch=4, epochs=2.5, seed=7)
+    assert s.steps == total_steps(10, 2.5, 4) == math.ceil(25 / 4) == 7
+    stream = [int(i) for e in range(3) for i in epoch_permutation(10, 7, e)][:25]
+    got, pos = [], (0, 0)
+    positions = []
+    for step in range(s.steps):
+        positions.append(pos)
+        idx, e, o = s.batch(*pos, step)
+        got.extend(idx)
+        pos = (e, o)
+    assert got == stream                      # last batch is short: 25 = 6 x 4 + 1
+    assert sorted(stream[:10]) == list(range(10)) and stream[:10] != stream[10:20]
+    # O(1) resume: a fresh sampler at a saved position yields the same batch.
+    fresh = GlobalBatchSampler(10, 4, 2.5, 7)
+    assert fresh.batch(*positions[5], 5)[0] == got[20:24]
+
+
+def test_split_across_ranks_balances_tokens():
+    lengths = [100, 90, 80, 10, 10, 10, 5, 5]
+    parts = batching.split_across_ranks(range(8), lengths, 2)
+    assert sorted(i for p in parts for i in p) == list(range(8))
+    loads = [sum(lengths[i] for i in p) for p in parts]
+    assert sorted(loads) == [140, 170]          # the best split: two of 100/90/80 must share
+
+
+def test_no_weight_decay_on_norms_and_biases_and_lr_schedule():
+    from vicuna_cloud.runspec import Hyperparameters
+
+    model = tiny_model()
+    opt = optim.build_optimizer(model, Hyperparameters(weight_decay=0.1))
+    decay, plain = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all(p.ndim == 2 for p in decay["params"])
+    n_norms = sum(1 for n, _ in model.named_parameters() if "norm" in n)
+    assert len(plain["params"]) == n_norms > 0
+    total, w = 100, optim.warmup_steps(100, 0.03)
+    f = [optim.lr_factor(s, total, w) for s in range(total)]
+    assert w == 3 and f[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert all(a >= b for a, b in zip(f[2:], f[3:])) and f[-1] < 0.01
+    assert f[3 + 48] == pytest.approx(0.5 * (1 + math.cos(math.pi * 48 / 97)))
