@@ -1,7 +1,8 @@
 """What the bucket knows about a run: last metrics line and the ledger's last segment.
 
 Read by `vicuna-cloud status`, which must work even when SkyPilot's API server does not.
-Tolerant by design: the trainer owns these files' fields; we show what is there.
+Segments are read with vicuna_cloud.ledger (oldest first); metrics.jsonl is read
+tolerantly (a torn last line is skipped), since the trainer owns its fields.
 """
 
 from __future__ import annotations
@@ -58,11 +59,6 @@ def _last_jsonl(data: bytes) -> Optional[dict[str, Any]]:
     return None
 
 
-def _segment_order(seg: dict[str, Any], key: str) -> tuple:
-    start = seg.get("start") or seg.get("started_at") or seg.get("start_time") or ""
-    return (str(start), key)
-
-
 def read_progress(bucket: Bucket, run_id: str) -> BucketProgress:
     prefix = f"runs/{run_id}/"
     try:
@@ -77,16 +73,18 @@ def read_progress(bucket: Bucket, run_id: str) -> BucketProgress:
             metrics = _last_jsonl(bucket.get_bytes(f"{prefix}metrics.jsonl"))
         except NotFoundError:
             metrics = None
-    segs = []
-    for key in sorted(k for k in keys if k.startswith(f"{prefix}ledger/") and k.endswith(".json")):
-        try:
-            seg = json.loads(bucket.get_bytes(key))
-        except (NotFoundError, json.JSONDecodeError):
-            continue
-        if isinstance(seg, dict):
-            segs.append((_segment_order(seg, key), seg))
-    segs.sort(key=lambda s: s[0])
-    last_reason = segs[-1][1].get("end_reason") if segs else None
+    from vicuna_cloud.ledger import read_ledger
+
+    try:
+        ledger = read_ledger(bucket, run_id)
+    except StorageError:
+        ledger = None
+    segs = ledger.segments if ledger else []
+    last = segs[-1] if segs else None
+    last_reason = (last.end_reason or ("running or preempted" if last.end_time is None
+                                       else None)) if last else None
+    if metrics is None and last is not None and last.last_step:
+        metrics = {"step": last.last_step, "total_steps": last.total_steps}
     ckpts = {k.split("/")[3] for k in keys
              if k.startswith(f"{prefix}checkpoints/") and k.endswith("/COMMIT.json")}
     final = any(k.startswith(f"{prefix}final/") for k in keys)
