@@ -18,7 +18,7 @@ meet through the bucket.
 
 Test hook (tests only, documented in checkpoints/README.md): VICUNA_TEST_KILL_AT=phase:step
 makes rank 0 SIGKILL the whole job (torchrun, every worker) at that exact point; phases:
-save (before staging), written (shards on local disk), upload (one file uploaded), commit
+step (maybe_save entry after that step, i.e. plain training), save (before staging), written (shards on local disk), upload (one file uploaded), commit
 (all markers in, COMMIT.json not yet written), committed (after COMMIT.json).
 """
 
@@ -426,6 +426,7 @@ class CheckpointManager:
 
         Returns True when a checkpoint was started. Collective: call on every rank.
         """
+        self._maybe_kill("step", progress.step)
         self._reap()
         now = time.monotonic()
         due = force or self.policy.due(progress.step, self._last_started_step,
@@ -441,8 +442,10 @@ class CheckpointManager:
         if due_f == 0 or progress.step == self._last_started_step:
             return False
         if busy_f > 0:
-            if not force:
-                return False  # the previous one is still uploading: try at the next step
+            # The previous one is still uploading. Time-based: try again at the next step.
+            # Step-based (or forced): the user asked for this exact step, so wait for it.
+            if not force and self.policy.interval_steps is None:
+                return False
             self.wait()
         self._start_save(progress, model, optimizer, scheduler)
         return True

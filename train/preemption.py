@@ -85,23 +85,31 @@ class GcpPreemptedNotice:
 
 
 def sources_for(cloud: str) -> list:
-    """Which metadata services to poll. 'any' probes both; unreachable ones are dropped."""
+    """Which metadata services to poll. 'any' probes both; unreachable ones are dropped.
+
+    'local' polls only the services whose URL is set in the environment (tests, demos).
+    """
     if cloud == "aws":
         return [AwsSpotNotice()]
     if cloud == "gcp":
         return [GcpPreemptedNotice()]
     if cloud == "local":
-        return []
+        return ([AwsSpotNotice()] if os.environ.get("VICUNA_AWS_METADATA_URL") else []) + \
+            ([GcpPreemptedNotice()] if os.environ.get("VICUNA_GCP_METADATA_URL") else [])
     return [AwsSpotNotice(), GcpPreemptedNotice()]
+
+
+def default_poll_s() -> float:
+    return float(os.environ.get("VICUNA_PREEMPTION_POLL_S", "5"))
 
 
 class PreemptionWatcher:
     """Sets ``event`` on a cloud notice or SIGTERM; records which and when."""
 
-    def __init__(self, sources: Optional[list] = None, *, poll_s: float = 5.0,
+    def __init__(self, sources: Optional[list] = None, *, poll_s: Optional[float] = None,
                  handle_sigterm: bool = True, window_s: Optional[dict] = None):
         self.sources = list(sources or [])
-        self.poll_s = poll_s
+        self.poll_s = poll_s if poll_s is not None else default_poll_s()
         self.event = threading.Event()
         self.reason: Optional[str] = None
         self.detail: Optional[str] = None
