@@ -34,7 +34,12 @@ def main() -> None:
     try:
         app()
     except UserError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        # escape: user input in the message (e.g. "s3://b[/p]") is text, not rich markup;
+        # soft_wrap: the error stays one line whatever the terminal width.
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False,
+                          soft_wrap=True)
         sys.exit(2)
 
 
