@@ -1,0 +1,115 @@
+"""Bad input: a one-line error that says what is wrong and how to fix it, exit code 2,
+nothing submitted (sky.jobs.launch is a sentinel) and nothing written to the bucket."""
+
+from __future__ import annotations
+
+import pytest
+
+from launch_helpers import keys, no_submit, run_cli, upload_dataset  # noqa: F401
+
+
+def _assert_one_line_error(r, *words):
+    assert r.code == 2, (r.code, r.out, r.err)
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1, r.err
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in r.err + r.out
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+@pytest.fixture
+def s3_with_data(s3_bucket_uri):
+    data, _ = upload_dataset(s3_bucket_uri)
+    return s3_bucket_uri, data, keys(s3_bucket_uri)
+
+
+CASES = {
+    "unknown preset": (["launch", "70b"], ["unknown preset '70b'", "vicuna-cloud presets"]),
+    "unknown version": (["launch", "7b", "--version", "v2"], ["unknown version 'v2'", "v1.5"]),
+    "version without that size": (["launch", "33b", "--version", "v1.5"],
+                                  ["no 33b model", "v1.5 sizes"]),
+    "nodes 0": (["launch", "7b", "--nodes", "0"], ["--nodes must be at least 1"]),
+    "bad gpus": (["launch", "7b", "--gpus", "A100;reboot"], ["--gpus", "NAME:COUNT"]),
+    "unknown gpu": (["launch", "7b", "--gpus", "TPU9:8"], ["unknown accelerator 'TPU9'"]),
+    "shell name": (["launch", "7b", "--name", "x; rm -rf ~"], ["--name", "letters, digits"]),
+    "shell name subst": (["launch", "7b", "--name", "$(reboot)"], ["--name"]),
+    "bad run id": (["launch", "7b", "--run-id", "Run_1`id`"], ["--run-id", "lowercase"]),
+    "bad cloud": (["launch", "7b", "--cloud", "azure"], ["unknown --cloud 'azure'"]),
+    "negative max cost": (["launch", "7b", "--max-cost", "-5"], ["--max-cost must be a positive number"]),
+    "malformed bucket": (["launch", "7b", "--bucket", "s3://Bad_Bucket!"],
+                         ["malformed bucket URI", "s3://my-bucket"]),
+    "unsupported scheme": (["launch", "7b", "--bucket", "ftp://host/x"],
+                           ["unsupported bucket URI scheme 'ftp'"]),
+    "local dir for cloud": (["launch", "7b", "--bucket", "/tmp/somewhere"],
+                            ["local directory", "--local"]),
+    "no bucket": (["launch", "7b"], ["--bucket is required"]),
+    "bad base model": (["launch", "7b", "--base-model", "a b;c"], ["--base-model"]),
+    "render bad preset": (["render", "7x"], ["unknown preset '7x'"]),
+    "render shell name": (["render", "7b", "--name", "a|b"], ["--name"]),
+    "render nodes 0": (["render", "7b", "--nodes", "0"], ["--nodes must be at least 1"]),
+    "status unknown run": (["status", "never-launched"], ["unknown run", "--bucket"]),
+    "status not a run id": (["status", "../../etc"], ["is not a run id"]),
+    "cancel unknown run": (["cancel", "never-launched"], ["unknown run"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_without_bucket(case, capsys, monkeypatch, no_submit):
+    args, words = CASES[case]
+    _assert_one_line_error(run_cli(capsys, monkeypatch, *args), *words)
+    assert no_submit == []
+
+
+def test_bad_inputs_leave_the_bucket_untouched(s3_with_data, capsys, monkeypatch, no_submit):
+    bucket, data, before = s3_with_data
+    cases = [
+        (["--nodes", "0"], ["--nodes"]),
+        (["--name", "x`id`"], ["--name"]),
+        (["--version", "v9"], ["unknown version"]),
+        (["--max-cost", "0"], ["--max-cost"]),
+    ]
+    for extra, words in cases:
+        r = run_cli(capsys, monkeypatch, "launch", "7b", "--bucket", bucket, "--data", data,
+                    *extra)
+        _assert_one_line_error(r, *words)
+    assert keys(bucket) == before and no_submit == []
+
+
+def test_missing_data(s3_with_data, capsys, monkeypatch, no_submit):
+    bucket, data, before = s3_with_data
+    r = run_cli(capsys, monkeypatch, "launch", "7b", "--bucket", bucket)
+    _assert_one_line_error(r, "--data is required", "vicuna-cloud data upload")
+    r = run_cli(capsys, monkeypatch, "launch", "7b", "--bucket", bucket,
+                "--data", f"{bucket}/datasets/nothing-here")
+    _assert_one_line_error(r, "holds no train.jsonl", "data prepare")
+    assert keys(bucket) == before and no_submit == []
+
+
+def test_unreachable_bucket(s3_server, capsys, monkeypatch, no_submit):
+    r = run_cli(capsys, monkeypatch, "launch", "7b", "--bucket", "s3://no-such-bucket-vc/x",
+                "--data", "s3://no-such-bucket-vc/datasets/x")
+    _assert_one_line_error(r, "--bucket s3://no-such-bucket-vc/x")
+    assert no_submit == []
+
+
+def test_missing_cloud_credentials(s3_with_data, tmp_path, capsys, monkeypatch, no_submit):
+    bucket, data, before = s3_with_data
+    with monkeypatch.context() as m:
+        for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                    "AWS_PROFILE", "GOOGLE_APPLICATION_CREDENTIALS"):
+            m.delenv(var, raising=False)
+        empty = tmp_path / "empty"
+        empty.write_text("")
+        m.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
+        m.setenv("AWS_CONFIG_FILE", str(empty))
+        m.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        m.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+        m.setenv("HOME", str(tmp_path))
+        m.setenv("NO_GCE_CHECK", "True")  # this machine is no GCE VM: skip the probe
+        r = run_cli(capsys, m, "launch", "7b", "--bucket", bucket, "--data", data)
+        _assert_one_line_error(r, "no AWS or GCP credentials", "aws configure", "gcloud auth")
+        r = run_cli(capsys, m, "launch", "7b", "--cloud", "gcp", "--bucket", bucket,
+                    "--data", data)
+        _assert_one_line_error(r, "no GCP credentials", "gcloud auth application-default login")
+    assert keys(bucket) == before and no_submit == []
