@@ -57,15 +57,15 @@ class Segment:
     segment_id: str
     run_id: str
     cloud: str
-    region: Optional[str]
-    zone: Optional[str]
-    cluster_name: Optional[str]
-    instance_type: Optional[str]
     accelerators: str
     nodes: int
     use_spot: bool
-    price_per_hour: Optional[float]
     price_source: str
+    price_per_hour: Optional[float] = None
+    region: Optional[str] = None
+    zone: Optional[str] = None
+    cluster_name: Optional[str] = None
+    instance_type: Optional[str] = None
     price_flags: list = field(default_factory=list)
     vm_boot_time: float = 0.0
     start_time: float = 0.0
