@@ -22,4 +22,4 @@ def default_bucket_uri() -> str:
 
 def run_dir(run_id: str) -> str:
     """Local-only files of a run (supervisor log, downloaded export)."""
-    return os.path.join(home(), "runs", run_id)
+    return os.path.join(home(), "local", run_id)

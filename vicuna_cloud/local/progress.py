@@ -7,6 +7,7 @@ shows what `status` would show for a cloud run) and the supervisor's events.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ _STEP = ("step", "global_step")
 _TOTAL = ("total_steps", "max_steps", "steps_total", "num_steps")
 _LOSS = ("loss", "train_loss")
 _TPS = ("tokens_per_s", "tokens_per_sec", "tokens_per_second", "tok_per_s", "tps")
+# The trainer's console line: "step 12/21 loss 3.1416 lr ... tok/s 1234 ..."
+_STEP_LINE = re.compile(r"\bstep (\d+)/(\d+) loss ([-+0-9.eE]+|nan)(?:.*?\btok/s (\d+))?")
 
 
 def pick(record: dict, names: tuple[str, ...]) -> Any:
@@ -42,6 +45,7 @@ class MetricsTail:
         self._last_read = 0.0
         self.records: list[dict] = []
         self._rewrites = 0  # times the file shrank (rewritten on resume): seq stays monotonic
+        self.total_steps: Optional[int] = None  # from the trainer's "start" event
 
     def _refresh(self) -> None:
         now = time.monotonic()
@@ -62,6 +66,10 @@ class MetricsTail:
             except json.JSONDecodeError:
                 continue  # a line being written right now
             if isinstance(rec, dict) and pick(rec, _STEP) is not None:
+                if "event" in rec:  # start/exported/... : not a trained step
+                    if pick(rec, _TOTAL) is not None:
+                        self.total_steps = int(pick(rec, _TOTAL))
+                    continue
                 records.append(rec)
         if len(records) < len(self.records):
             self._rewrites += 1
@@ -74,13 +82,52 @@ class MetricsTail:
             if not self.records:
                 return Progress(seq=seq)
             last = self.records[-1]
-            total = pick(last, _TOTAL)
+            total = pick(last, _TOTAL) or self.total_steps
             return Progress(seq=seq, step=int(pick(last, _STEP)),
                             total_steps=int(total) if total is not None else None)
 
     def last(self) -> Optional[dict]:
         with self._lock:
-            return self.records[-1] if self.records else None
+            if not self.records:
+                return None
+            rec = dict(self.records[-1])
+            rec.setdefault("total_steps", self.total_steps)
+            return rec
+
+
+class StdoutProbe:
+    """Progress from the trainer's console lines, as they are printed (no bucket lag).
+
+    Feed it every output line (Supervisor's ``on_line``); it keeps the latest step record.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._last: Optional[dict] = None
+
+    def feed(self, line: str) -> None:
+        m = _STEP_LINE.search(line)
+        if not m:
+            return
+        rec = {"step": int(m.group(1)), "total_steps": int(m.group(2)),
+               "loss": float(m.group(3))}
+        if m.group(4):
+            rec["tokens_per_s"] = float(m.group(4))
+        with self._lock:
+            self._seq += 1
+            self._last = rec
+
+    def poll(self) -> Progress:
+        with self._lock:
+            if self._last is None:
+                return Progress(seq=self._seq)
+            return Progress(seq=self._seq, step=self._last["step"],
+                            total_steps=self._last["total_steps"])
+
+    def last(self) -> Optional[dict]:
+        with self._lock:
+            return dict(self._last) if self._last else None
 
 
 @dataclass
@@ -95,9 +142,10 @@ class ViewState:
 
 
 class LiveView:
-    """A rich Live panel refreshed from a MetricsTail; feed it supervisor events."""
+    """A rich Live panel refreshed from a probe (StdoutProbe or MetricsTail); feed it
+    supervisor events."""
 
-    def __init__(self, state: ViewState, tail: MetricsTail, console: Optional[Console] = None,
+    def __init__(self, state: ViewState, tail, console: Optional[Console] = None,
                  expected_steps: Optional[int] = None):
         self.state, self.tail = state, tail
         self.console = console or Console()
