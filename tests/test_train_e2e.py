@@ -1,0 +1,135 @@
+"""End to end: the real trainer under torchrun (2 processes, gloo, FSDP2 on CPU) on the
+shared dummy ShareGPT conversations, then its Hugging Face export loaded back.
+
+Loss threshold, from real runs of this exact set-up (192 conversations, 12 steps, tiny
+preset, lr 2e-3): the first step's loss is ~10.37 (= ln 32000, uniform over the vocab)
+and the mean of the last 5 steps is ~8.5; we require a drop of at least 1.0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from vicuna_cloud.storage import open_bucket
+from vicuna_cloud.templates import TEMPLATES, to_messages
+
+from conftest import DUMMY_CONVERSATIONS
+from train_helpers import REPO, read_metrics, tiny_spec, torchrun_train
+
+N_CONVERSATIONS = 192
+LOSS_DROP = 1.0
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    spec, uri = tiny_spec(tmp, run_id="e2e-tiny", limit=N_CONVERSATIONS)
+    proc = torchrun_train(uri, local_root=str(tmp / "node"), extra_args=("--export-shard-mb", "4"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return spec, tmp, proc
+
+
+def test_two_process_fsdp_run_lowers_the_loss(trained):
+    spec, _, proc = trained
+    steps = [m for m in read_metrics(spec.bucket_uri, spec.run_id) if "loss" in m]
+    assert [m["step"] for m in steps] == list(range(1, 13))        # ceil(192 / 16) steps
+    first, last5 = steps[0]["loss"], sum(m["loss"] for m in steps[-5:]) / 5
+    assert first > 10.0
+    assert last5 < first - LOSS_DROP, [round(m["loss"], 3) for m in steps]
+    for m in steps:
+        assert m["tokens_per_s"] > 0 and m["mfu"] is None             # CPU: no peak
+        assert m["padding_fraction"] == 0.0                          # packed rows
+        assert 0.2 < m["trained_fraction"] < 0.7
+        assert m["grad_norm"] > 0
+    assert steps[0]["lr"] == pytest.approx(spec.hyper.learning_rate)  # 1 warmup step
+    assert steps[-1]["lr"] < 0.05 * spec.hyper.learning_rate
+    assert "completed at step 12/12" in proc.stderr
+
+
+def test_export_round_trip(trained):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec, tmp, _ = trained
+    bucket = open_bucket(spec.bucket_uri)
+    final = tmp / "final"
+    marker = json.loads(bucket.get_bytes(f"runs/{spec.run_id}/final/EXPORT.json"))
+    assert marker["step"] == 12
+    for name in marker["files"]:
+        bucket.get_file(f"runs/{spec.run_id}/final/{name}", str(final / name))
+    shards = [n for n in marker["files"] if n.endswith(".safetensors")]
+    assert len(shards) > 1 and "model.safetensors.index.json" in marker["files"]
+    assert "chat_template" in json.loads((final / "tokenizer_config.json").read_text())
+
+    tok = AutoTokenizer.from_pretrained(final)
+    tpl = TEMPLATES[spec.template]
+    convs = [r["conversations"] for r in json.loads(DUMMY_CONVERSATIONS.read_text())]
+    multi = [c for c in convs if len(c) >= 4][:5]
+    for conv in multi:
+        msgs = to_messages(conv)
+        assert tok.apply_chat_template(msgs, tokenize=False) == tpl.render(conv).text
+        prompt = tok.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+        assert prompt == tpl.prompt(conv[:-1])
+
+    model = AutoModelForCausalLM.from_pretrained(final)
+    model.eval()
+    ids = tok(tpl.prompt(multi[0][:1]), return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=8, do_sample=False, min_new_tokens=8)
+    assert out.shape[1] == ids.shape[1] + 8
+    # The exported weights are the trained ones, not the seeded initialisation.
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(spec.hyper.seed)
+    init = LlamaForCausalLM(LlamaConfig(**spec.model.architecture))
+    assert not torch.allclose(init.model.norm.weight, model.model.norm.weight.float())
+
+
+def test_v0_chat_template_round_trip(tmp_path):
+    """The other template family, without another training run."""
+    from transformers import AutoTokenizer
+    from vicuna_cloud.tokenizers import load_tokenizer
+    from train.export import save_tokenizer
+
+    save_tokenizer(load_tokenizer("builtin:llama-sp"), "vicuna_v0", str(tmp_path))
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    tpl = TEMPLATES["vicuna_v0"]
+    convs = [r["conversations"] for r in json.loads(DUMMY_CONVERSATIONS.read_text())]
+    for conv in [c for c in convs if len(c) >= 4][:5]:
+        assert tok.apply_chat_template(to_messages(conv), tokenize=False) == tpl.render(conv).text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _single(uri: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "train", uri], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_changed_dataset_is_refused_with_a_one_line_error(tmp_path):
+    spec, uri = tiny_spec(tmp_path, run_id="bad-sha", limit=8)
+    with open(os.path.join(spec.dataset.uri, "train.jsonl"), "a") as f:
+        f.write(json.dumps({"id": "x", "conversations": []}) + "\n")
+    proc = _single(uri)
+    assert proc.returncode == 78, proc.stderr
+    assert "Traceback" not in proc.stderr
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
+    assert len(err) == 1 and "sha256" in err[0] and spec.dataset.sha256 in err[0]
+
+
+def test_missing_run_spec_exits_78(tmp_path):
+    proc = _single(str(tmp_path / "runs" / "nope" / "run.json"))
+    assert proc.returncode == 78 and "Traceback" not in proc.stderr
+    assert "does not exist" in proc.stderr
