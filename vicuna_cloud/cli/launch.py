@@ -225,6 +225,7 @@ class Prepared:
     bucket: Any
     name: str
     secrets: dict
+    clouds: list  # clouds with credentials here: the ones SkyPilot can really use
 
 
 def _dataset(data_uri: str) -> tuple[str, Optional[str]]:
@@ -299,7 +300,7 @@ def prepare_cloud_launch(*, preset_name: str, version: Optional[str],
     _bucket_uri(data, "--data")
     # 2. Credentials, then the bucket and the dataset.
     try:
-        credentials.check(cloud)
+        usable = credentials.check(cloud)
     except credentials.CredentialsError as e:
         raise UserError(str(e)) from None
     bkt = open_bucket(str(parsed))
@@ -329,7 +330,7 @@ def prepare_cloud_launch(*, preset_name: str, version: Optional[str],
         task = validate_task_config(config, secrets=secrets)
     except TaskValidationError as e:
         raise UserError(str(e)) from None
-    return Prepared(preset, spec, config, task, bkt, config["name"], secrets)
+    return Prepared(preset, spec, config, task, bkt, config["name"], secrets, usable)
 
 
 def _workdir() -> str:
@@ -416,7 +417,7 @@ def launch(
 
     try:
         with console.status("Asking SkyPilot's optimizer (local catalog)"):
-            choice = choose(p.task)
+            choice = choose(p.task, clouds=tuple(p.clouds))
     except OptimizerError as e:
         raise UserError(str(e)) from None
     summary = {"run_id": p.spec.run_id, "job_name": p.name, "dry_run": dry_run,

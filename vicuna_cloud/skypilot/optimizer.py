@@ -57,8 +57,12 @@ def catalog_clouds_enabled(clouds: tuple[str, ...] = ("aws", "gcp")) -> Iterator
         yield
 
 
-def choose(task) -> OptimizerChoice:
-    """Cheapest placement for a parsed ``sky.Task`` according to the local catalog."""
+def choose(task, clouds: tuple[str, ...] = ("aws", "gcp")) -> OptimizerChoice:
+    """Cheapest placement for a parsed ``sky.Task`` according to the local catalog.
+
+    ``clouds``: those to consider (launch passes the ones with credentials here, which
+    are the ones SkyPilot itself would use).
+    """
     import sky
     from sky import exceptions, sky_logging
     from sky.optimizer import Optimizer
@@ -66,7 +70,7 @@ def choose(task) -> OptimizerChoice:
     dag = sky.Dag()
     dag.add(task)
     try:
-        with catalog_clouds_enabled(), sky_logging.silent():
+        with catalog_clouds_enabled(clouds), sky_logging.silent():
             Optimizer.optimize(dag, minimize=sky.OptimizeTarget.COST, quiet=True)
     except exceptions.ResourcesUnavailableError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "no candidates"
