@@ -142,9 +142,12 @@ def run_cost(bucket: Bucket, run_id: str, *, now: Optional[float] = None,
         billed_s = max(0.0, end - s.vm_boot_time)
         rate = (s.price_per_hour or 0.0) * s.nodes / 3600.0  # $ per second
         cost = billed_s * rate
+        # The first update() comes after the first step: take one mean step off setup.
         first = s.first_step_time if s.first_step_time is not None else end
+        if s.first_step_time is not None and gained > 1:
+            first -= max(0.0, end - s.first_step_time) / (gained - 1)
         setup_s = min(billed_s, max(0.0, first - s.vm_boot_time))
-        train_s = max(0.0, end - first)
+        train_s = max(0.0, end - max(first, s.vm_boot_time))
         lost_s = train_s * lost / gained if gained else 0.0
         ckpt_s = min(s.checkpoint_seconds, max(0.0, train_s - lost_s))
         tot["spend"] += cost
