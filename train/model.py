@@ -73,11 +73,13 @@ def build_model(config, *, seed: int, meta: bool, device: torch.device):
     from transformers import AutoModelForCausalLM
 
     config._attn_implementation = attn_implementation(device)
+    # fp32 master weights always (a bf16 base checkpoint would otherwise set bf16 params);
+    # FSDP's MixedPrecisionPolicy computes in bf16.
     if meta:
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(config)
+            return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
 def _weight_files(model_dir: str) -> list[str]:
