@@ -1,0 +1,129 @@
+"""`cost --estimate`: arithmetic checked against a hand calculation, manifest input, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from vicuna_cloud.cli import app
+from vicuna_cloud.cli.common import UserError, console
+from vicuna_cloud.costs import estimate as est
+from vicuna_cloud.recipes import get_preset
+
+
+def test_reference_7b_v11_matches_hand_calculation():
+    preset = get_preset("7b", "v1.1")
+    work = est.reference_workload(preset)
+    price = 8.0274  # $/node-hour, any price will do for the arithmetic
+    e = est.estimate(preset, work, price)  # defaults: MFU 0.40, P = 1/6 per hour, 10 min
+
+    # Hand calculation, every number written out.
+    tokens_per_conv = 3.2 * (71 + 358) + 40                      # 1,412.8
+    assert tokens_per_conv == pytest.approx(1412.8)
+    trained = 3 * round(70_000 * 1412.8)                         # 296,688,000
+    assert e.trained_tokens == trained == 296_688_000
+    assert e.compute_tokens == trained                           # packed: no padding
+    seq = min(1412.8 * 1.6, 2048)                                # 2,048 (capped)
+    assert e.attention_seq == seq == 2048
+    fpt = 6 * 6_738_415_616 + 12 * 32 * 4096 * 2048              # 43,651,719,168
+    assert e.flops_per_token == fpt == 43_651_719_168
+    compute_h = fpt * trained / (8 * 312e12 * 0.40) / 3600       # ~3.60 h
+    assert e.compute_hours == pytest.approx(compute_h, rel=1e-12)
+    assert compute_h == pytest.approx(3.6032, abs=1e-4)
+    stall_s = 12 * 6_738_415_616 / 2e9                           # 40.43 s
+    interval_h = math.sqrt(2 * (stall_s / 3600) / (1 / 6))       # Young: ~0.3671 h
+    assert e.checkpoint_interval_minutes == pytest.approx(interval_h * 60)
+    ckpt_h = math.floor(compute_h / interval_h) * stall_s / 3600  # 9 saves
+    assert interval_h == pytest.approx(0.3671, abs=1e-4)
+    assert math.floor(compute_h / interval_h) == 9
+    setup_h = 10 / 60
+    billed = (compute_h + ckpt_h + setup_h) / (1 - (1 / 6) * (10 / 60 + interval_h / 2))
+    assert e.billed_hours == pytest.approx(billed, rel=1e-12)
+    assert e.cost_usd == pytest.approx(billed * price, rel=1e-12)
+    assert e.preemption_hours == pytest.approx(billed - compute_h - ckpt_h - setup_h)
+    assert e.expected_preemptions == pytest.approx(billed / 6)
+    assert e.budget_usd == 140.0 and e.verdict.startswith("within $140")
+
+    # FastChat-faithful: every sample padded to 2,048 tokens of compute.
+    f = est.estimate(preset, work, price, mode="padded")
+    assert f.compute_tokens == 3 * 70_000 * 2048 == 430_080_000
+    assert f.trained_tokens == trained
+    assert f.compute_hours == pytest.approx(fpt * 430_080_000 / (8 * 312e12 * 0.4) / 3600)
+    assert f.cost_usd > e.cost_usd
+
+
+def test_manifest_drives_tokens_and_attention_length(tmp_path):
+    preset = get_preset("13b", "v1.1")
+    manifest = {"tokens": {"total": 1_000_000, "assistant": 600_000}, "conversations": 1000,
+                "length_histogram": {"edges": [0, 1000, 2000], "counts": [500, 500]}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    raw, src = est.load_manifest(str(tmp_path))
+    work = est.workload_from_manifest(raw, preset, src)
+    # token-weighted length: (500 * 500^2 + 500 * 1500^2) / (500 * 500 + 500 * 1500) = 1250
+    assert work.weighted_sample_length == pytest.approx(1250)
+    e = est.estimate(preset, work, 10.0, est.Assumptions(preemptions_per_hour=0))
+    assert e.compute_tokens == 3_000_000
+    assert e.flops_per_token == 6 * 13_015_864_320 + 12 * 40 * 5120 * 1250
+    assert e.preemption_hours == 0 and e.checkpoint_interval_minutes == 60
+    p = est.estimate(preset, work, 10.0, est.Assumptions(preemptions_per_hour=0), "padded")
+    assert p.compute_tokens == 3 * 1000 * 2048
+
+    # Read defensively: a manifest without token counts is a clear error.
+    with pytest.raises(est.EstimateError, match="tokens.total"):
+        est.workload_from_manifest({"conversations": 5}, preset, "m.json")
+    (tmp_path / "bad.json").write_text("{oops")
+    with pytest.raises(est.EstimateError, match="not valid JSON"):
+        est.load_manifest(str(tmp_path / "bad.json"))
+    with pytest.raises(est.EstimateError, match="no manifest"):
+        est.load_manifest(str(tmp_path / "nowhere"))
+
+
+def test_impossible_preemption_rate_is_refused():
+    preset = get_preset("7b", "v1.1")
+    with pytest.raises(est.EstimateError, match="never finishes"):
+        est.estimate(preset, est.reference_workload(preset), 8.0,
+                     est.Assumptions(preemptions_per_hour=10, checkpoint_interval_minutes=30))
+
+
+@pytest.fixture
+def wide(monkeypatch):
+    monkeypatch.setattr(console, "width", 250)
+
+
+def test_cli_estimate_json_and_table(wide):
+    runner = CliRunner()
+    res = runner.invoke(app, ["cost", "--estimate", "7b", "--version", "v1.1", "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    assert d["prices"]["cheapest_spot"]["spot"] == pytest.approx(8.0274)  # snapshot
+    preset = get_preset("7b", "v1.1")
+    e = est.estimate(preset, est.reference_workload(preset), 8.0274)
+    assert d["ours"]["cost_usd"] == pytest.approx(e.cost_usd)
+    assert d["fastchat"]["cost_usd"] > d["ours"]["cost_usd"]
+    sens = d["sensitivity"]["ours"]
+    row = next(r for r in sens["rows"] if r["mfu"] == 0.4)
+    assert row[sens["columns"][0]] == pytest.approx(e.cost_usd, abs=0.01)
+    assert len(sens["rows"]) == 4 and len(sens["columns"]) == 3
+    table = runner.invoke(app, ["cost", "--estimate", "7b", "--version", "v1.1"])
+    assert table.exit_code == 0, table.output
+    cost_line = next(ln for ln in table.output.splitlines() if "│ cost" in ln)
+    assert f"${d['ours']['cost_usd']:,.2f}" in cost_line
+    assert f"${d['fastchat']['cost_usd']:,.2f}" in cost_line
+    assert "within $140" in table.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--estimate", "7b", "--mfu", "2"], "--mfu"),
+    (["--estimate", "70b"], "unknown preset"),
+    (["--estimate", "tiny"], "CPU"),
+    (["--estimate", "7b", "--cloud", "azure"], "--cloud"),
+    (["--estimate", "7b", "--simulate", "7b"], "not both"),
+    (["--estimate", "33b", "--version", "v1.1"], "no 33b"),
+])
+def test_cli_bad_estimate_inputs_are_user_errors(args, message):
+    res = CliRunner().invoke(app, ["cost", *args])
+    assert isinstance(res.exception, UserError), res.output
+    assert message in str(res.exception)
