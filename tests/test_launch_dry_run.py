@@ -173,3 +173,15 @@ def test_status_reads_progress_from_a_bucket_given_by_flag(s3_bucket_uri, capsys
     assert r.code == 0, r.err
     (row,) = json.loads(r.out)["runs"]
     assert row["progress"] == "step 3, loss 2.0000" and row["state"] == "not in SkyPilot's queue"
+
+
+def test_dry_run_with_no_matching_instance_is_a_clear_error(s3_bucket_uri, capsys, monkeypatch,
+                                                            no_submit):
+    data, _ = upload_dataset(s3_bucket_uri)
+    before = keys(s3_bucket_uri)
+    r = run_cli(capsys, monkeypatch, "launch", "7b", "--gpus", "A100-80GB:3", "--bucket",
+                s3_bucket_uri, "--data", data, "--dry-run")
+    assert r.code == 2, r.err
+    assert r.err.startswith("error: ") and len(r.err.strip().splitlines()) == 1
+    assert "--gpus" in r.err
+    assert keys(s3_bucket_uri) == before and no_submit == []

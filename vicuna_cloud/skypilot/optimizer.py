@@ -1,11 +1,16 @@
 """Dry-run optimizer: which cloud, region and instance SkyPilot would pick, and its price.
 
-SkyPilot's optimizer runs locally from the price catalog, but first asks which clouds are
-*enabled* (``sky.check.get_cached_enabled_clouds_or_refresh``), which needs real cloud
-credentials and a state DB refresh. For a dry run we want the catalog's answer for the
-clouds the task allows, whether or not this machine holds credentials, so that single
-function is replaced, only for the duration of the optimize call, by one returning the
-task's candidate clouds (AWS and GCP). Nothing else in SkyPilot is touched.
+SkyPilot's optimizer runs locally from the price catalog, but around it sit two calls that
+need real cloud accounts and the network. For a dry run we want the catalog's answer, so
+for the duration of the optimize call only (unittest.mock.patch.object, undone on exit):
+1. ``sky.check.get_cached_enabled_clouds_or_refresh`` returns the clouds we name (those
+   with credentials on this machine) instead of probing every cloud's credentials and
+   refreshing SkyPilot's state DB;
+2. ``sky.clouds.AWS.get_active_user_identity`` reports "no identity", so the AWS catalog
+   keeps its account-independent zone ids (use1-az1) instead of calling STS and EC2
+   DescribeAvailabilityZones in every region to map them to this account's zone names
+   (tens of seconds, and a network call that a dry run should not make).
+Nothing else in SkyPilot is touched; real launches go through the API server unpatched.
 """
 
 from __future__ import annotations
@@ -41,11 +46,13 @@ class OptimizerChoice:
 
 
 @contextlib.contextmanager
-def catalog_clouds_enabled(clouds: tuple[str, ...] = ("aws", "gcp")) -> Iterator[None]:
-    """Pretend exactly ``clouds`` are enabled (the narrow patch described above)."""
+def catalog_only(clouds: tuple[str, ...] = ("aws", "gcp")) -> Iterator[None]:
+    """Pretend exactly ``clouds`` are enabled and AWS has no identity (see above)."""
     from unittest import mock
 
     from sky import check as sky_check
+    from sky import exceptions
+    from sky.clouds import aws as sky_aws
     from sky.utils import registry
 
     enabled = [registry.CLOUD_REGISTRY.from_str(c) for c in clouds]
@@ -53,7 +60,11 @@ def catalog_clouds_enabled(clouds: tuple[str, ...] = ("aws", "gcp")) -> Iterator
     def _enabled(capability, raise_if_no_cloud_access: bool = False):  # noqa: ARG001
         return list(enabled)
 
-    with mock.patch.object(sky_check, "get_cached_enabled_clouds_or_refresh", _enabled):
+    def _no_identity(*args, **kwargs):
+        raise exceptions.CloudUserIdentityError("dry run: catalog zone ids, no STS call")
+
+    with mock.patch.object(sky_check, "get_cached_enabled_clouds_or_refresh", _enabled), \
+            mock.patch.object(sky_aws.AWS, "get_active_user_identity", _no_identity):
         yield
 
 
@@ -70,7 +81,7 @@ def choose(task, clouds: tuple[str, ...] = ("aws", "gcp")) -> OptimizerChoice:
     dag = sky.Dag()
     dag.add(task)
     try:
-        with catalog_clouds_enabled(clouds), sky_logging.silent():
+        with catalog_only(clouds), sky_logging.silent():
             Optimizer.optimize(dag, minimize=sky.OptimizeTarget.COST, quiet=True)
     except exceptions.ResourcesUnavailableError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "no candidates"
