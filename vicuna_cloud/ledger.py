@@ -330,8 +330,8 @@ class LedgerRecorder:
             return
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._thread is not None:  # bounded: a GCP preemption notice is only 30 s
+            self._thread.join(timeout=5)
         if self._price_thread is not None:
             self._price_thread.join(timeout=1)
         with self._lock:
@@ -381,7 +381,7 @@ class LedgerRecorder:
             else:
                 seg.last_heartbeat = max(seg.last_heartbeat, seg.end_time or 0.0)
             blob = seg.to_json().encode()
-        attempts = self._attempts * (2 if final else 1)
+        attempts = self._attempts
         for i in range(attempts):
             try:
                 self.bucket.put_bytes(self.key, blob)
