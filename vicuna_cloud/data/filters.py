@@ -161,10 +161,11 @@ def clean_conversation(item: Any, fallback_id: str, opts: FilterOptions) -> Clea
             return out
         try:
             text = convert_value(value)
-        except (HTMLConversionError, ValueError) as e:
+        except (HTMLConversionError, ValueError, RecursionError) as e:
             out.reason, out.detail = "html_error", str(e)[:80]
             return out
-        text = _CONTROL.sub("", text).strip()
+        if _CONTROL.search(text):
+            text = _CONTROL.sub("", text).strip()
         if role == "gpt":
             tl = text[:200].lower().lstrip("!")
             if any(tl.startswith(err) for err in ASSISTANT_ERRORS):

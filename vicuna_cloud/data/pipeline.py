@@ -1,0 +1,367 @@
+"""``prepare``: raw ShareGPT files in, ``train.jsonl`` + ``manifest.json`` out.
+
+Order of steps (issue 3): read (streaming) -> clean HTML and filter (filters.py) ->
+language -> decontaminate -> split at pair boundaries with the real tokenizer (split.py)
+-> drop duplicate ids, then duplicate content (first human/gpt pair), first occurrence in
+input order wins -> append --merge files (schema/role checks and splitting only: they are
+curated) -> write. Per-conversation work runs in ``workers`` processes, each loading its
+own tokenizer once, on chunks of conversations; duplicate checks and writing stay in the
+parent so the output is identical for any worker count, in input order.
+
+Output is written to a temp file and renamed; the old manifest is removed first and the
+new one written last, so a directory never pairs a manifest with the wrong train.jsonl.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import orjson
+
+from vicuna_cloud.data.filters import DEFAULT_BLOCKED_WORDS, Cleaned, FilterOptions, clean_conversation
+from vicuna_cloud.data.manifest import (
+    MANIFEST_FILE, MANIFEST_VERSION, PIPELINE_VERSION, TRAIN_FILE, TokenStats, write_json_atomic,
+)
+from vicuna_cloud.data.reader import DataError, InputFile, Reader
+
+ProgressFn = Callable[[int, int, int], None]  # (bytes read, total bytes, conversations)
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    tokenizer: str = "builtin:llama-sp"
+    template: str = "vicuna_v1.1"
+    max_length: int = 2048
+    lang: str = "all"                    # "all" or an ISO code to keep ("en")
+    skip_lang: tuple[str, ...] = ()      # ISO codes to drop ("ko")
+    decontaminate: tuple[str, ...] = ()  # evaluation prompt JSONL files
+    merge: tuple[str, ...] = ()          # curated conversation files appended as-is
+    long_pair: str = "truncate"          # a single pair over max_length: truncate | drop
+    blocked_words: tuple[str, ...] = DEFAULT_BLOCKED_WORDS
+    min_chars: int = 16
+    workers: int = 1
+    chunk_size: int = 128
+
+    def for_manifest(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("workers")
+        d.pop("chunk_size")
+        d["decontaminate"] = [os.path.abspath(p) for p in self.decontaminate]
+        d["merge"] = [os.path.abspath(p) for p in self.merge]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+@dataclass
+class ConvResult:
+    """What a worker sends back for one input conversation."""
+
+    id: str
+    reason: Optional[str] = None
+    truncated: bool = False
+    content_key: bytes = b""   # 8-byte hash of each human/gpt pair, concatenated
+    lines: list[bytes] = field(default_factory=list)     # serialized pieces
+    tokens: list[tuple[int, int, bool]] = field(default_factory=list)  # (total, assistant, over)
+    dropped_pairs: int = 0
+
+
+@dataclass
+class PrepareResult:
+    out_dir: str
+    manifest: dict[str, Any]
+    seconds: float
+
+
+# ---- worker side ---------------------------------------------------------------------
+class _Worker:
+    """Per-process state: tokenizer, template, filters, language and decontamination."""
+
+    def __init__(self, opts: PrepareOptions, prompts: list[str], tok_json: str | None = None):
+        from vicuna_cloud.data.decontaminate import Decontaminator
+        from vicuna_cloud.data.split import Splitter
+        from vicuna_cloud.templates import get_template
+        from vicuna_cloud.tokenizers import load_tokenizer
+
+        self.opts = opts
+        self.filters = FilterOptions(blocked_words=tuple(opts.blocked_words),
+                                     min_chars=opts.min_chars)
+        self.merge_filters = FilterOptions(blocked_words=(), min_chars=1, drop_plugins=False,
+                                           check_lists=False)
+        if tok_json is not None:  # from the parent: no transformers import, no conversion
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_str(tok_json)
+        else:
+            tok = load_tokenizer(opts.tokenizer)
+        self.splitter = Splitter(tok, get_template(opts.template), opts.max_length,
+                                 opts.long_pair)
+        self.decon = Decontaminator(prompts) if prompts else None
+        self.lang_filter = opts.lang != "all" or bool(opts.skip_lang)
+
+    def process(self, chunk: list[tuple[str, bool, Any]]) -> list[ConvResult]:
+        from vicuna_cloud.data.language import conversation_text, detect_language
+
+        results: list[ConvResult] = []
+        keep: list[tuple[ConvResult, Cleaned]] = []
+        for fallback_id, curated, item in chunk:
+            c = clean_conversation(item, fallback_id,
+                                   self.merge_filters if curated else self.filters)
+            r = ConvResult(c.id, c.reason, c.truncated)
+            results.append(r)
+            if c.reason:
+                continue
+            if not curated and self.lang_filter:
+                lang = detect_language(conversation_text(c.turns))
+                if (self.opts.lang != "all" and lang != self.opts.lang) \
+                        or lang in self.opts.skip_lang:
+                    r.reason = "language"
+                    continue
+            if not curated and self.decon is not None \
+                    and self.decon.contaminated(c.turns) is not None:
+                r.reason = "contaminated"
+                continue
+            r.content_key = _pair_hashes(c.turns)
+            keep.append((r, c))
+        if keep:
+            splits = self.splitter.split_batch([c.turns for _, c in keep])
+            for (r, c), s in zip(keep, splits):
+                r.dropped_pairs = s.dropped_pairs
+                many = len(s.pieces) > 1
+                for k, p in enumerate(s.pieces):
+                    pid = f"{c.id}_{k}" if many else c.id
+                    r.lines.append(orjson.dumps({"id": pid, "conversations": p.turns}))
+                    r.tokens.append((p.tokens, p.assistant_tokens, p.over_length))
+                if not s.pieces:
+                    r.reason = "pair_too_long"
+        return results
+
+
+def _pair_hashes(turns: list[dict[str, str]]) -> bytes:
+    out = []
+    for i in range(0, len(turns) - 1, 2):
+        pair = " ".join(turns[i]["value"].split()) + "\x00" + " ".join(turns[i + 1]["value"].split())
+        out.append(hashlib.blake2b(pair.encode("utf-8"), digest_size=8).digest())
+    return b"".join(out)
+
+
+class ContentDeduper:
+    """Duplicate content: same first human/gpt pair *and* one conversation is a prefix of
+    the other (the same chat shared twice, at different lengths). Conversations that only
+    open the same way ("What is up?" / "Hello! How can I help you today?") but go on
+    differently are kept; FastChat's first-pair key dropped them."""
+
+    def __init__(self) -> None:
+        self.by_first: dict[bytes, list[bytes]] = {}
+
+    def seen(self, key: bytes) -> bool:
+        for other in self.by_first.get(key[:8], ()):
+            if other.startswith(key) or key.startswith(other):
+                return True
+        return False
+
+    def add(self, key: bytes) -> None:
+        self.by_first.setdefault(key[:8], []).append(key)
+
+
+_STATE: Optional[_Worker] = None
+
+
+def _init_worker(opts: PrepareOptions, prompts: list[str], tok_json: str | None) -> None:
+    global _STATE
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker process
+    _STATE = _Worker(opts, prompts, tok_json)
+
+
+def _run_chunk(chunk):
+    assert _STATE is not None
+    return _STATE.process(chunk)
+
+
+# ---- parent side ---------------------------------------------------------------------
+def _check_out_dir(out_dir: str, inputs: list[str], opts: PrepareOptions, force: bool) -> None:
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise DataError(f"--out {out_dir} is a file; give a directory")
+    if not os.path.isdir(out_dir) or not os.listdir(out_dir) or force:
+        return
+    mpath = os.path.join(out_dir, MANIFEST_FILE)
+    same = False
+    if os.path.isfile(mpath):
+        try:
+            with open(mpath, encoding="utf-8") as f:
+                old = orjson.loads(f.read())
+            same = (
+                old.get("pipeline_version") == PIPELINE_VERSION
+                and old.get("options") == opts.for_manifest()
+                and [(i["path"], i["bytes"]) for i in old.get("inputs", [])]
+                == [(os.path.abspath(p), os.path.getsize(p)) for p in inputs]
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            same = False
+    if not same:
+        raise DataError(
+            f"--out {out_dir} is not empty and holds a different dataset; choose another "
+            "directory or pass --force to replace its train.jsonl and manifest.json"
+        )
+
+
+def _chunks(items: Iterable[tuple[str, bool, Any]], size: int) -> Iterator[list]:
+    buf: list = []
+    for it in items:
+        buf.append(it)
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptions(),
+            force: bool = False, progress: Optional[ProgressFn] = None) -> PrepareResult:
+    """Run the whole pipeline. Raises DataError (one line, fix-it) on bad input."""
+    from vicuna_cloud.data.decontaminate import load_prompts
+    from vicuna_cloud.templates import get_template, TemplateError
+    from vicuna_cloud.tokenizers import TokenizerNotFound, load_tokenizer
+
+    t0 = time.perf_counter()
+    if not inputs:
+        raise DataError("no input files; give one or more raw .json/.jsonl files")
+    for p in list(inputs) + list(opts.merge):
+        if not os.path.isfile(p):
+            raise DataError(f"{p}: no such file")
+    if opts.lang != "all" and (len(opts.lang) < 2 or not opts.lang.isalpha()):
+        raise DataError(f"--lang {opts.lang!r}: give an ISO 639-1 code like 'en', or 'all'")
+    if opts.max_length < 16:
+        raise DataError(f"--max-length {opts.max_length} is too small; use at least 16")
+    if opts.long_pair not in ("truncate", "drop"):
+        raise DataError(f"--long-pair {opts.long_pair!r}: choose 'truncate' or 'drop'")
+    try:
+        get_template(opts.template)
+    except TemplateError as e:
+        raise DataError(str(e)) from None
+    try:  # fail fast, in the parent, with the fix-it message
+        tokenizer = load_tokenizer(opts.tokenizer)
+    except TokenizerNotFound as e:
+        raise DataError(str(e)) from None
+    prompts = load_prompts(list(opts.decontaminate)) if opts.decontaminate else []
+    _check_out_dir(out_dir, inputs, opts, force)
+    os.makedirs(out_dir, exist_ok=True)
+
+    reader = Reader(list(inputs))
+    merge_reader = Reader(list(opts.merge))
+    total_bytes = sum(os.path.getsize(p) for p in list(inputs) + list(opts.merge))
+
+    def items() -> Iterator[tuple[str, bool, Any]]:
+        for path, idx, item in reader:
+            yield f"{os.path.basename(path)}:{idx}", False, item
+        for path, idx, item in merge_reader:
+            yield f"{os.path.basename(path)}:{idx}", True, item
+
+    counts: dict[str, Any] = {"input": 0, "kept": 0, "dropped": {}, "split_pieces": 0,
+                              "split_conversations": 0, "truncated": 0,
+                              "kept_for_truncation": 0, "dropped_pairs": 0, "merged": 0}
+    dropped: dict[str, int] = counts["dropped"]
+    stats = TokenStats()
+    seen_ids: set[str] = set()
+    seen_content = ContentDeduper()
+    out_path = os.path.join(out_dir, TRAIN_FILE)
+    tmp_path = os.path.join(out_dir, f".{TRAIN_FILE}.tmp-{os.getpid()}")
+    h = hashlib.sha256()
+    out_bytes = 0
+    pool = None
+    try:
+        if opts.workers > 1:
+            methods = mp.get_all_start_methods()
+            ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+            from vicuna_cloud.data.split import fast_backend
+
+            tok_json = fast_backend(tokenizer.backend_tokenizer).to_str()
+            pool = ctx.Pool(opts.workers, initializer=_init_worker,
+                            initargs=(opts, prompts, tok_json))
+            results = pool.imap(_run_chunk, _chunks(items(), opts.chunk_size))
+        else:
+            worker = _Worker(opts, prompts)
+            results = map(worker.process, _chunks(items(), opts.chunk_size))
+        n_main = -1
+        with open(tmp_path, "wb") as out:
+            for batch in results:
+                for r in batch:
+                    counts["input"] += 1
+                    reason = r.reason
+                    if reason is None:
+                        if r.id in seen_ids:
+                            reason = "duplicate_id"
+                        elif seen_content.seen(r.content_key):
+                            reason = "duplicate_content"
+                    if reason is not None:
+                        dropped[reason] = dropped.get(reason, 0) + 1
+                        continue
+                    seen_ids.add(r.id)
+                    seen_content.add(r.content_key)
+                    counts["kept"] += 1
+                    counts["truncated"] += r.truncated
+                    counts["dropped_pairs"] += r.dropped_pairs
+                    counts["split_conversations"] += len(r.lines) > 1
+                    for line, (tok, asst, over) in zip(r.lines, r.tokens):
+                        out.write(line)
+                        out.write(b"\n")
+                        h.update(line)
+                        h.update(b"\n")
+                        out_bytes += len(line) + 1
+                        stats.add(tok, asst)
+                        counts["split_pieces"] += 1
+                        counts["kept_for_truncation"] += over
+                if progress:
+                    done = sum(f.bytes or 0 for f in reader.files) + \
+                        sum(f.bytes or 0 for f in merge_reader.files)
+                    progress(min(done, total_bytes), total_bytes, counts["input"])
+            out.flush()
+            os.fsync(out.fileno())
+        n_main = sum(f.conversations for f in reader.files)
+        counts["merged"] = counts["input"] - n_main
+        if counts["input"] == 0:
+            raise DataError(f"{', '.join(inputs)}: no conversations in the input")
+        if counts["split_pieces"] == 0:
+            raise DataError(
+                f"no conversation survived cleaning (dropped: {_fmt_dropped(dropped)}); "
+                "check the input format or loosen --lang/--skip-lang/--max-length"
+            )
+        assert counts["input"] == counts["kept"] + sum(dropped.values())
+        manifest = {
+            "manifest_version": MANIFEST_VERSION,
+            "pipeline_version": PIPELINE_VERSION,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "inputs": [_file_entry(f) for f in reader.files],
+            "merged": [_file_entry(f) for f in merge_reader.files],
+            "options": opts.for_manifest(),
+            "tokenizer": opts.tokenizer,
+            "template": opts.template,
+            "max_length": opts.max_length,
+            "counts": counts,
+            "tokens": stats.summary(),
+            "output": {"file": TRAIN_FILE, "sha256": h.hexdigest(), "bytes": out_bytes},
+        }
+        mpath = os.path.join(out_dir, MANIFEST_FILE)
+        if os.path.exists(mpath):
+            os.unlink(mpath)  # no manifest = incomplete directory
+        os.replace(tmp_path, out_path)
+        write_json_atomic(mpath, manifest)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+    return PrepareResult(out_dir, manifest, time.perf_counter() - t0)
+
+
+def _file_entry(f: InputFile) -> dict[str, Any]:
+    return {"path": f.path, "sha256": f.sha256, "bytes": f.bytes, "conversations": f.conversations}
+
+
+def _fmt_dropped(d: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(d.items())) or "none"
