@@ -298,6 +298,9 @@ class CheckpointManager:
     def restore(self, model, optimizer, scheduler) -> Optional[TrainProgress]:
         """Load the newest committed checkpoint (falling back to older ones); None = fresh."""
         candidates = None
+        if self.local_rank == 0:  # staging left on this node by a killed attempt
+            for sub in ("save", "restore"):
+                shutil.rmtree(os.path.join(self.local_root, sub), ignore_errors=True)
         if self.rank == 0:
             found = list_checkpoints(self.bucket, self.run_id)
             for step, ok in sorted(found.items()):

@@ -1,0 +1,175 @@
+"""Resume end to end: the real trainer under torchrun (2 ranks, FSDP2, gloo, CPU).
+
+One uninterrupted run is the reference. Every other run is SIGKILLed (whole job) at exact
+points (VICUNA_TEST_KILL_AT, see train/checkpoint.py), preempted through the emulated
+metadata service, stopped, or runs against a faulty S3, and restarted until done; each must
+end with the reference's weights (every tensor, bit for bit) and the reference's loss at
+every step it trained. Launches are few and carry many assertions (each costs ~10-20 s).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from safetensors.torch import load as load_safetensors
+
+from train.checkpoint import (
+    CorruptCheckpoint, download_checkpoint, list_checkpoints, step_prefix,
+)
+from vicuna_cloud.runspec import CheckpointPolicy
+from vicuna_cloud.storage import open_bucket
+
+from metadata_server import MetadataServer
+from train_helpers import read_metrics, tiny_spec, torchrun_train
+
+pytestmark = pytest.mark.slow
+
+EVERY_2 = CheckpointPolicy(interval_steps=2)
+RUN_ID = "ckpt-resume"
+SMALL = {"limit": 64, "global_batch_size": 8}  # 8 steps of 8 conversations: quick launches
+_LINE = re.compile(r"step (\d+)/\d+ loss ([0-9.]+)")
+
+
+def console_losses(proc) -> dict[int, str]:
+    """step -> loss as printed (4 decimals) by rank 0 in this attempt."""
+    return {int(s): v for s, v in _LINE.findall(proc.stderr + proc.stdout)}
+
+
+def final_weights(bucket_uri: str) -> dict[str, torch.Tensor]:
+    b = open_bucket(bucket_uri)
+    names = [o.key for o in b.list(f"runs/{RUN_ID}/final/") if o.key.endswith(".safetensors")]
+    assert names, "no exported weights"
+    out: dict[str, torch.Tensor] = {}
+    for n in names:
+        out.update(load_safetensors(b.get_bytes(n)))
+    return out
+
+
+def losses(bucket_uri: str) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(bucket_uri, RUN_ID) if "loss" in r}
+
+
+def events(bucket_uri: str, kind: str) -> list[dict]:
+    return [r for r in read_metrics(bucket_uri, RUN_ID) if r.get("event") == kind]
+
+
+def run(uri, tmp, *, env=None, args=()):
+    return torchrun_train(uri, local_root=str(tmp / "local"), env=env, extra_args=args)
+
+
+def assert_same_as_reference(reference, bucket_uri):
+    ref_w, ref_losses = reference["weights"], reference["losses"]
+    got = final_weights(bucket_uri)
+    assert got.keys() == ref_w.keys()
+    for k in ref_w:
+        assert torch.equal(got[k], ref_w[k]), f"{k} differs from the uninterrupted run"
+    got_losses = losses(bucket_uri)
+    assert got_losses == {s: ref_losses[s] for s in got_losses}
+    assert max(got_losses) == max(ref_losses)
+
+
+def assert_all_committed_verify(bucket_uri, tmp):
+    b = open_bucket(bucket_uri)
+    for step, ok in list_checkpoints(b, RUN_ID).items():
+        assert ok, f"uncommitted leftovers at step {step}"
+        download_checkpoint(b, RUN_ID, step, str(tmp / f"verify-{step}"))  # size + sha256
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reference")
+    spec, uri = tiny_spec(tmp, run_id=RUN_ID, checkpoint=EVERY_2, **SMALL)
+    p = run(uri, tmp)
+    assert p.returncode == 0, p.stderr[-4000:]
+    return {"weights": final_weights(spec.bucket_uri), "losses": losses(spec.bucket_uri),
+            "console": console_losses(p), "total": 8}
+
+
+def test_sigkill_mid_upload_mid_write_and_corrupt_newest(reference, tmp_path):
+    spec, uri = tiny_spec(tmp_path, run_id=RUN_ID, checkpoint=EVERY_2, **SMALL)
+    b = open_bucket(spec.bucket_uri)
+
+    # 1. SIGKILL of the whole job while rank 0 uploads step 4 (one file up, COMMIT not).
+    p1 = run(uri, tmp_path, env={"VICUNA_TEST_KILL_AT": "upload:4"})
+    assert p1.returncode == -9, p1.stderr[-3000:]
+    assert list_checkpoints(b, RUN_ID) == {2: True, 4: False}
+    seen = console_losses(p1)
+    assert seen and all(reference["console"][s] == v for s, v in seen.items())
+
+    # 2. Resumes from 2, deletes the leftovers of 4; killed after step 6 hit local disk.
+    p2 = run(uri, tmp_path, env={"VICUNA_TEST_KILL_AT": "written:6"})
+    assert p2.returncode == -9, p2.stderr[-3000:]
+    seen = console_losses(p2)
+    assert min(seen) == 3 and all(reference["console"][s] == v for s, v in seen.items())
+    # Nothing of step 6 reached the bucket; its local staging is cleared at the next start.
+    assert list_checkpoints(b, RUN_ID) == {2: True, 4: True}
+    assert (tmp_path / "local" / RUN_ID / "save" / "step-00000006").is_dir()
+
+    # 3. The newest committed checkpoint is corrupt: fall back to 2 (and say so), finish.
+    shard = f"{step_prefix(RUN_ID, 4)}/__1_0.distcp"
+    b.put_bytes(shard, b.get_bytes(shard)[:-100])
+    with pytest.raises(CorruptCheckpoint, match="bytes"):
+        download_checkpoint(b, RUN_ID, 4, str(tmp_path / "probe"))
+    p3 = run(uri, tmp_path)
+    assert p3.returncode == 0, p3.stderr[-4000:]
+    assert not (tmp_path / "local" / RUN_ID / "save" / "step-00000006").exists()
+    seen = console_losses(p3)
+    assert min(seen) == 3 and max(seen) == 8
+    assert all(reference["console"][s] == v for s, v in seen.items())
+    fb = events(spec.bucket_uri, "checkpoint_fallback")
+    assert [(e["ckpt_step"], e["fallback_to"]) for e in fb] == [(4, 2)]
+    assert "__1_0.distcp" in fb[0]["reason"]
+    assert events(spec.bucket_uri, "checkpoint_restored")[-1]["ckpt_step"] == 2
+
+    # Retention: the last two committed checkpoints, nothing else.
+    assert list_checkpoints(b, RUN_ID) == {6: True, 8: True}
+    assert_all_committed_verify(spec.bucket_uri, tmp_path)
+    assert_same_as_reference(reference, spec.bucket_uri)
+
+
+def test_preemption_notice_on_faulty_s3_emergency_checkpoint_then_resume(
+        reference, tmp_path, faulty_s3_bucket_uri):
+    bucket_uri, proxy = faulty_s3_bucket_uri(rate=0.10, seed=7)
+    spec, uri = tiny_spec(tmp_path, run_id=RUN_ID, checkpoint=EVERY_2, bucket_uri=bucket_uri, **SMALL)
+    with MetadataServer(notice_after_polls=12) as md:
+        env = {"VICUNA_AWS_METADATA_URL": md.url, "VICUNA_PREEMPTION_POLL_S": "0.1"}
+        p1 = run(uri, tmp_path, env=env)
+    assert "exitcode  : 75" in p1.stderr, p1.stderr[-4000:]
+    assert md.polls >= 12 and any(r[0] == "PUT" for r in md.requests)
+    pre = events(bucket_uri, "preempted")
+    assert pre and pre[-1]["reason"] == "aws" and pre[-1]["checkpoint"] == "emergency"
+    s = pre[-1]["ckpt_step"]
+    assert 1 <= s < reference["total"]
+    b = open_bucket(bucket_uri)
+    assert max(s_ for s_, ok in list_checkpoints(b, RUN_ID).items() if ok) == s
+
+    p2 = run(uri, tmp_path)
+    assert p2.returncode == 0, p2.stderr[-4000:]
+    assert events(bucket_uri, "checkpoint_restored")[-1]["ckpt_step"] == s
+    seen = console_losses(p2)
+    assert min(seen) == s + 1
+    assert all(reference["console"][k] == v for k, v in seen.items())
+    # The fault proxy really failed requests, and no committed checkpoint is short.
+    assert proxy.stats["faults"] > 0, proxy.stats
+    assert_all_committed_verify(bucket_uri, tmp_path)
+    assert_same_as_reference(reference, bucket_uri)
+
+
+def test_gcs_stop_and_resume(reference, tmp_path, gcs_bucket_uri):
+    spec, uri = tiny_spec(tmp_path, run_id=RUN_ID, checkpoint=EVERY_2, bucket_uri=gcs_bucket_uri,
+                          **SMALL)
+    p1 = run(uri, tmp_path, args=("--stop-after-steps", "3"))
+    assert "exitcode  : 75" in p1.stderr, p1.stderr[-4000:]
+    b = open_bucket(gcs_bucket_uri)
+    assert list_checkpoints(b, RUN_ID) == {2: True}
+    commit = json.loads(b.get_bytes(f"{step_prefix(RUN_ID, 2)}/COMMIT.json"))
+    assert commit["world_size"] == 2 and commit["progress"]["step"] == 2
+    assert {f["name"] for f in commit["files"]} == {
+        ".metadata", "__0_0.distcp", "__1_0.distcp", "extra-0.pt", "extra-1.pt"}
+    p2 = run(uri, tmp_path)
+    assert p2.returncode == 0, p2.stderr[-4000:]
+    assert min(console_losses(p2)) == 3
+    assert_same_as_reference(reference, gcs_bucket_uri)
