@@ -185,3 +185,23 @@ def test_dry_run_with_no_matching_instance_is_a_clear_error(s3_bucket_uri, capsy
     assert r.err.startswith("error: ") and len(r.err.strip().splitlines()) == 1
     assert "--gpus" in r.err
     assert keys(s3_bucket_uri) == before and no_submit == []
+
+
+def test_dry_run_on_a_fresh_machine(tmp_path, capsys, monkeypatch, no_submit):
+    """No bucket, no dataset, no credentials: the dry run still renders, checks the task and
+    asks the optimizer, and says what it could not check (README quickstart)."""
+    with monkeypatch.context() as m:
+        for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                    "AWS_PROFILE", "GOOGLE_APPLICATION_CREDENTIALS"):
+            m.delenv(var, raising=False)
+        m.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+        m.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+        m.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        m.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+        m.setenv("NO_GCE_CHECK", "True")
+        r = run_cli(capsys, m, "launch", "7b", "--spot", "--dry-run", "--json")
+    assert r.code == 0, r.err
+    s = json.loads(r.out)
+    assert set(s["not_checked"]) == {"bucket", "dataset", "credentials"}
+    assert s["optimizer"]["cloud"] in KNOWN_INSTANCES and s["optimizer"]["price_per_hour"] > 0
+    assert no_submit == []

@@ -226,6 +226,7 @@ class Prepared:
     name: str
     secrets: dict
     clouds: list  # clouds with credentials here: the ones SkyPilot can really use
+    notes: dict  # dry run: what was not given and so not checked
 
 
 def _dataset(data_uri: str) -> tuple[str, Optional[str]]:
@@ -267,9 +268,14 @@ def prepare_cloud_launch(*, preset_name: str, version: Optional[str],
                          base_model: Optional[str], spot: bool, nodes: Optional[int],
                          gpus: Optional[str], cloud: str, bucket: Optional[str],
                          data: Optional[str], max_cost: Optional[float], name: Optional[str],
-                         run_id: Optional[str]) -> Prepared:
-    """Validate everything and build spec + task, without writing or submitting anything."""
-    from vicuna_cloud.runs import code_version, new_run_id, spec_from_preset
+                         run_id: Optional[str], dry_run: bool = False) -> Prepared:
+    """Validate everything and build spec + task, without writing or submitting anything.
+
+    A real launch needs --bucket, --data and credentials. A dry run checks whatever it is
+    given and reports what it was not (so `launch 7b --spot --dry-run` works on a fresh
+    machine: it renders, checks the task and shows the optimizer's choice).
+    """
+    from vicuna_cloud.runs import new_run_id, spec_from_preset
     from vicuna_cloud.skypilot import credentials
     from vicuna_cloud.skypilot.task import (
         SECRET_NAMES, TaskOptions, TaskValidationError, build_task_config, validate_task_config,
@@ -286,31 +292,43 @@ def prepare_cloud_launch(*, preset_name: str, version: Optional[str],
     run_id = _run_id(run_id)
     if max_cost is not None and max_cost <= 0:
         raise UserError(f"--max-cost must be a positive number of US dollars (got {max_cost})")
-    if bucket is None:
+    notes: dict[str, str] = {}
+    if bucket is None and not dry_run:
         raise UserError("--bucket is required for a cloud run: give s3://BUCKET[/prefix] or "
                         "gs://BUCKET[/prefix] (create one with `aws s3 mb` / `gcloud storage "
                         "buckets create`)")
-    parsed = _bucket_uri(bucket)
-    if data is None:
+    parsed = _bucket_uri(bucket if bucket is not None else EXAMPLE_BUCKET)
+    if data is None and not dry_run:
         raise UserError(
             "--data is required for a cloud run: run `vicuna-cloud data prepare RAW.json --out "
             "DIR` then `vicuna-cloud data upload DIR " + str(parsed) + "` and pass the "
             "datasets/<sha256> URI it prints"
         )
-    _bucket_uri(data, "--data")
+    if data is not None:
+        _bucket_uri(data, "--data")
     # 2. Credentials, then the bucket and the dataset.
     try:
         usable = credentials.check(cloud)
     except credentials.CredentialsError as e:
-        raise UserError(str(e)) from None
+        if not dry_run or bucket is not None:
+            raise UserError(str(e)) from None
+        usable = ["aws", "gcp"] if cloud == "any" else [cloud]
+        notes["credentials"] = f"none found (a launch needs them): {e}"
     bkt = open_bucket(str(parsed))
-    try:
-        bkt.check_access()
-    except BucketAccessError as e:
-        raise UserError(f"--bucket {parsed}: {str(e).splitlines()[0]}") from None
-    except StorageError as e:
-        raise UserError(f"--bucket {parsed} is unreachable: {str(e).splitlines()[0]}") from None
-    data_uri, sha = _dataset(data)
+    if bucket is not None:
+        try:
+            bkt.check_access()
+        except BucketAccessError as e:
+            raise UserError(f"--bucket {parsed}: {str(e).splitlines()[0]}") from None
+        except StorageError as e:
+            raise UserError(f"--bucket {parsed} is unreachable: {str(e).splitlines()[0]}") from None
+    else:
+        notes["bucket"] = f"not given, not checked ({EXAMPLE_BUCKET} shown; launch needs --bucket)"
+    if data is not None:
+        data_uri, sha = _dataset(data)
+    else:
+        data_uri, sha = str(parsed.child("datasets/example")), None
+        notes["dataset"] = "not given (launch needs --data from `vicuna-cloud data upload`)"
     # 3. Spec and task.
     run_id = run_id or new_run_id(preset)
     spec = spec_from_preset(
@@ -330,7 +348,7 @@ def prepare_cloud_launch(*, preset_name: str, version: Optional[str],
         task = validate_task_config(config, secrets=secrets)
     except TaskValidationError as e:
         raise UserError(str(e)) from None
-    return Prepared(preset, spec, config, task, bkt, config["name"], secrets, usable)
+    return Prepared(preset, spec, config, task, bkt, config["name"], secrets, usable, notes)
 
 
 def _workdir() -> str:
@@ -355,8 +373,9 @@ def _launch_table(p: Prepared, choice, dry_run: bool, extra: dict) -> Table:
         ("job name", p.name),
         ("preset", f"{p.preset.name} {p.preset.version} ({p.preset.base_model})"),
         ("hardware", f"{hw.nodes} x {hw.accelerators}, {'spot' if p.spec.resources.use_spot else 'on-demand'}"),
-        ("bucket", f"{p.bucket.uri} (read/write ok)"),
-        ("dataset", f"{p.spec.dataset.uri} (sha256 {(p.spec.dataset.sha256 or '?')[:12]}...)"),
+        ("bucket", p.notes.get("bucket") or f"{p.bucket.uri} (read/write ok)"),
+        ("dataset", p.notes.get("dataset")
+         or f"{p.spec.dataset.uri} (sha256 {(p.spec.dataset.sha256 or '?')[:12]}...)"),
         ("task", "accepted by sky.Task.from_yaml_config"),
     ]
     if choice is not None:
@@ -367,6 +386,8 @@ def _launch_table(p: Prepared, choice, dry_run: bool, extra: dict) -> Table:
         ]
     if p.spec.budget.max_cost_usd:
         rows.append(("max cost", f"${p.spec.budget.max_cost_usd:.2f}"))
+    if "credentials" in p.notes:
+        rows.append(("credentials", p.notes["credentials"]))
     missing = [k for k in ("HF_TOKEN", "WANDB_API_KEY") if k not in p.secrets]
     rows.append(("secrets", ", ".join(sorted(p.secrets)) + (f" (not set: {', '.join(missing)})" if missing else "")
                  if p.secrets else f"none set ({', '.join(missing)} unset)"))
@@ -386,7 +407,7 @@ def launch(
     nodes: Optional[int] = typer.Option(None, "--nodes"),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="e.g. A100-80GB:8"),
     cloud: str = typer.Option("any", "--cloud", help="aws, gcp or any."),
-    bucket: Optional[str] = typer.Option(None, "--bucket", help="s3://B[/p] or gs://B[/p]."),
+    bucket: Optional[str] = typer.Option(None, "--bucket", help="s3://BUCKET/prefix or gs://BUCKET/prefix."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset URI from `data upload`."),
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop at this spend (USD)."),
     name: Optional[str] = typer.Option(None, "--name", help="Managed job name."),
@@ -411,7 +432,7 @@ def launch(
     p = prepare_cloud_launch(
         preset_name=preset, version=version, base_model=base_model, spot=spot, nodes=nodes,
         gpus=gpus, cloud=cloud, bucket=bucket, data=data, max_cost=max_cost, name=name,
-        run_id=run_id,
+        run_id=run_id, dry_run=dry_run,
     )
     from vicuna_cloud.skypilot.optimizer import OptimizerError, choose
 
@@ -424,7 +445,8 @@ def launch(
                "preset": p.preset.name, "version": p.preset.version,
                "bucket": p.bucket.uri, "run_uri": p.bucket.child_uri(f"runs/{p.spec.run_id}/run.json"),
                "dataset": p.spec.dataset.uri, "dataset_sha256": p.spec.dataset.sha256,
-               "optimizer": choice.as_dict(), "secrets": sorted(p.secrets)}
+               "optimizer": choice.as_dict(), "secrets": sorted(p.secrets),
+               "not_checked": p.notes}
     if dry_run:
         extra = {}
         if out is not None:
