@@ -1,6 +1,5 @@
 """Every command's --help renders (rich markup in help text once crashed `launch --help`)."""
 
-import click
 import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
@@ -8,9 +7,9 @@ from typer.testing import CliRunner
 from vicuna_cloud.cli import app
 
 
-def _command_paths(cmd: click.Command, prefix=()):
+def _command_paths(cmd, prefix=()):
     yield prefix
-    if isinstance(cmd, click.Group):
+    if hasattr(cmd, "commands"):  # a group (typer vendors its own click)
         for name, sub in cmd.commands.items():
             yield from _command_paths(sub, prefix + (name,))
 
