@@ -25,7 +25,6 @@ app = typer.Typer(
 from vicuna_cloud.cli import launch as _launch  # noqa: E402,F401
 from vicuna_cloud.cli import data as _data  # noqa: E402,F401
 from vicuna_cloud.cli import cost as _cost  # noqa: E402,F401
-from vicuna_cloud.cli import model as _model  # noqa: E402,F401
 from vicuna_cloud.cli import chat as _chat  # noqa: E402,F401
 from vicuna_cloud.cli import export as _export  # noqa: E402,F401
 

@@ -1,3 +1,0 @@
-"""CLI commands: model (placeholder until its issue lands)."""
-
-from vicuna_cloud.cli import app  # noqa: F401
