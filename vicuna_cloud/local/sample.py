@@ -15,8 +15,8 @@ from importlib import resources
 
 SAMPLE_NAME = "raw_sharegpt_sample.json"
 SEED = 2023
-N_SHORT = 260        # conversations up to SHORT_BYTES of raw JSON each
-N_LONG = 12          # multi-turn ones, so that splitting at pair boundaries happens
+N_SHORT = 190        # conversations up to SHORT_BYTES of raw JSON each
+N_LONG = 10          # multi-turn ones, so that splitting at pair boundaries happens
 SHORT_BYTES = 2600
 LONG_BYTES = 9000
 
