@@ -35,6 +35,7 @@ CASES = {
     "shell name": (["launch", "7b", "--name", "x; rm -rf ~"], ["--name", "letters, digits"]),
     "shell name subst": (["launch", "7b", "--name", "$(reboot)"], ["--name"]),
     "bad run id": (["launch", "7b", "--run-id", "Run_1`id`"], ["--run-id", "lowercase"]),
+    "run id with newline": (["launch", "7b", "--run-id", "run-1\n"], ["--run-id"]),
     "bad cloud": (["launch", "7b", "--cloud", "azure"], ["unknown --cloud 'azure'"]),
     "negative max cost": (["launch", "7b", "--max-cost", "-5"], ["--max-cost must be a positive number"]),
     "malformed bucket": (["launch", "7b", "--bucket", "s3://Bad_Bucket!"],

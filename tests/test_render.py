@@ -153,3 +153,20 @@ def test_help_imports_neither_torch_nor_sky_and_render_no_torch():
     loaded = _modules_after(["render", "7b"])
     assert "torch" not in loaded and "transformers" not in loaded
     assert "sky" in loaded  # render validates with SkyPilot's parser
+
+
+@pytest.mark.parametrize("name,ok", [
+    ("vicuna-7b", True), ("Run_1.a", True), ("a", True), ("x" * 63, True), ("x" * 64, False),
+    ("ends-", False), ("a---b", False), ("-lead", False), ("a b", False), ("a;b", False),
+    ("$(id)", False), ("a\nb", False), ("ab\n", False),
+])
+def test_job_names_follow_skypilot_rule(name, ok):
+    from vicuna_cloud.skypilot.task import check_name
+
+    if ok:
+        assert check_name(name) == name
+        cfg = yaml.safe_load(render_task("7b", name=name))
+        validate_task_config(cfg)  # SkyPilot's own parser agrees
+    else:
+        with pytest.raises(TaskValidationError):
+            check_name(name)

@@ -71,7 +71,7 @@ def _bucket_uri(uri: str, flag: str = "--bucket", cloud_only: bool = True):
 def _run_id(run_id: Optional[str]) -> Optional[str]:
     from vicuna_cloud.runspec import RUN_ID_PATTERN
 
-    if run_id is not None and not RUN_ID_PATTERN.match(run_id):
+    if run_id is not None and not RUN_ID_PATTERN.fullmatch(run_id):
         raise UserError(
             f"--run-id {run_id!r} must be 1-63 lowercase letters, digits and '-', starting "
             "with a letter or digit"
@@ -502,7 +502,7 @@ def _submit(p: Prepared, choice, summary: dict, json_out: bool) -> None:
 def _run_id_arg(run_id: str) -> str:
     from vicuna_cloud.runspec import RUN_ID_PATTERN
 
-    if not RUN_ID_PATTERN.match(run_id):
+    if not RUN_ID_PATTERN.fullmatch(run_id):
         raise UserError(f"{run_id!r} is not a run id (lowercase letters, digits and '-'); "
                         "list runs with `vicuna-cloud status`")
     return run_id

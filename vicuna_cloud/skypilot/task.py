@@ -45,8 +45,9 @@ JOB_RECOVERY_STRATEGIES = frozenset({"EAGER_NEXT_REGION", "FAILOVER"})
 NEVER_RECOVER_ON = frozenset({137})  # SIGKILL/OOM: the same VM size will be killed again
 
 CLOUDS = ("aws", "gcp", "any")
-#: Job names: letters, digits, '.', '_' and '-', starting with a letter or digit.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+#: Job names: SkyPilot 0.14.1's task-name rule (sky/task.py) capped at 63 characters:
+#: letters and digits, joined by at most two of '.', '_', '-'.
+NAME_PATTERN = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9]+(?:[._-]{1,2}[A-Za-z0-9]+)*$")
 
 
 class TaskValidationError(ValueError):
@@ -69,10 +70,10 @@ class TaskOptions:
 
 
 def check_name(name: str, what: str = "--name") -> str:
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise TaskValidationError(
             f"{what} {name!r} may only use letters, digits, '.', '_' and '-' (1-63 "
-            "characters, starting with a letter or digit); choose another"
+            "characters, starting and ending with a letter or digit); choose another"
         )
     return name
 
