@@ -1,3 +1,162 @@
-"""CLI commands: data (placeholder until its issue lands)."""
+"""`vicuna-cloud data`: prepare raw ShareGPT dumps, upload them, inspect the loss mask.
 
-from vicuna_cloud.cli import app  # noqa: F401
+    vicuna-cloud data prepare RAW [RAW...] --out DIR [--tokenizer T] [--max-length 2048]
+        [--template vicuna_v1.1] [--lang en|all] [--skip-lang ko] [--decontaminate F.jsonl]
+        [--merge F.json] [--long-pair truncate|drop] [--workers N] [--force] [--json]
+    vicuna-cloud data upload DIR URI [--json]
+    vicuna-cloud data inspect FILE [--n 3] [--tokenizer T] [--template T] [--json]
+
+Heavy imports (transformers, lxml, boto3) happen inside the commands.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from vicuna_cloud.cli import app
+from vicuna_cloud.cli.common import UserError, console, err_console, print_json
+
+data_app = typer.Typer(help="Clean raw ShareGPT data, upload it, inspect the loss mask.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+def prepare_cmd(
+    raw: List[str] = typer.Argument(..., help="Raw ShareGPT .json/.jsonl files."),
+    out: str = typer.Option(..., "--out", help="Output directory (train.jsonl, manifest.json)."),
+    tokenizer: str = typer.Option("builtin:llama-sp", "--tokenizer",
+                                  help="Tokenizer dir, HF id, or builtin:llama-sp."),
+    max_length: int = typer.Option(2048, "--max-length", help="Max tokens per piece."),
+    template: str = typer.Option("vicuna_v1.1", "--template", help="Chat template."),
+    lang: str = typer.Option("all", "--lang", help="Keep only this language (ISO code) or all."),
+    skip_lang: List[str] = typer.Option([], "--skip-lang", help="Drop this language (repeatable)."),
+    decontaminate: List[str] = typer.Option([], "--decontaminate",
+                                            help="Evaluation prompts JSONL (repeatable)."),
+    merge: List[str] = typer.Option([], "--merge", help="Curated conversations to append."),
+    long_pair: str = typer.Option("truncate", "--long-pair",
+                                  help="A single pair over --max-length: truncate or drop."),
+    blocked_words: Optional[str] = typer.Option(
+        None, "--blocked-words", help="Comma-separated blocked words ('' for none)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes."),
+    force: bool = typer.Option(False, "--force", help="Replace a different dataset in --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+) -> None:
+    """Clean, filter, split and count a raw dump into DIR/train.jsonl + manifest.json."""
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                               TimeRemainingColumn)
+
+    from vicuna_cloud.data.pipeline import PrepareOptions, prepare
+    from vicuna_cloud.data.reader import DataError
+
+    kwargs = {}
+    if blocked_words is not None:
+        kwargs["blocked_words"] = tuple(w.strip() for w in blocked_words.split(",") if w.strip())
+    opts = PrepareOptions(
+        tokenizer=tokenizer, template=template, max_length=max_length, lang=lang,
+        skip_lang=tuple(skip_lang), decontaminate=tuple(decontaminate), merge=tuple(merge),
+        long_pair=long_pair, workers=workers, **kwargs)
+    with Progress(TextColumn("[bold]prepare"), BarColumn(), DownloadColumn(),
+                  TextColumn("{task.fields[convs]:,} conversations"), TimeRemainingColumn(),
+                  console=err_console, transient=True, disable=as_json) as prog:
+        task = prog.add_task("prepare", total=None, convs=0)
+
+        def progress(done: int, total: int, convs: int) -> None:
+            prog.update(task, completed=done, total=total, convs=convs)
+
+        try:
+            result = prepare(list(raw), out, opts, force=force, progress=progress)
+        except DataError as e:
+            raise UserError(str(e)) from None
+    m = result.manifest
+    if as_json:
+        print_json(m)
+        return
+    c, t = m["counts"], m["tokens"]
+    table = Table(title=f"{out}  ({result.seconds:.1f} s, "
+                        f"{c['input'] / max(result.seconds, 1e-9):,.0f} conversations/s)")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    table.add_row("input conversations", f"{c['input']:,}")
+    table.add_row("kept", f"{c['kept']:,}")
+    for reason, n in sorted(c["dropped"].items(), key=lambda kv: -kv[1]):
+        table.add_row(f"  dropped: {reason}", f"{n:,}")
+    table.add_row("pieces written (after splitting)", f"{c['split_pieces']:,}")
+    table.add_row("  single pairs kept for truncation", f"{c['kept_for_truncation']:,}")
+    table.add_row("tokens (total / trained)", f"{t['total']:,} / {t['assistant']:,}")
+    table.add_row("tokens per piece (mean / p50 / p90 / max)",
+                  f"{t['mean']:,.0f} / {t['p50']:,} / {t['p90']:,} / {t['max']:,}")
+    table.add_row("train.jsonl sha256", m["output"]["sha256"])
+    console.print(table)
+    console.print(f"next: vicuna-cloud data upload {out} s3://BUCKET/PREFIX")
+
+
+@data_app.command("upload")
+def upload_cmd(
+    directory: str = typer.Argument(..., help="A directory written by `data prepare`."),
+    uri: str = typer.Argument(..., help="s3://bucket/prefix, gs://bucket/prefix or a local dir."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Upload content-addressed to URI/datasets/<sha256>/ (no-op when already there)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from vicuna_cloud.data.reader import DataError
+    from vicuna_cloud.data.upload import upload_dataset
+
+    with Progress(TextColumn("[bold]upload"), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=err_console, transient=True,
+                  disable=as_json) as prog:
+        task = prog.add_task("upload", total=None)
+        try:
+            res = upload_dataset(directory, uri,
+                                 progress=lambda n: prog.advance(task, n),
+                                 on_size=lambda n: prog.update(task, total=n))
+        except DataError as e:
+            raise UserError(str(e)) from None
+    if as_json:
+        print_json({"uri": res.uri, "sha256": res.sha256, "bytes": res.bytes,
+                    "uploaded": res.uploaded})
+        return
+    what = "uploaded and verified" if res.uploaded else "already there (nothing uploaded)"
+    console.print(f"{what}: {res.uri}  ({res.bytes:,} bytes, sha256 {res.sha256[:12]}...)")
+    console.print(f"next: vicuna-cloud launch 7b --data {res.uri}", highlight=False)
+
+
+@data_app.command("inspect")
+def inspect_cmd(
+    file: str = typer.Argument(..., help="train.jsonl (or any ShareGPT .json/.jsonl)."),
+    n: int = typer.Option(3, "--n", help="How many conversations."),
+    tokenizer: str = typer.Option("builtin:llama-sp", "--tokenizer"),
+    template: str = typer.Option("vicuna_v1.1", "--template"),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Show conversations rendered: trained tokens highlighted, masked tokens dim."""
+    from rich.text import Text
+
+    from vicuna_cloud.data.inspect import inspect_file
+    from vicuna_cloud.data.reader import DataError
+
+    try:
+        convs = inspect_file(file, n=n, tokenizer=tokenizer, template=template)
+    except DataError as e:
+        raise UserError(str(e)) from None
+    if as_json:
+        print_json([c.to_json() for c in convs])
+        return
+    for c in convs:
+        text = Text()
+        pos = 0
+        for s, e, trained in c.tokens:
+            if e <= s:
+                continue
+            if s > pos:
+                text.append(c.text[pos:s], style="dim")
+            text.append(c.text[max(s, pos):e], style="bold green" if trained else "dim")
+            pos = max(pos, e)
+        text.append(c.text[pos:], style="dim")
+        console.rule(f"{c.id}: {c.n_tokens} tokens, {c.n_trained} trained "
+                     "([bold green]green[/] = trained, dim = masked)")
+        console.print(text)

@@ -1,0 +1,100 @@
+"""Content-addressed upload of a prepared dataset.
+
+Layout: ``<bucket>/datasets/<sha256 of train.jsonl>/train.jsonl`` then ``manifest.json``,
+the manifest written last: its presence means the upload completed. An upload whose
+objects are already there (manifest present, train.jsonl of the right size, manifest
+naming the same sha256) is a no-op. After uploading, train.jsonl is verified by reading
+it back and hashing it; a mismatch deletes the object and fails. Multipart/resumable
+transfer and retries are the storage backend's job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from vicuna_cloud.data.manifest import MANIFEST_FILE, TRAIN_FILE, read_manifest
+from vicuna_cloud.data.reader import DataError, sha256_file
+
+
+@dataclass
+class UploadResult:
+    uri: str          # pass to `vicuna-cloud launch --data`
+    sha256: str
+    bytes: int
+    uploaded: bool    # False: it was already there
+
+
+def dataset_key(sha256: str) -> str:
+    return f"datasets/{sha256}"
+
+
+def check_local(local_dir: str) -> tuple[dict, str, str, int]:
+    """Manifest, train.jsonl path, its sha256 and size; they must agree."""
+    if not os.path.isdir(local_dir):
+        raise DataError(f"{local_dir}: not a directory; give the --out directory of `data prepare`")
+    manifest = read_manifest(local_dir)
+    train = os.path.join(local_dir, manifest["output"].get("file", TRAIN_FILE))
+    if not os.path.isfile(train):
+        raise DataError(f"{train}: missing; re-run `vicuna-cloud data prepare`")
+    sha, size = sha256_file(train)
+    if sha != manifest["output"].get("sha256") or size != manifest["output"].get("bytes"):
+        raise DataError(
+            f"{train} does not match {MANIFEST_FILE} (sha256 {sha[:12]}... vs "
+            f"{str(manifest['output'].get('sha256'))[:12]}...): it changed after `data prepare`; "
+            "re-run prepare"
+        )
+    return manifest, train, sha, size
+
+
+def upload_dataset(local_dir: str, bucket_uri: str,
+                   progress: Optional[Callable[[int], None]] = None,
+                   on_size: Optional[Callable[[int], None]] = None) -> UploadResult:
+    """Upload ``local_dir`` (train.jsonl + manifest.json) under datasets/<sha256>/."""
+    from vicuna_cloud.storage import StorageError, open_bucket
+    from vicuna_cloud.storage.uri import InvalidBucketURI
+
+    manifest, train, sha, size = check_local(local_dir)
+    if on_size:
+        on_size(size)
+    prefix = dataset_key(sha)
+    try:
+        bucket = open_bucket(bucket_uri)
+        bucket.check_access()
+        if _already_there(bucket, prefix, sha, size):
+            if progress:
+                progress(size)
+            return UploadResult(bucket.child_uri(prefix), sha, size, uploaded=False)
+        key = f"{prefix}/{TRAIN_FILE}"
+        bucket.put_file(key, train, progress=progress)
+        remote = bucket.stat(key).size
+        remote_sha = bucket.sha256(key) if remote == size else ""
+        if remote != size or remote_sha != sha:
+            bucket.delete(key)
+            raise DataError(
+                f"{bucket.child_uri(key)}: verification failed after upload (size {remote} vs "
+                f"{size}); the object was deleted, run `data upload` again"
+            )
+        with open(os.path.join(local_dir, MANIFEST_FILE), "rb") as f:
+            bucket.put_bytes(f"{prefix}/{MANIFEST_FILE}", f.read())
+        return UploadResult(bucket.child_uri(prefix), sha, size, uploaded=True)
+    except InvalidBucketURI as e:
+        raise DataError(str(e)) from None
+    except StorageError as e:
+        raise DataError(f"{bucket_uri}: {str(e).splitlines()[0]}") from None
+
+
+def _already_there(bucket, prefix: str, sha: str, size: int) -> bool:
+    from vicuna_cloud.storage import NotFoundError
+
+    try:
+        if bucket.stat(f"{prefix}/{TRAIN_FILE}").size != size:
+            return False
+        remote_manifest = json.loads(bucket.get_bytes(f"{prefix}/{MANIFEST_FILE}"))
+    except NotFoundError:
+        return False
+    except (ValueError, UnicodeDecodeError):
+        return False  # a corrupt manifest: upload again, which rewrites it
+    return remote_manifest.get("output", {}).get("sha256") == sha
