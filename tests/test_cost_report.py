@@ -126,8 +126,9 @@ def test_cli_table_and_json_agree(local_bucket_uri):
     data = json.loads(js.output)
     table = runner.invoke(app, ["cost", spec.run_id, "--bucket", local_bucket_uri])
     assert table.exit_code == 0, table.output
-    for seg in data["segments"]:
-        cells = _table_cells(table.output, seg["segment_id"])
+    for i, seg in enumerate(data["segments"], 1):
+        cells = _table_cells(table.output, f"│ {i} │")
+        assert cells[0] == str(i)
         assert f"${seg['cost_usd']:,.2f}" in cells
         assert f"${seg['price_per_hour']:,.2f}" in cells
         assert str(seg["steps_gained"]) in cells and str(seg["steps_lost"]) in cells
