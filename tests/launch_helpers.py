@@ -44,7 +44,8 @@ def upload_dataset(bucket_uri: str, n: int = 3) -> str:
     sha = hashlib.sha256(body).hexdigest()
     b = open_bucket(bucket_uri)
     b.put_bytes(f"datasets/{sha}/train.jsonl", body)
-    b.put_bytes(f"datasets/{sha}/manifest.json", json.dumps({"sha256": sha}).encode())
+    manifest = {"output": {"sha256": sha, "bytes": len(body), "conversations": n}}
+    b.put_bytes(f"datasets/{sha}/manifest.json", json.dumps(manifest).encode())
     return b.child_uri(f"datasets/{sha}"), sha
 
 

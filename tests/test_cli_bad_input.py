@@ -84,6 +84,15 @@ def test_missing_data(s3_with_data, capsys, monkeypatch, no_submit):
     r = run_cli(capsys, monkeypatch, "launch", "7b", "--bucket", bucket,
                 "--data", f"{bucket}/datasets/nothing-here")
     _assert_one_line_error(r, "holds no train.jsonl", "data prepare")
+    from vicuna_cloud.storage import open_bucket
+
+    b = open_bucket(bucket)
+    b.put_bytes("datasets/damaged/train.jsonl", b"{}\n")
+    b.put_bytes("datasets/damaged/manifest.json", b'{"output": {"sha256": "not-a-sha"}}')
+    before = keys(bucket)
+    r = run_cli(capsys, monkeypatch, "launch", "7b", "--bucket", bucket,
+                "--data", f"{bucket}/datasets/damaged")
+    _assert_one_line_error(r, "is not 64 hex characters")
     assert keys(bucket) == before and no_submit == []
 
 

@@ -252,15 +252,17 @@ def _dataset(data_uri: str) -> tuple[str, Optional[str]]:
             manifest = json.loads(ds.get_bytes("manifest.json"))
         except (NotFoundError, json.JSONDecodeError):
             manifest = {}
-        for key in ("sha256", "train_sha256", "dataset_sha256"):
-            if isinstance(manifest.get(key), str):
-                sha = manifest[key]
-                break
+        output = manifest.get("output") if isinstance(manifest, dict) else None
+        if isinstance(output, dict) and isinstance(output.get("sha256"), str):
+            sha = output["sha256"]  # vicuna_cloud.data.manifest: sha256 of train.jsonl
     if sha is None:
         m = re.search(r"datasets/([0-9a-f]{64})/?$", data_uri)
         sha = m.group(1) if m else None
     if sha is None:
         raise UserError(f"--data {data_uri} has no manifest.json with the dataset sha256; {hint}")
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise UserError(f"--data {data_uri}: manifest.json's sha256 {sha[:70]!r} is not 64 hex "
+                        f"characters (damaged upload?); {hint}")
     return data_uri.rstrip("/"), sha
 
 
