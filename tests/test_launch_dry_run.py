@@ -20,7 +20,8 @@ def _dry_run(capsys, monkeypatch, bucket, data, *extra):
                    "--data", data, "--dry-run", *extra)
 
 
-def test_dry_run_s3(s3_bucket_uri, capsys, monkeypatch, no_submit):
+def test_dry_run_s3(s3_bucket_uri, tmp_path, capsys, monkeypatch, no_submit):
+    monkeypatch.setenv("VICUNA_CLOUD_HOME", str(tmp_path / "home"))  # an empty run index
     data, sha = upload_dataset(s3_bucket_uri)
     before = keys(s3_bucket_uri)
     r = _dry_run(capsys, monkeypatch, s3_bucket_uri, data, "--json", "--max-cost", "140")
