@@ -127,7 +127,7 @@ def test_cli_table_and_json_agree(local_bucket_uri):
     table = runner.invoke(app, ["cost", spec.run_id, "--bucket", local_bucket_uri])
     assert table.exit_code == 0, table.output
     for i, seg in enumerate(data["segments"], 1):
-        cells = _table_cells(table.output, f"│ {i} │")
+        cells = _table_cells(table.output, f"│{i} │")
         assert cells[0] == str(i)
         assert f"${seg['cost_usd']:,.2f}" in cells
         assert f"${seg['price_per_hour']:,.2f}" in cells

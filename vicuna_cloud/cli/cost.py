@@ -129,21 +129,20 @@ def _show_run(run: str, bucket_uri: Optional[str], json_out: bool, skypilot: boo
 
 
 def render_run(rc) -> None:
-    t = Table(title=f"Cost of {rc.run_id}" + (f" ({rc.preset})" if rc.preset else ""))
-    right = {"justify": "right", "overflow": "fold"}
-    for col, kw in (("#", right), ("started", {"no_wrap": True}),
-                    ("where", {"overflow": "fold"}), ("instance", {"overflow": "fold"}),
-                    ("$/hour", right), ("billed h", right), ("dollars", right),
-                    ("steps", right), ("lost", right), ("tokens", right),
+    t = Table(title=f"Cost of {rc.run_id}" + (f" ({rc.preset})" if rc.preset else ""),
+              pad_edge=False)
+    right = {"justify": "right", "no_wrap": True}
+    wrap = {"overflow": "fold", "min_width": 5}
+    for col, kw in (("#", right), ("where", wrap), ("instance", wrap), ("$/h", right),
+                    ("hours", right), ("dollars", right), ("steps", right), ("lost", right),
                     ("end", {"no_wrap": True})):
         t.add_column(col, **kw)
     for i, s in enumerate(rc.segments, 1):
         price = _money(s.price_per_hour) + ("*" if s.price_flags else "")
         inst = (s.instance_type or "?") + (f" x{s.nodes}" if s.nodes > 1 else "") \
             + (" spot" if s.spot and s.where != "local" else "")
-        t.add_row(str(i), (s.started or "")[5:16], s.where, inst, price,
-                  _num(s.billed_hours, 3), _money(s.cost_usd), str(s.steps_gained),
-                  str(s.steps_lost), f"{s.tokens:,}", s.end_reason)
+        t.add_row(str(i), s.where, inst, price, _num(s.billed_hours, 3), _money(s.cost_usd),
+                  str(s.steps_gained), str(s.steps_lost), s.end_reason)
     console.print(t)
     tot = Table(title="Totals", show_header=False)
     tot.add_column("what")
