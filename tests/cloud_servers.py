@@ -11,6 +11,7 @@ torchrun or the CLI) needs to talk to it. Only obviously fake credentials appear
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -49,6 +50,7 @@ class S3Server:
         self.url = ""
 
     def start(self) -> "S3Server":
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.url = f"http://{host}:{port}"

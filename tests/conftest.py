@@ -128,3 +128,22 @@ def faulty_s3_bucket_uri(s3_server, monkeypatch):
     yield make
     for p in proxies:
         p.stop()
+
+
+@pytest.fixture
+def faulty_gcs_bucket_uri(gcs_server, monkeypatch):
+    """Factory like ``faulty_s3_bucket_uri``, in front of fake-gcs-server
+    (STORAGE_EMULATOR_HOST points at the proxy for the rest of the test)."""
+    from fault_proxy import FaultProxy
+
+    proxies = []
+
+    def make(rate: float = 0.1, seed: int = 0, **kwargs):
+        proxy = FaultProxy(gcs_server.url, rate=rate, seed=seed, **kwargs).start()
+        proxies.append(proxy)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        return f"gs://{gcs_server.create_bucket()}/vicuna", proxy
+
+    yield make
+    for p in proxies:
+        p.stop()

@@ -9,7 +9,8 @@ seeded random fraction of requests, fails them the way clouds do:
 - ``truncate``: the response is forwarded with its full Content-Length but cut off half way.
 
 ``forbid=True`` answers every request with 403 AccessDenied, to check that a permanent
-error is not retried. ``stats`` counts requests and faults. Point a client or a
+error is not retried. ``match(method, path)`` limits faults to the requests it accepts
+(e.g. only the second part of a multipart upload), for deterministic failure tests. ``stats`` counts requests and faults. Point a client or a
 subprocess at it by setting AWS_ENDPOINT_URL (or STORAGE_EMULATOR_HOST) to ``proxy.url``.
 """
 
@@ -22,7 +23,7 @@ import struct
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 from urllib.parse import urlsplit
 
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
@@ -39,6 +40,7 @@ class FaultProxy:
         seed: int = 0,
         kinds: Sequence[str] = DEFAULT_KINDS,
         forbid: bool = False,
+        match: Optional[Callable[[str, str], bool]] = None,
     ):
         parts = urlsplit(upstream)
         self.upstream_host = parts.hostname or "127.0.0.1"
@@ -46,6 +48,7 @@ class FaultProxy:
         self.rate = rate
         self.kinds = tuple(kinds)
         self.forbid = forbid
+        self.match = match  # (method, path) -> may this request be failed? None: all
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.stats: Counter = Counter()
@@ -60,7 +63,7 @@ class FaultProxy:
         class Handler(_Handler):
             owner = proxy
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -79,9 +82,12 @@ class FaultProxy:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _choose(self) -> Optional[str]:
+    def _choose(self, method: str, path: str) -> Optional[str]:
         with self._lock:
             self.stats["requests"] += 1
+            self.stats[f"method:{method}"] += 1
+            if self.match is not None and not self.match(method, path):
+                return None
             if self.forbid:
                 self.stats["fault:403"] += 1
                 return "403"
@@ -99,6 +105,13 @@ class FaultProxy:
             return sum(v for k, v in self.stats.items() if k.startswith("fault:"))
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """Clients dropping connections is the business of this server: stay quiet."""
+
+
 _ERRORS = {
     "500": (500, "InternalError", "We encountered an internal error. Please try again."),
     "503": (503, "SlowDown", "Please reduce your request rate."),
@@ -112,6 +125,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:  # keep test output quiet
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body leave in separate writes; without NODELAY, Nagle's algorithm
+        # and delayed ACKs add ~40 ms to every request.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -152,7 +171,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         body = self._body()  # read it even when failing, so keep-alive stays in sync
-        fault = self.owner._choose()
+        fault = self.owner._choose(self.command, self.path)
         if fault in _ERRORS:
             return self._send_error(fault)
         if fault == "reset-before":
@@ -161,6 +180,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
             headers["Content-Length"] = str(len(body))
+            conn.connect()
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.request(self.command, self.path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()

@@ -99,3 +99,256 @@ def test_check_access_ok(bucket_uri):
     b = open_bucket(bucket_uri)
     b.check_access()
     assert b.list() == []  # the probe object is gone
+
+
+# --- URIs --------------------------------------------------------------------------------
+@pytest.mark.parametrize("uri, message", [
+    ("", "empty bucket URI"),
+    ("s3://", "malformed bucket URI"),
+    ("s3://Upper_Case/x", "malformed bucket URI"),
+    ("gs://ab/x", "malformed bucket URI"),
+    ("s3://good-bucket/a//b", "empty or relative path segment"),
+    ("gs://good-bucket/a/../b", "empty or relative path segment"),
+    ("azure://container/x", "unsupported bucket URI scheme 'azure'"),
+    ("http://example.com/x", "unsupported bucket URI scheme 'http'"),
+])
+def test_bad_uris_say_what_is_wrong(uri, message):
+    with pytest.raises(InvalidBucketURI, match=message) as err:
+        open_bucket(uri)
+    assert "\n" not in str(err.value)
+
+
+def test_uri_parsing_and_keys(tmp_path):
+    assert str(parse_bucket_uri("s3://my-bucket/a/b/")) == "s3://my-bucket/a/b"
+    assert parse_bucket_uri("gs://my-bucket").prefix == ""
+    assert parse_bucket_uri(f"file://{tmp_path}").bucket == str(tmp_path)
+    b = open_bucket("s3://my-bucket/runs")
+    assert isinstance(b, S3Bucket) and b.child_uri("r1/run.json") == "s3://my-bucket/runs/r1/run.json"
+    assert isinstance(open_bucket("gs://my-bucket"), GCSBucket)
+    local = open_bucket(str(tmp_path))
+    with pytest.raises(ValueError, match="escapes"):
+        local.put_bytes("../outside", b"x")
+
+
+# --- access errors -------------------------------------------------------------------------
+def test_missing_s3_bucket(s3_server):
+    b = open_bucket("s3://no-such-bucket-vc/x")
+    for call in (b.check_access, lambda: b.get_bytes("k"), lambda: b.stat("k"),
+                 lambda: b.put_bytes("k", b"v"), b.list):
+        with pytest.raises(BucketAccessError, match=r"bucket s3://no-such-bucket-vc does not exist: "
+                                                    r"create it with `aws s3 mb s3://no-such-bucket-vc`"):
+            call()
+
+
+def test_missing_gcs_bucket(gcs_server):
+    b = open_bucket("gs://no-such-bucket-vc/x")
+    for call in (b.check_access, lambda: b.get_bytes("k"), lambda: b.stat("k"),
+                 lambda: b.put_bytes("k", b"v"), b.list):
+        with pytest.raises(BucketAccessError, match=r"bucket gs://no-such-bucket-vc does not exist: "
+                                                    r"create it with `gcloud storage buckets create"):
+            call()
+
+
+def test_local_bucket_not_writable(tmp_path):
+    """A bucket directory that cannot be created (a file is in the way; works as root too)."""
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(BucketAccessError, match="cannot write to .*afile/bucket: .*; choose a writable"):
+        open_bucket(str(tmp_path / "afile" / "bucket")).check_access()
+
+
+_NO_CREDENTIALS_SCRIPT = r"""
+from vicuna_cloud.storage import open_bucket, BucketAccessError
+for uri in ("s3://some-bucket/x", "gs://some-bucket/x"):
+    try:
+        open_bucket(uri).get_bytes("k")
+    except BucketAccessError as e:
+        print("ERR", e)
+"""
+
+
+def test_no_credentials_message(tmp_path):
+    """A process with no cloud credentials at all (fresh environment, no config files,
+    metadata servers switched off through the SDKs' own switches) gets fix-it messages."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "GOOGLE_", "CLOUDSDK_", "STORAGE_EMULATOR"))}
+    env.update({
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true", "NO_GCE_CHECK": "true",
+        "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"), "HOME": str(tmp_path),
+    })
+    out = subprocess.run([sys.executable, "-c", _NO_CREDENTIALS_SCRIPT], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines == [
+        "ERR no AWS credentials found: run `aws configure`, set AWS_PROFILE, or set "
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        "ERR no Google Cloud credentials found: run `gcloud auth application-default login` "
+        "or set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file",
+    ]
+    assert "Traceback" not in out.stderr
+
+
+def test_bad_s3_credentials_against_moto_with_auth(tmp_path):
+    """moto checks signatures and keys when INITIAL_NO_AUTH_ACTION_COUNT=0 (a process-wide
+    setting, so this test runs its own moto server)."""
+    from cloud_servers import FAKE_AWS_ENV, free_port
+
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"),
+                               "-H", "127.0.0.1", "-p", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import socket
+        import time
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert FAKE_AWS_ENV["AWS_ACCESS_KEY_ID"] == "testing"
+        b = S3Bucket(parse_bucket_uri("s3://auth-bucket/x"), endpoint_url=f"http://127.0.0.1:{port}")
+        with pytest.raises(BucketAccessError, match=r"AWS rejected the credentials \(InvalidAccessKeyId\) "
+                                                    r"for s3://auth-bucket: check them with `aws sts"):
+            b.check_access()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+# --- retries ---------------------------------------------------------------------------------
+def test_transient_classification():
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+    from google.api_core import exceptions as ge
+
+    def s3err(code, status):
+        return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+    assert is_transient(s3err("SlowDown", 503)) and is_transient(s3err("InternalError", 500))
+    assert is_transient(EndpointConnectionError(endpoint_url="http://x"))
+    assert is_transient(ConnectionResetError()) and is_transient(ge.ServiceUnavailable("x"))
+    assert is_transient(ge.TooManyRequests("x")) and is_transient(ge.InternalServerError("x"))
+    assert not is_transient(s3err("AccessDenied", 403)) and not is_transient(s3err("NoSuchBucket", 404))
+    assert not is_transient(s3err("InvalidAccessKeyId", 403)) and not is_transient(NoCredentialsError())
+    assert not is_transient(ge.Forbidden("x")) and not is_transient(ge.NotFound("x"))
+    assert not is_transient(ValueError("bad key"))
+
+
+def test_retry_policy_from_env(monkeypatch):
+    monkeypatch.setenv("VICUNA_STORAGE_RETRY_ATTEMPTS", "3")
+    assert RetryPolicy.from_env().attempts == 3
+    monkeypatch.setenv("VICUNA_STORAGE_RETRY_ATTEMPTS", "three")
+    with pytest.raises(StorageError, match="VICUNA_STORAGE_RETRY_ATTEMPTS='three' is not a number"):
+        RetryPolicy.from_env()
+
+
+@pytest.mark.parametrize("backend", ["s3", "gcs"])
+def test_hundreds_of_calls_through_ten_percent_faults(backend, faulty_s3_bucket_uri,
+                                                      faulty_gcs_bucket_uri, tmp_path):
+    make = faulty_s3_bucket_uri if backend == "s3" else faulty_gcs_bucket_uri
+    uri, proxy = make(rate=0.1, seed=7)
+    b = open_bucket(uri)
+    rng = random.Random(3)
+    before = retry_stats()["retries"]
+    expected: dict[str, bytes] = {}
+    for i in range(120):
+        key = f"obj/{i:04d}"
+        data = rng.randbytes(rng.randrange(1, 20_000))
+        b.put_bytes(key, data)
+        expected[key] = data
+        assert b.get_bytes(key) == data
+        if i % 10 == 0:
+            assert {o.key: o.size for o in b.list("obj/")} == {k: len(v) for k, v in expected.items()}
+    src = tmp_path / "f.bin"
+    src.write_bytes(rng.randbytes(300_000))
+    for i in range(10):
+        b.put_file(f"files/{i}", str(src))
+        b.get_file(f"files/{i}", str(tmp_path / "back.bin"))
+        assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
+    assert proxy.stats["requests"] >= 120 * 2 + 12 + 10 * 2
+    assert proxy.faults > 20, proxy.stats  # faults really happened...
+    if backend == "s3":  # short reads are caught by our layer (GCS's library retries them itself)
+        assert retry_stats()["retries"] > before
+    assert sorted(os.listdir(tmp_path)) == ["back.bin", "f.bin"]
+
+
+@pytest.mark.parametrize("backend", ["s3", "gcs"])
+def test_permanent_403_is_not_retried(backend, faulty_s3_bucket_uri, faulty_gcs_bucket_uri):
+    make = faulty_s3_bucket_uri if backend == "s3" else faulty_gcs_bucket_uri
+    seen: list[tuple[str, str]] = []
+    uri, proxy = make(forbid=True, match=lambda method, path: seen.append((method, path)) or True)
+    b = open_bucket(uri)
+    scheme = "s3" if backend == "s3" else "gs"
+    for call in (lambda: b.get_bytes("k"), lambda: b.put_bytes("k", b"v"), b.list):
+        del seen[:]
+        with pytest.raises(BucketAccessError, match=rf"access denied to {scheme}://vc-\w+ \(\w+ "):
+            call()
+        # No request is ever repeated: no retry at any layer. (GCS downloads first read the
+        # bucket's metadata, a different request, hence up to two.)
+        assert 1 <= len(seen) <= 2 and len(set(seen)) == len(seen), seen
+
+
+def test_failed_multipart_upload_leaves_previous_object(faulty_s3_bucket_uri, s3_server, tmp_path):
+    """Part 2 of every upload fails: the upload gives up, the old object stays whole, and
+    no multipart upload is left behind (aborted, so no storage is billed for parts)."""
+    uri, proxy = faulty_s3_bucket_uri(rate=1.0, kinds=("500",),
+                                      match=lambda method, path: method == "PUT" and "partNumber=2" in path)
+    parsed = parse_bucket_uri(uri)
+    policy = RetryPolicy(attempts=2, base_s=0.01, max_backoff_s=0.02, request_attempts=2)
+    b = S3Bucket(parsed, policy=policy, multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
+    b.put_bytes("shard.bin", b"old")
+    src = tmp_path / "new.bin"
+    src.write_bytes(b"n" * (11 * MiB))
+    with pytest.raises(StorageError, match="upload .* gave up after 2 attempts"):
+        b.put_file("shard.bin", str(src))
+    assert proxy.stats["fault:500"] == 4  # 2 attempts x 2 requests of part 2
+    assert b.get_bytes("shard.bin") == b"old"
+    assert s3_server.client().list_multipart_uploads(Bucket=parsed.bucket).get("Uploads", []) == []
+
+
+@pytest.mark.parametrize("backend", ["s3", "gcs"])
+def test_failed_download_leaves_destination_alone(backend, faulty_s3_bucket_uri, faulty_gcs_bucket_uri,
+                                                  tmp_path):
+    """Every object read is cut short: get_file gives up, the existing destination file is
+    untouched and no temp file is left."""
+    make = faulty_s3_bucket_uri if backend == "s3" else faulty_gcs_bucket_uri
+    uri, proxy = make(rate=1.0, kinds=("truncate",),
+                      match=lambda method, path: method == "GET" and ("/o/" in path or "/vicuna/" in path))
+    policy = RetryPolicy(attempts=2, base_s=0.01, max_backoff_s=0.02, request_attempts=2)
+    parsed = parse_bucket_uri(uri)
+    b = S3Bucket(parsed, policy=policy) if backend == "s3" else GCSBucket(parsed, policy=policy)
+    b.put_bytes("obj.bin", b"x" * 100_000)
+    dest = tmp_path / "obj.bin"
+    dest.write_bytes(b"previous")
+    with pytest.raises(StorageError, match="gave up after 2 attempts"):
+        b.get_file("obj.bin", str(dest))
+    with pytest.raises(StorageError, match="gave up"):
+        b.get_bytes("obj.bin")
+    assert proxy.stats["fault:truncate"] >= 4
+    assert dest.read_bytes() == b"previous"
+    assert os.listdir(tmp_path) == ["obj.bin"]
+
+
+_CHILD_SCRIPT = r"""
+import os, sys
+from vicuna_cloud.storage import open_bucket
+b = open_bucket(sys.argv[1])
+for i in range(40):
+    b.put_bytes(f"child/{i}", str(i).encode() * 100)
+    assert b.get_bytes(f"child/{i}") == str(i).encode() * 100
+print(len(b.list("child/")), os.environ["AWS_ENDPOINT_URL"])
+"""
+
+
+def test_subprocess_reaches_faulty_proxy_through_env(faulty_s3_bucket_uri):
+    """What a torchrun child inherits: AWS_ENDPOINT_URL pointing at the proxy is enough."""
+    uri, proxy = faulty_s3_bucket_uri(rate=0.1, seed=1)
+    out = subprocess.run([sys.executable, "-c", _CHILD_SCRIPT, uri], capture_output=True,
+                         text=True, timeout=120, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["40", proxy.url]
+    assert proxy.stats["requests"] >= 81 and proxy.faults > 0

@@ -132,12 +132,18 @@ class GCSBucket(Bucket):
 
     def _inner_retry(self):
         """The library's own per-request retry (e.g. for each chunk of a resumable upload),
-        kept short: the whole operation is retried by our policy around it."""
-        from google.cloud.storage.retry import DEFAULT_RETRY
+        kept to ``request_attempts - 1`` retries per operation: google's Retry is bounded
+        only by time, and the whole operation is retried by our policy around it."""
+        from google.cloud.storage.retry import DEFAULT_RETRY, _should_retry
 
-        return DEFAULT_RETRY.with_delay(
+        budget = iter(range(self.policy.request_attempts - 1))
+
+        def predicate(exc: Exception) -> bool:
+            return _should_retry(exc) and next(budget, None) is not None
+
+        return DEFAULT_RETRY.with_predicate(predicate).with_delay(
             initial=self.policy.base_s, maximum=self.policy.max_backoff_s
-        ).with_timeout(max(self.policy.base_s * 8, min(60.0, self.policy.deadline_s / 4)))
+        ).with_timeout(min(self.policy.deadline_s, 120.0))
 
     def _run(self, fn, what: str, key: Optional[str] = None):
         return call_with_retry(fn, what=what, policy=self.policy,

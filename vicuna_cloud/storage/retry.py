@@ -17,6 +17,7 @@ import http.client
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional, TypeVar
 
@@ -191,21 +192,29 @@ def call_with_retry(
         before_sleep=before_sleep,
         reraise=True,
     )
+    start = time.monotonic()
     try:
         return retrying(fn)
-    except StorageError:
-        raise
+    except StorageError as exc:
+        if not isinstance(exc, TransientStorageError):
+            raise
+        _bump("gave_up")
+        raise StorageError(_gave_up(what, exc, retrying, start)) from exc
     except Exception as exc:  # noqa: BLE001 - every SDK error becomes ours, with context
-        err = translate(exc)
         if is_transient(exc):
             _bump("gave_up")
-            err = type(err)(f"{err} (gave up after {policy.attempts} attempts or "
-                            f"{policy.deadline_s:.0f}s; the store may be down or throttling: retry later)")
-        raise err from exc
+            raise StorageError(_gave_up(what, exc, retrying, start)) from exc
+        raise translate(exc) from exc
+
+
+def _gave_up(what: str, exc: BaseException, retrying: tenacity.Retrying, start: float) -> str:
+    attempts = retrying.statistics.get("attempt_number", "?")
+    return (f"{what} gave up after {attempts} attempts in {time.monotonic() - start:.1f}s "
+            f"({_short(exc)}): the store may be down or throttling; retry later")
 
 
 def _short(exc: Optional[BaseException]) -> str:
     if exc is None:
         return "?"
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text[:160]}"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}"

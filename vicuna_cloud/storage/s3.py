@@ -271,7 +271,10 @@ class S3Bucket(Bucket):
         return len(items)
 
     def check_access(self) -> None:
-        self._run(lambda: self.client.head_bucket(Bucket=self.name), f"open s3://{self.name}", None)
+        # ListObjectsV2 rather than HeadBucket: HEAD answers carry no error code, and the
+        # code is what tells a bad key (InvalidAccessKeyId) from a missing permission.
+        self._run(lambda: self.client.list_objects_v2(Bucket=self.name, Prefix=self._base(), MaxKeys=1),
+                  f"open s3://{self.name}", None)
         probe = f".vicuna-access-check-{uuid.uuid4().hex[:12]}"
         self.put_bytes(probe, b"ok")
         if self.get_bytes(probe) != b"ok":
