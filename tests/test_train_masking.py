@@ -14,7 +14,7 @@ import pytest
 from vicuna_cloud.templates import TEMPLATES
 from vicuna_cloud.tokenizers import load_tokenizer
 
-from train.masking import IGNORE, tokenize_conversation
+from train.masking import IGNORE, TokenStore, tokenize_batch, tokenize_conversation
 from conftest import DUMMY_CONVERSATIONS
 
 TRICKY = [
@@ -98,3 +98,19 @@ def test_misaligned_token_is_counted():
     assert bad and labels == [IGNORE, 8, 9]
     labels, bad = token_labels(text, [(3, 5)], [(0, 2), (2, 4), (4, 5)], [7, 8, 9])
     assert not bad and labels == [IGNORE, 8, 9]   # "▁c" starting at the space is expected
+
+
+def test_batched_encoding_and_token_store_match_one_by_one(tok, tmp_path):
+    tpl = TEMPLATES["vicuna_v1.1"]
+    convs = multi_turn(30) + TRICKY
+    one = [tokenize_conversation(tok, tpl, c, 90) for c in convs]
+    many = tokenize_batch(tok, tpl, convs, 90)
+    assert [(e.input_ids, e.targets, e.truncated) for e in one] == \
+        [(e.input_ids, e.targets, e.truncated) for e in many]
+    assert any(e.truncated for e in one)
+    TokenStore.from_examples(one).save(str(tmp_path / "t.npz"))
+    store = TokenStore.load(str(tmp_path / "t.npz"))
+    assert len(store) == len(one) and list(store.lengths) == [len(e) for e in one]
+    for i, e in enumerate(one):
+        assert store[i].input_ids.tolist() == e.input_ids
+        assert store[i].targets.tolist() == e.targets and store[i].n_trained == e.n_trained

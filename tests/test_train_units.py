@@ -17,7 +17,7 @@ from vicuna_cloud.tokenizers import load_tokenizer
 from conftest import DUMMY_CONVERSATIONS
 from train import batching, optim
 from train.loop import micro_batch_loss
-from train.masking import tokenize_conversation
+from train.masking import TokenStore, tokenize_conversation
 from train.sampler import GlobalBatchSampler, epoch_permutation, total_steps
 
 
@@ -53,7 +53,9 @@ def test_packed_and_padded_give_the_same_loss_and_gradients(examples):
     n = sum(e.n_trained for e in examples)
     assert any(e.truncated for e in examples) and len({len(e) for e in examples}) > 3
     padded = batching.padded_batches(examples, micro_batch_size=2, max_length=100)
-    packed = batching.packed_batches(examples, budget=300)
+    # Packed from the flat TokenStore the trainer uses (numpy views), padded from lists.
+    store = TokenStore.from_examples(examples)
+    packed = batching.packed_batches([store[i] for i in range(len(store))], budget=300)
     assert len(packed) < len(examples) and max(len(mb.seq_lens) for mb in packed) > 1
     assert sum(mb.n_trained for mb in packed) == sum(mb.n_trained for mb in padded) == n
     l_pad, g_pad = loss_and_grads(model, padded, n)

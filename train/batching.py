@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from train.masking import IGNORE, Example
@@ -44,6 +45,10 @@ class MicroBatch:
                           mv(self.attention_mask), self.n_tokens, self.n_trained, self.seq_lens)
 
 
+def _long(x) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x), dtype=torch.long)
+
+
 def split_across_ranks(indices: Sequence[int], lengths: Sequence[int],
                        world_size: int) -> list[list[int]]:
     """Deal indices to ranks, longest first onto the least-loaded rank (deterministic)."""
@@ -67,8 +72,8 @@ def padded_batches(examples: Sequence[Example], micro_batch_size: int,
         mask = torch.zeros((len(group), max_length), dtype=torch.long)
         for r, ex in enumerate(group):
             n = len(ex)
-            ids[r, :n] = torch.tensor(ex.input_ids)
-            tgt[r, :n] = torch.tensor(ex.targets)
+            ids[r, :n] = _long(ex.input_ids)
+            tgt[r, :n] = _long(ex.targets)
             mask[r, :n] = 1
         pos = torch.arange(max_length).unsqueeze(0).expand(len(group), -1).contiguous()
         out.append(MicroBatch(ids, tgt, pos, mask, int(mask.sum()),
@@ -97,8 +102,8 @@ def packed_batches(examples: Sequence[Example], budget: int) -> list[MicroBatch]
     out = []
     for b in pack_bins([len(e) for e in examples], budget):
         group = [examples[i] for i in b]
-        ids = torch.tensor([t for e in group for t in e.input_ids]).unsqueeze(0)
-        tgt = torch.tensor([t for e in group for t in e.targets]).unsqueeze(0)
+        ids = _long(np.concatenate([np.asarray(e.input_ids) for e in group])).unsqueeze(0)
+        tgt = _long(np.concatenate([np.asarray(e.targets) for e in group])).unsqueeze(0)
         pos = torch.cat([torch.arange(len(e)) for e in group]).unsqueeze(0)
         out.append(MicroBatch(ids, tgt, pos, None, ids.shape[1],
                               sum(e.n_trained for e in group), [len(e) for e in group]))

@@ -15,7 +15,9 @@ from vicuna_cloud.runspec import RunSpec
 from vicuna_cloud.storage import NotFoundError, StorageError, open_bucket
 from vicuna_cloud.templates import TemplateError, get_template
 
-from train.masking import Example, tokenize_conversation
+from train.masking import Example, TokenStore, tokenize_batch
+
+MASKING_VERSION = 1  # bump when masking changes, to invalidate token caches
 
 DATASET_FILE = "train.jsonl"
 
@@ -120,26 +122,59 @@ class DataStats:
 
 
 def tokenize_all(conversations: list[list[dict]], tokenizer, template_name: str,
-                 max_length: int) -> tuple[list[Example], DataStats]:
+                 max_length: int, chunk: int = 2048) -> tuple[TokenStore, DataStats]:
+    """Render, encode in large batches (the Rust tokenizer runs them in parallel), mask."""
     template = get_template(template_name)
     stats = DataStats(conversations=len(conversations))
-    examples: list[Example] = []
+    valid = []
     for conv in conversations:
         try:
-            ex = tokenize_conversation(tokenizer, template, conv, max_length)
+            template.render(conv)
+            valid.append(conv)
         except TemplateError:
             stats.dropped_invalid += 1
-            continue
-        stats.truncated += ex.truncated
-        stats.misaligned += ex.misaligned
-        if ex.n_trained == 0:
-            stats.dropped_untrained += 1
-            continue
-        examples.append(ex)
-        stats.tokens += len(ex)
-        stats.trained_tokens += ex.n_trained
+    examples: list[Example] = []
+    for i in range(0, len(valid), chunk):
+        for ex in tokenize_batch(tokenizer, template, valid[i: i + chunk], max_length):
+            stats.truncated += ex.truncated
+            stats.misaligned += ex.misaligned
+            n = ex.n_trained
+            if n == 0:
+                stats.dropped_untrained += 1
+                continue
+            examples.append(ex)
+            stats.tokens += len(ex)
+            stats.trained_tokens += n
     stats.kept = len(examples)
     if not examples:
         raise ConfigError("no conversation has a trained token after masking and truncation; "
                           "check the template and --max-length")
-    return examples, stats
+    return TokenStore.from_examples(examples), stats
+
+
+def tokenized_dataset(spec: RunSpec, data_path: str, tokenizer, cache_dir: str, *,
+                      build: bool) -> tuple[TokenStore, DataStats]:
+    """Tokenize once per node: the first rank builds and caches, the others load.
+
+    The cache key covers everything that changes the tokens: the data file's hash, the
+    tokenizer, the template, the max length and this module's masking version."""
+    key = hashlib.sha256(json.dumps([
+        spec.dataset.sha256 or file_sha256(data_path), spec.model.tokenizer, spec.template,
+        spec.hyper.max_length, MASKING_VERSION]).encode()).hexdigest()[:24]
+    path = os.path.join(cache_dir, "tokens", f"{key}.npz")
+    meta = path[:-4] + ".json"
+    if os.path.isfile(path) and os.path.isfile(meta):
+        with open(meta) as f:
+            stats = DataStats(**json.load(f))
+        return TokenStore.load(path), stats
+    if not build:
+        raise ConfigError(f"tokenized cache {path} is missing on this node")
+    store, stats = tokenize_all(read_conversations(data_path), tokenizer, spec.template,
+                                spec.hyper.max_length)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    store.save(path)
+    tmp = meta + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(vars(stats), f)
+    os.replace(tmp, meta)
+    return store, stats

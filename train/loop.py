@@ -131,9 +131,9 @@ def run(run_uri: str, opts: Optional[LoopOptions] = None) -> int:
     data_path = _prepare_on_local_main(
         d, lambda download: inputs.fetch_dataset(spec, local_root, download=download))
     tokenizer = _prepare_on_local_main(d, lambda download: load_tokenizer(spec.model.tokenizer))
-    examples, stats = inputs.tokenize_all(inputs.read_conversations(data_path), tokenizer,
-                                          spec.template, h.max_length)
-    lengths = [len(e) for e in examples]
+    examples, stats = _prepare_on_local_main(d, lambda download: inputs.tokenized_dataset(
+        spec, data_path, tokenizer, local_root, build=download))
+    lengths = examples.lengths.tolist()
     if h.batching == "packed" and h.micro_batch_tokens < h.max_length:
         raise inputs.ConfigError(f"micro_batch_tokens {h.micro_batch_tokens} < max_length "
                                  f"{h.max_length}: raise micro_batch_tokens")

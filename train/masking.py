@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import numpy as np
+
 from vicuna_cloud.templates import ChatTemplate
 
 IGNORE = -100
@@ -25,14 +27,14 @@ class Example:
     """One tokenized conversation. ``targets[i]`` is the label for predicting token i+1,
     already shifted, so packing samples end to end never trains across a boundary."""
 
-    input_ids: list[int]
-    targets: list[int]
+    input_ids: Sequence[int]   # list, or a numpy view into a TokenStore
+    targets: Sequence[int]
     truncated: bool = False
     misaligned: bool = False
 
     @property
     def n_trained(self) -> int:
-        return sum(1 for t in self.targets if t != IGNORE)
+        return int(np.count_nonzero(np.asarray(self.targets) != IGNORE))
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -74,3 +76,57 @@ def tokenize_conversation(tokenizer, template: ChatTemplate,
     truncated = len(ids) > max_length
     ids, labels = ids[:max_length], labels[:max_length]
     return Example(ids, labels[1:] + [IGNORE], truncated=truncated, misaligned=misaligned)
+
+
+def tokenize_batch(tokenizer, template: ChatTemplate,
+                   conversations: Sequence[Sequence[Mapping[str, str]]],
+                   max_length: int) -> list[Example]:
+    """``tokenize_conversation`` for many conversations in one (parallel, Rust) encode call.
+    Conversations that do not render raise TemplateError from ``template.render``."""
+    rendered = [template.render(c) for c in conversations]
+    enc = tokenizer([r.text for r in rendered], return_offsets_mapping=True,
+                    add_special_tokens=True)
+    out = []
+    for r, ids, offs in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
+        labels, misaligned = token_labels(r.text, r.assistant_spans, offs, ids)
+        truncated = len(ids) > max_length
+        ids, labels = list(ids[:max_length]), labels[:max_length]
+        out.append(Example(ids, labels[1:] + [IGNORE], truncated=truncated,
+                           misaligned=misaligned))
+    return out
+
+
+class TokenStore:
+    """All examples of a run in three flat int32 arrays (a 125K-conversation dataset as
+    Python lists would cost gigabytes per rank). Indexing returns Examples of views."""
+
+    def __init__(self, ids: np.ndarray, targets: np.ndarray, offsets: np.ndarray):
+        self.ids, self.targets, self.offsets = ids, targets, offsets
+        self.lengths = np.diff(offsets)
+
+    @classmethod
+    def from_examples(cls, examples: Sequence[Example]) -> "TokenStore":
+        offsets = np.zeros(len(examples) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(e) for e in examples])
+        cat = lambda xs: np.concatenate([np.asarray(x, dtype=np.int32) for x in xs]) \
+            if xs else np.zeros(0, np.int32)  # noqa: E731
+        return cls(cat([e.input_ids for e in examples]), cat([e.targets for e in examples]),
+                   offsets)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, i: int) -> Example:
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return Example(self.ids[a:b], self.targets[a:b])
+
+    def save(self, path: str) -> None:
+        tmp = f"{path}.tmp.npz"
+        np.savez(tmp, ids=self.ids, targets=self.targets, offsets=self.offsets)
+        import os
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "TokenStore":
+        with np.load(path) as z:
+            return cls(z["ids"], z["targets"], z["offsets"])
