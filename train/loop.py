@@ -55,28 +55,38 @@ def micro_batch_loss(model, mb: batching.MicroBatch) -> torch.Tensor:
                            ignore_index=IGNORE, reduction="sum")
 
 
-def _collective_ok(d: parallel.Dist, error: Optional[Exception]) -> None:
-    """Raise on every rank if any rank failed (so no rank waits forever in a barrier)."""
-    bad = parallel.all_reduce_sum([1.0 if error else 0.0], d.device)[0]
+_CONFIG_ERRORS = (inputs.ConfigError, TokenizerNotFound)
+
+
+def _collective_ok(d: parallel.Dist, error: Optional[BaseException]) -> None:
+    """Raise on every rank if any rank failed, so no rank waits forever in a collective.
+    A config error anywhere is a config error everywhere (exit 78: do not restart);
+    anything else (a storage outage) is a plain failure (exit 1: the job may retry)."""
+    config_bad, other_bad = parallel.all_reduce_sum(
+        [1.0 if isinstance(error, _CONFIG_ERRORS) else 0.0,
+         1.0 if error is not None and not isinstance(error, _CONFIG_ERRORS) else 0.0], d.device)
     if error is not None:
         raise error
-    if bad:
-        raise inputs.ConfigError("another rank failed while preparing inputs (see its log)")
+    if config_bad:
+        raise inputs.ConfigError("another rank found a bad input (see rank 0's error)")
+    if other_bad:
+        raise RuntimeError("another rank failed while preparing inputs (see its log)")
 
 
 def _prepare_on_local_main(d: parallel.Dist, fn):
-    """Run ``fn(download=True)`` on each node's first rank, then ``fn(download=False)``."""
+    """Run ``fn(download=True)`` on each node's first rank, then ``fn(download=False)``
+    on the others once it is done (downloads and caches happen once per node)."""
     result, err = None, None
     if d.is_local_main:
         try:
             result = fn(download=True)
-        except (inputs.ConfigError, TokenizerNotFound) as e:
+        except Exception as e:  # noqa: BLE001 - re-raised below, after telling the others
             err = e
     _collective_ok(d, err)
     if not d.is_local_main:
         try:
             result = fn(download=False)
-        except (inputs.ConfigError, TokenizerNotFound) as e:
+        except Exception as e:  # noqa: BLE001
             err = e
     _collective_ok(d, err)
     return result
