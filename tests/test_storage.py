@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from vicuna_cloud.storage import (
-    BucketAccessError, NotFoundError, ObjectInfo, StorageError, open_bucket, parse_bucket_uri,
+    AlreadyExistsError, BucketAccessError, NotFoundError, ObjectInfo, StorageError, open_bucket, parse_bucket_uri,
 )
 from vicuna_cloud.storage.gcs import GCSBucket
 from vicuna_cloud.storage.retry import RetryPolicy, is_transient, retry_stats
@@ -100,6 +100,31 @@ def test_check_access_ok(bucket_uri):
     b.check_access()
     assert b.list() == []  # the probe object is gone
 
+
+
+def test_create_only_writes(bucket_uri):
+    b = open_bucket(bucket_uri)
+    b.put_bytes("ledger/seg-1.json", b"first", if_absent=True)
+    with pytest.raises(AlreadyExistsError, match="seg-1.json already exists"):
+        b.put_bytes("ledger/seg-1.json", b"second", if_absent=True)
+    b.put_bytes("ledger/seg-1.json", b"first", if_absent=True)  # same bytes: a retry, fine
+    assert b.get_bytes("ledger/seg-1.json") == b"first"
+    b.put_bytes("ledger/seg-1.json", b"second")  # a plain write still overwrites
+    assert b.get_bytes("ledger/seg-1.json") == b"second"
+    assert [o.key for o in b.list()] == ["ledger/seg-1.json"]  # no temp files
+
+
+@pytest.mark.parametrize("bucket_uri", ["s3", "gcs"], indirect=True)
+def test_list_follows_pagination(bucket_uri):
+    parsed = parse_bucket_uri(bucket_uri)
+    b = S3Bucket(parsed, page_size=7) if parsed.scheme == "s3" else GCSBucket(parsed, page_size=7)
+    keys = [f"many/{i:03d}" for i in range(23)]
+    for k in keys:
+        b.put_bytes(k, k.encode())
+    b.put_bytes("other/x", b"x")
+    assert [o.key for o in b.list("many/")] == keys
+    assert len(b.list()) == 24
+    assert b.delete_prefix("many/") == 23 and [o.key for o in b.list()] == ["other/x"]
 
 # --- URIs --------------------------------------------------------------------------------
 @pytest.mark.parametrize("uri, message", [
@@ -352,3 +377,25 @@ def test_subprocess_reaches_faulty_proxy_through_env(faulty_s3_bucket_uri):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["40", proxy.url]
     assert proxy.stats["requests"] >= 81 and proxy.faults > 0
+
+
+@pytest.mark.parametrize("backend", ["s3", "gcs"])
+def test_create_only_write_survives_lost_response(backend, faulty_s3_bucket_uri, faulty_gcs_bucket_uri):
+    """The first PUT lands but its answer is lost (connection reset after the server
+    wrote): the retry meets the object it made itself and must count as success."""
+    make = faulty_s3_bucket_uri if backend == "s3" else faulty_gcs_bucket_uri
+    writes: list[str] = []
+
+    def first_write_only(method: str, path: str) -> bool:
+        if method in ("PUT", "POST"):
+            writes.append(path)
+            return len(writes) == 1
+        return False
+
+    uri, proxy = make(rate=1.0, kinds=("reset-after",), match=first_write_only)
+    b = open_bucket(uri)
+    b.put_bytes("COMMIT.json", b'{"step": 10}', if_absent=True)
+    assert proxy.stats["fault:reset-after"] == 1 and len(writes) >= 2
+    assert b.get_bytes("COMMIT.json") == b'{"step": 10}'
+    with pytest.raises(AlreadyExistsError):
+        b.put_bytes("COMMIT.json", b'{"step": 11}', if_absent=True)

@@ -5,6 +5,7 @@ Every key is relative to the bucket URI's prefix and uses '/' separators. See
 """
 
 from vicuna_cloud.storage.base import (
+    AlreadyExistsError,
     Bucket,
     BucketAccessError,
     NotFoundError,
@@ -31,6 +32,6 @@ def open_bucket(uri: str) -> Bucket:
 
 
 __all__ = [
-    "Bucket", "BucketAccessError", "BucketURI", "NotFoundError", "ObjectInfo",
+    "AlreadyExistsError", "Bucket", "BucketAccessError", "BucketURI", "NotFoundError", "ObjectInfo",
     "StorageError", "open_bucket", "parse_bucket_uri",
 ]

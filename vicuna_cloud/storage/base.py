@@ -20,6 +20,10 @@ class NotFoundError(StorageError):
     """The key does not exist."""
 
 
+class AlreadyExistsError(StorageError):
+    """A create-only write (``if_absent=True``) found the key already there."""
+
+
 class BucketAccessError(StorageError):
     """The bucket is missing, unreachable, or our credentials may not use it."""
 
@@ -48,7 +52,11 @@ class Bucket(abc.ABC):
         return str(self.location.child(key))
 
     @abc.abstractmethod
-    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+        """Write a whole object. ``if_absent``: create-only (S3 If-None-Match, GCS
+        generation 0, local hard link); raises AlreadyExistsError if the key holds other
+        bytes. The same bytes count as success, so that a retried write whose first try
+        landed (response lost) does not fail."""
 
     @abc.abstractmethod
     def get_bytes(self, key: str) -> bytes: ...

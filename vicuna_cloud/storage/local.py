@@ -8,7 +8,7 @@ import tempfile
 from typing import Optional
 
 from vicuna_cloud.storage.base import (
-    Bucket, BucketAccessError, NotFoundError, ObjectInfo, ProgressFn,
+    AlreadyExistsError, Bucket, BucketAccessError, NotFoundError, ObjectInfo, ProgressFn,
 )
 
 
@@ -38,8 +38,26 @@ class LocalBucket(Bucket):
                 os.unlink(tmp)
             raise
 
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self._atomic_write(self._path(key), lambda f: f.write(data))
+    def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+        dest = self._path(key)
+        if not if_absent:
+            return self._atomic_write(dest, lambda f: f.write(data))
+        # Create-only: write a temp file, then hard-link it into place (fails if present).
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, dest)
+        except FileExistsError:
+            with open(dest, "rb") as f:
+                if f.read() == data:
+                    return
+            raise AlreadyExistsError(f"{self.child_uri(key)} already exists") from None
+        finally:
+            os.unlink(tmp)
 
     def get_bytes(self, key: str) -> bytes:
         try:

@@ -14,7 +14,7 @@ import uuid
 from typing import Optional
 
 from vicuna_cloud.storage.base import (
-    Bucket, BucketAccessError, NotFoundError, ObjectInfo, ProgressFn, StorageError,
+    AlreadyExistsError, Bucket, BucketAccessError, NotFoundError, ObjectInfo, ProgressFn, StorageError,
 )
 from vicuna_cloud.storage.retry import (
     RetryPolicy, TransientStorageError, call_with_retry, _short,
@@ -29,6 +29,11 @@ _BAD_CREDENTIAL_CODES = {
     "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
     "TokenRefreshRequired", "UnrecognizedClientException", "InvalidClientTokenId",
 }
+
+
+def _code(exc: BaseException) -> str:
+    resp = getattr(exc, "response", None)
+    return str(resp.get("Error", {}).get("Code", "")) if isinstance(resp, dict) else ""
 
 
 def _endpoint_from_env() -> Optional[str]:
@@ -75,6 +80,7 @@ class S3Bucket(Bucket):
         multipart_threshold: int = 64 * MiB,
         multipart_chunksize: int = 64 * MiB,
         max_concurrency: int = 8,
+        page_size: int = 1000,
     ):
         super().__init__(uri)
         self.endpoint_url = endpoint_url or _endpoint_from_env()
@@ -82,6 +88,7 @@ class S3Bucket(Bucket):
         self.multipart_threshold = multipart_threshold
         self.multipart_chunksize = multipart_chunksize
         self.max_concurrency = max_concurrency
+        self.page_size = page_size
         self._bucket_seen = False
 
     # --- plumbing ----------------------------------------------------------------------
@@ -126,6 +133,8 @@ class S3Bucket(Bucket):
                 if code != "NoSuchKey" and not self._bucket_exists():
                     return self._missing_bucket()
                 return NotFoundError(f"{self.child_uri(key or '')} does not exist")
+            if code == "PreconditionFailed" or status == 412:
+                return AlreadyExistsError(f"{self.child_uri(key or '')} already exists")
             if code in _BAD_CREDENTIAL_CODES:
                 return BucketAccessError(
                     f"AWS rejected the credentials ({code}) for {bucket}: check them with "
@@ -176,10 +185,27 @@ class S3Bucket(Bucket):
         )
 
     # --- the contract ------------------------------------------------------------------
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
         full = self._key(key)
-        self._run(lambda: self.client.put_object(Bucket=self.name, Key=full, Body=data),
-                  f"put {self.child_uri(key)}", key)
+        extra = {"IfNoneMatch": "*"} if if_absent else {}
+
+        def put() -> None:
+            try:
+                self.client.put_object(Bucket=self.name, Key=full, Body=data, **extra)
+            except Exception as exc:  # noqa: BLE001
+                # A retried create-only write (here or inside the SDK) may find the object
+                # its lost first try made: the same bytes count as success.
+                if not (if_absent and _code(exc) == "PreconditionFailed"
+                        and self._read(full) == data):
+                    raise
+
+        self._run(put, f"put {self.child_uri(key)}", key)
+
+    def _read(self, full: str) -> Optional[bytes]:
+        try:
+            return self.client.get_object(Bucket=self.name, Key=full)["Body"].read()
+        except Exception:  # noqa: BLE001 - only used to confirm our own write
+            return None
 
     def get_bytes(self, key: str) -> bytes:
         full = self._key(key)
@@ -234,7 +260,7 @@ class S3Bucket(Bucket):
         def list_all() -> list[ObjectInfo]:
             out = []
             pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.name, Prefix=full_prefix)
+                Bucket=self.name, Prefix=full_prefix, PaginationConfig={"PageSize": self.page_size})
             for page in pages:
                 for obj in page.get("Contents", []):
                     out.append(ObjectInfo(obj["Key"][len(base):], int(obj["Size"])))
