@@ -130,7 +130,7 @@ class RunSpec(_Strict):
     @field_validator("run_id")
     @classmethod
     def _run_id(cls, v: str) -> str:
-        if not RUN_ID_PATTERN.match(v):
+        if not RUN_ID_PATTERN.fullmatch(v):
             raise ValueError(
                 f"run id {v!r} must be 1-63 characters of lowercase letters, digits and "
                 "'-', starting with a letter or digit"
