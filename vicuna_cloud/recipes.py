@@ -18,8 +18,11 @@ fp32 params 4N + fp32 grads 4N + Adam moments 8N = 16N bytes sharded over all GP
 one layer's gathered bf16 weights (prefetch x2), plus checkpointed activations (one hidden
 state per layer per token in bf16, and one layer's full activations recomputed), plus a
 fixed allowance for the CUDA context, NCCL buffers and the allocator's fragmentation.
-33B: 16 x 32.5e9 / 8 = 65 GB of sharded state alone on one 8-GPU node, which leaves no room
-for activations on an 80 GB card: the 33B preset therefore uses 2 nodes (16 GPUs, 32.5 GB).
+33B: 16 x 32.5e9 / 8 = 65 GB (60.6 GiB) of sharded state alone on one 8-GPU node; with
+activations and overhead the estimate is ~75 GiB of an 80 GB card, under 5 GiB of headroom,
+too thin for allocator fragmentation and the longest packed micro-batches. The 33B preset
+therefore uses 2 nodes (16 GPUs: ~45 GiB per GPU) rather than CPU optimizer offload, which
+would cost far more in step time than the second node costs in dollars of wasted memory.
 """
 
 from __future__ import annotations
