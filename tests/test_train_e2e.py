@@ -129,6 +129,17 @@ def test_changed_dataset_is_refused_with_a_one_line_error(tmp_path):
     assert len(err) == 1 and "sha256" in err[0] and spec.dataset.sha256 in err[0]
 
 
+def test_exit_code_survives_torchrun_through_the_exit_code_file(tmp_path):
+    """torchrun turns any worker failure into exit 1; the file keeps the trainer's 78."""
+    spec, uri = tiny_spec(tmp_path, run_id="bad-sha-2", limit=8)
+    with open(os.path.join(spec.dataset.uri, "train.jsonl"), "a") as f:
+        f.write("{}\n")
+    code_file = tmp_path / "exit_code"
+    proc = torchrun_train(uri, env={"VICUNA_EXIT_CODE_FILE": str(code_file)})
+    assert proc.returncode != 0
+    assert code_file.read_text().strip() == "78"
+
+
 def test_missing_run_spec_exits_78(tmp_path):
     proc = _single(str(tmp_path / "runs" / "nope" / "run.json"))
     assert proc.returncode == 78 and "Traceback" not in proc.stderr

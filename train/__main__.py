@@ -2,6 +2,11 @@
 
 Exit codes (vicuna_cloud/exit_codes.py): 0 completed or budget stop, 75 preempted (the
 managed job recovers), 78 bad run spec or data (restarting will not help), 1 anything else.
+
+torchrun does not pass its workers' exit codes on: any failing worker makes it exit 1.
+So when ``$VICUNA_EXIT_CODE_FILE`` is set, each node's local rank 0 also writes its exit
+code there; the wrapper removes the file before torchrun and exits with its content after:
+    rm -f "$F"; torchrun ... -m train "$VICUNA_RUN_URI"; rc=$?; [ -s "$F" ] && rc=$(cat "$F"); exit $rc
 """
 
 from __future__ import annotations
@@ -49,8 +54,26 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def write_exit_code(code: int) -> None:
+    path = os.environ.get("VICUNA_EXIT_CODE_FILE")
+    if not path or os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    try:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{code}\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        print(f"warning: cannot write exit code to {path}: {e.strerror}", file=sys.stderr)
+
+
 if __name__ == "__main__":
-    code = main()
+    try:
+        code = main()
+    except BaseException:
+        write_exit_code(EXIT_FAILED)
+        raise
+    write_exit_code(code)
     try:
         import torch.distributed as dist
         if dist.is_initialized():
