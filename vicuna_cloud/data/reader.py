@@ -147,6 +147,11 @@ def iter_file(path: str, info: InputFile) -> Iterator[tuple[int, Any]]:
                 try:
                     item = orjson.loads(line)
                 except orjson.JSONDecodeError as e:
+                    item = _lenient(line)  # e.g. a "\ud800" escape: the filters drop it
+                    if item is not _INVALID:
+                        yield n, item
+                        n += 1
+                        continue
                     what = "not valid UTF-8" if "utf-8" in str(e).lower() else str(e)
                     raise DataError(
                         f"{path}: line {lineno}, byte {offset}: invalid JSON ({what}); "
@@ -162,6 +167,19 @@ def iter_file(path: str, info: InputFile) -> Iterator[tuple[int, Any]]:
         info.sha256 = reader.h.hexdigest()
         info.bytes = reader.pos
         info.conversations = n
+
+
+_INVALID = object()
+
+
+def _lenient(line: bytes) -> Any:
+    """The stdlib parser accepts lone surrogate escapes that orjson refuses."""
+    import json
+
+    try:
+        return json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return _INVALID
 
 
 def sha256_file(path: str) -> tuple[str, int]:
