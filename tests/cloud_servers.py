@@ -79,9 +79,12 @@ class S3Server:
 class GCSServer:
     """fake-gcs-server as a subprocess, in-memory backend, on a free port."""
 
-    def __init__(self) -> None:
+    def __init__(self, external_url: Optional[str] = None) -> None:
+        """``external_url``: the address the server puts in the links it returns (e.g.
+        resumable upload sessions); give a proxy's URL to keep every request on the proxy."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.external_url = external_url or self.url
         self._proc: Optional[subprocess.Popen] = None
         self._log = tempfile.NamedTemporaryFile(prefix="fake-gcs-", suffix=".log", delete=False)
 
@@ -90,7 +93,7 @@ class GCSServer:
 
         self._proc = subprocess.Popen(
             [str(_get_binary_path()), "-scheme", "http", "-backend", "memory",
-             "-host", "127.0.0.1", "-port", str(self.port), "-external-url", self.url,
+             "-host", "127.0.0.1", "-port", str(self.port), "-external-url", self.external_url,
              "-log-level", "warn"],
             stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL,
         )

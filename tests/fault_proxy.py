@@ -41,6 +41,7 @@ class FaultProxy:
         kinds: Sequence[str] = DEFAULT_KINDS,
         forbid: bool = False,
         match: Optional[Callable[[str, str], bool]] = None,
+        port: int = 0,
     ):
         parts = urlsplit(upstream)
         self.upstream_host = parts.hostname or "127.0.0.1"
@@ -49,6 +50,7 @@ class FaultProxy:
         self.kinds = tuple(kinds)
         self.forbid = forbid
         self.match = match  # (method, path) -> may this request be failed? None: all
+        self.port = port
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.stats: Counter = Counter()
@@ -63,7 +65,7 @@ class FaultProxy:
         class Handler(_Handler):
             owner = proxy
 
-        self._server = _QuietServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

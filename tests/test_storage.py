@@ -28,7 +28,7 @@ def _small_parts(uri: str):
     if parsed.scheme == "s3":  # S3 parts must be >= 5 MiB except the last
         return S3Bucket(parsed, multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
     if parsed.scheme == "gs":
-        return GCSBucket(parsed, chunk_size=1 * MiB, resumable_threshold=1 * MiB)
+        return GCSBucket(parsed, chunk_size=1 * MiB)
     return open_bucket(uri)
 
 
@@ -399,3 +399,40 @@ def test_create_only_write_survives_lost_response(backend, faulty_s3_bucket_uri,
     assert b.get_bytes("COMMIT.json") == b'{"step": 10}'
     with pytest.raises(AlreadyExistsError):
         b.put_bytes("COMMIT.json", b'{"step": 11}', if_absent=True)
+
+
+def test_failed_resumable_upload_leaves_previous_object(tmp_path, monkeypatch):
+    """GCS: every chunk after the first of a resumable upload fails. The upload gives up
+    and the object still holds its old bytes (a resumable object appears only when its
+    last chunk is in). A server of its own, whose session links point at the proxy."""
+    from cloud_servers import GCSServer, free_port
+    from fault_proxy import FaultProxy
+
+    port = free_port()
+    server = GCSServer(external_url=f"http://127.0.0.1:{port}").start()
+    chunks: list[str] = []
+
+    def later_chunks(method: str, path: str) -> bool:
+        if method == "PUT" and "upload_id" in path:
+            chunks.append(path)
+            return len(chunks) > 1
+        return False
+
+    proxy = FaultProxy(server.url, rate=1.0, kinds=("503",), match=later_chunks, port=port).start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")
+        name = server.create_bucket()
+        policy = RetryPolicy(attempts=2, base_s=0.01, max_backoff_s=0.02, request_attempts=2)
+        b = GCSBucket(parse_bucket_uri(f"gs://{name}/x"), policy=policy, chunk_size=1 * MiB)
+        b.put_bytes("shard.bin", b"old")
+        src = tmp_path / "new.bin"
+        src.write_bytes(b"n" * (9 * MiB))  # above the library's 8 MiB resumable threshold
+        with pytest.raises(StorageError, match="upload .* gave up after 2 attempts"):
+            b.put_file("shard.bin", str(src))
+        assert proxy.stats["fault:503"] >= 2 and len(chunks) >= 4
+        assert b.get_bytes("shard.bin") == b"old"
+        assert b.list() == [ObjectInfo("shard.bin", 3)]
+    finally:
+        proxy.stop()
+        server.stop()

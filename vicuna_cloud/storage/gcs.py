@@ -87,8 +87,8 @@ class _ProgressWriter:
 class GCSBucket(Bucket):
     """A prefix in a GCS bucket.
 
-    Files above ``resumable_threshold`` go up as resumable uploads in ``chunk_size``
-    pieces; the object appears only when the last piece is in, so a failed upload leaves
+    Files above 8 MiB (the library's threshold) go up as resumable uploads in
+    ``chunk_size`` pieces; the object appears only when the last piece is in, so a failed upload leaves
     the previous object (or none). Downloads are checked by CRC32C (the library's
     default) and written to a temp file that is renamed into place.
     """
@@ -99,7 +99,6 @@ class GCSBucket(Bucket):
         *,
         policy: Optional[RetryPolicy] = None,
         chunk_size: int = 32 * MiB,
-        resumable_threshold: int = 8 * MiB,
         page_size: int = 1000,
     ):
         super().__init__(uri)
@@ -107,7 +106,6 @@ class GCSBucket(Bucket):
             raise ValueError("GCS chunk_size must be a multiple of 256 KiB")
         self.policy = policy or RetryPolicy.from_env()
         self.chunk_size = chunk_size
-        self.resumable_threshold = resumable_threshold
         self.page_size = page_size
         self._bucket_seen = False
 
@@ -235,8 +233,7 @@ class GCSBucket(Bucket):
         size = os.path.getsize(path)
 
         def upload() -> None:
-            chunk = self.chunk_size if size > self.resumable_threshold else None
-            blob = self.bucket.blob(name, chunk_size=chunk)
+            blob = self.bucket.blob(name, chunk_size=self.chunk_size)
             with open(path, "rb") as f:
                 src = _ProgressReader(f, progress) if progress else f
                 blob.upload_from_file(src, size=size, retry=self._inner_retry(),
