@@ -123,3 +123,23 @@ def test_ctrl_c_signals_every_worker_then_runs_on_cancel(tmp_path):
     # The grandchild (own session) got the cancel signal and handled it; nobody is left.
     assert str(pids[1]) in (tmp_path / "cancelled").read_text().split()
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+
+def test_ctrl_c_kills_a_child_that_ignores_the_signal_after_the_grace_period(tmp_path):
+    sup = make(tmp_path, mode="stubborn", total=10_000, grace_s=1.0)
+    main_thread = threading.main_thread().ident
+    seen = []
+
+    def interrupt():
+        deadline = time.time() + 20
+        while time.time() < deadline and not (tmp_path / "metrics.jsonl").exists():
+            time.sleep(0.05)
+        seen.extend(proc for proc in psutil.Process(os.getpid()).children(recursive=True))
+        signal.pthread_kill(main_thread, signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    t0 = time.monotonic()
+    res = sup.run()
+    assert res.outcome == "cancelled" and res.attempts[-1].exit_code == -signal.SIGKILL
+    assert time.monotonic() - t0 < 20
+    assert seen and not [p for p in seen if p.is_running() and p.status() != "zombie"]

@@ -3,7 +3,8 @@
 It "trains" TOTAL steps, one every DT seconds, appending a metrics record per step to
 METRICS and "checkpointing" its step to STATE after each one, so a restart resumes.
 MODE changes the exit policy: ok | fail | config | notice-once (exit 75 once) |
-spawn (start a grandchild in its own session, as torchrun does with its workers).
+spawn (start a grandchild in its own session, as torchrun does with its workers) |
+stubborn (ignores SIGTERM).
 On SIGINT or SIGTERM it writes its pid to CANCELLED and exits 130.
 """
 
@@ -27,7 +28,7 @@ def on_int(signum, frame):
 
 
 signal.signal(signal.SIGINT, on_int)
-signal.signal(signal.SIGTERM, on_int)
+signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "stubborn" else on_int)
 if mode == "config":
     sys.exit(78)
 if mode == "fail":
