@@ -63,7 +63,7 @@ def test_human_output_tables(capsys, monkeypatch, tmp_path):
     (["prepare", "{dummy}", "--out", "{tmp}/o", "--long-pair", "keep"], ["truncate", "drop"]),
     (["upload", "{tmp}", "{tmp}/b"], ["no manifest"]),
     (["upload", "{tmp}/nope", "s3://Bad_Bucket/x"], ["not a directory"]),
-    (["inspect", "{bad}"], ["line 2"]),
+    (["inspect", "{bad}"], ["no 'conversations' list"]),
     (["inspect", "{dummy}", "--template", "nope"], ["unknown chat template"]),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, monkeypatch, tmp_path, args, words):
