@@ -152,3 +152,31 @@ def test_no_weight_decay_on_norms_and_biases_and_lr_schedule():
     assert w == 3 and f[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
     assert all(a >= b for a, b in zip(f[2:], f[3:])) and f[-1] < 0.01
     assert f[3 + 48] == pytest.approx(0.5 * (1 + math.cos(math.pi * 48 / 97)))
+
+
+def test_mfu_figures_and_gpu_peaks():
+    from train import metrics
+    assert metrics.gpu_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert metrics.gpu_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert metrics.gpu_peak_tflops(None) is None and metrics.gpu_peak_tflops("Tesla T4") is None
+    # 6N per token plus 12·L·H·s per token of a length-s sample.
+    assert metrics.step_flops(100, 2, 8, [3, 5]) == 6 * 100 * 8 + 12 * 2 * 8 * (9 + 25)
+    assert metrics.mfu(1e15, 1.0, 2, 1000.0) == pytest.approx(0.5)
+    assert metrics.mfu(1e15, 1.0, 2, None) is None
+
+
+def test_metrics_log_keeps_lines_up_to_the_resume_step(tmp_path):
+    from train.metrics import MetricsLog
+    from vicuna_cloud.storage import open_bucket
+
+    bucket = open_bucket(str(tmp_path))
+    log = MetricsLog(bucket, "runs/r", console=False, flush_seconds=0)
+    for step in (1, 2, 3, 4):
+        log.log({"step": step, "loss": 1.0 / step}, total_steps=10)
+    log.close()
+    # Resumed from a checkpoint at step 2: steps 3-4 were lost work and are dropped.
+    again = MetricsLog(bucket, "runs/r", resume_step=2, console=False, flush_seconds=0)
+    again.log({"step": 3, "loss": 0.25}, total_steps=10)
+    again.close()
+    lines = [json.loads(x) for x in bucket.get_bytes("runs/r/metrics.jsonl").decode().splitlines()]
+    assert [(x["step"], x["loss"]) for x in lines] == [(1, 1.0), (2, 0.5), (3, 0.25)]

@@ -213,11 +213,11 @@ def run(run_uri: str, opts: Optional[LoopOptions] = None) -> int:
         mbs += [batching.filler_batch() for _ in range(n_mb - len(mbs))]
         n_global = parallel.all_reduce_sum([sum(mb.n_trained for mb in mbs)], d.device)[0]
 
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
         for mb in mbs:
             ce = micro_batch_loss(model, mb.to(d.device))
             (ce * (d.world_size / n_global)).backward()
-            loss_sum += float(ce.detach())
+            loss_sum += ce.detach()  # stays on the device: no sync per micro-batch
         grad_norm = optim.clip_grad_norm(model, h.grad_clip)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
@@ -225,7 +225,7 @@ def run(run_uri: str, opts: Optional[LoopOptions] = None) -> int:
         optimizer.zero_grad(set_to_none=True)
 
         loss_g, tokens_g, slots_g, flops_g = parallel.all_reduce_sum([
-            loss_sum, sum(mb.n_tokens for mb in mbs), sum(mb.n_slots for mb in mbs),
+            float(loss_sum), sum(mb.n_tokens for mb in mbs), sum(mb.n_slots for mb in mbs),
             metrics.step_flops(matmul_params, config.num_hidden_layers, config.hidden_size,
                                [s for mb in mbs for s in mb.seq_lens])], d.device)
         dt = time.perf_counter() - t0
@@ -240,7 +240,8 @@ def run(run_uri: str, opts: Optional[LoopOptions] = None) -> int:
                 "step": progress.step, "epoch": progress.epoch, "time": time.time(),
                 "loss": loss_g / n_global, "lr": lr, "grad_norm": grad_norm,
                 "tokens": int(tokens_g), "trained_tokens": int(n_global),
-                "tokens_per_s": tokens_g / dt, "step_seconds": dt,
+                "tokens_per_s": tokens_g / dt, "tokens_per_s_per_gpu": tokens_g / dt / d.world_size,
+                "step_seconds": dt,
                 "trained_fraction": n_global / max(1.0, tokens_g),
                 "padding_fraction": 1.0 - tokens_g / max(1.0, slots_g),
                 "micro_batches": n_mb,
