@@ -10,7 +10,10 @@ every step it trained. Launches are few and carry many assertions (each costs ~1
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -23,7 +26,7 @@ from vicuna_cloud.runspec import CheckpointPolicy
 from vicuna_cloud.storage import open_bucket
 
 from metadata_server import MetadataServer
-from train_helpers import read_metrics, tiny_spec, torchrun_train
+from train_helpers import REPO, read_metrics, tiny_spec, torchrun_train
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +88,7 @@ def reference(tmp_path_factory):
     p = run(uri, tmp)
     assert p.returncode == 0, p.stderr[-4000:]
     return {"weights": final_weights(spec.bucket_uri), "losses": losses(spec.bucket_uri),
-            "console": console_losses(p), "total": 8}
+            "console": console_losses(p), "total": 8, "bucket": spec.bucket_uri}
 
 
 def test_sigkill_mid_upload_mid_write_and_corrupt_newest(reference, tmp_path):
@@ -174,3 +177,46 @@ def test_gcs_stop_and_resume(reference, tmp_path, gcs_bucket_uri):
     assert p2.returncode == 0, p2.stderr[-4000:]
     assert min(console_losses(p2)) == 3
     assert_same_as_reference(reference, gcs_bucket_uri)
+
+
+def cli(*args):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "vicuna_cloud", *args], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=300)
+
+
+def test_export_any_committed_step(reference, tmp_path):
+    bucket = reference["bucket"]
+    # The newest committed checkpoint (step 8) exports to exactly the trainer's final model.
+    out = tmp_path / "hf8"
+    p = cli("export", RUN_ID, "--bucket", bucket, "--out", str(out), "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads(p.stdout)
+    assert summary["step"] == 8 and summary["committed_steps"] == [6, 8]
+    assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= set(os.listdir(out))
+    assert "chat_template" in json.loads((out / "tokenizer_config.json").read_text())
+    got = load_safetensors((out / "model.safetensors").read_bytes())
+    assert got.keys() == reference["weights"].keys()
+    assert all(torch.equal(got[k], reference["weights"][k]) for k in got)
+    # An older step through the data-plane entry point: a different, complete model.
+    out6 = tmp_path / "hf6"
+    p = subprocess.run([sys.executable, "-m", "train.export_cli", "--run",
+                        f"{bucket}/runs/{RUN_ID}/run.json", "--step", "6", "--out", str(out6)],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    six = load_safetensors((out6 / "model.safetensors").read_bytes())
+    assert six.keys() == got.keys() and not all(torch.equal(six[k], got[k]) for k in got)
+    assert not (tmp_path / "hf6.partial").exists()
+
+    # Bad input: one line, exit 2, nothing written.
+    for args, msg in [
+        (("--step", "3", "--out", str(tmp_path / "x")), "no committed checkpoint at step 3; committed: 6, 8"),
+        (("--out", str(out)), "not an empty directory"),
+    ]:
+        p = cli("export", RUN_ID, "--bucket", bucket, *args)
+        # (rich may wrap the one-line message at 80 columns: compare whitespace-normalised)
+        assert p.returncode == 2 and msg in " ".join(p.stderr.split()), p.stderr
+        assert "Traceback" not in p.stderr
+    p = cli("export", "no-such-run", "--bucket", bucket, "--out", str(tmp_path / "y"))
+    assert p.returncode == 2 and "no run spec" in p.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

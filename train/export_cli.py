@@ -26,10 +26,13 @@ def load_model_state(ckpt_dir: str) -> dict:
     """Full model tensors from a DCP checkpoint directory (FQNs of the HF model)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
+    # dcp.load fills a shallow copy of its argument, so the empty-dict planner needs the
+    # inner loader (what torch's own dcp_to_torch_save uses). Only the model is read.
     state: dict = {}
-    dcp.load(state, storage_reader=dcp.FileSystemReader(ckpt_dir),
-             planner=_EmptyStateDictLoadPlanner(keys={"model"}), no_dist=True)
+    _load_state_dict(state, storage_reader=dcp.FileSystemReader(ckpt_dir),
+                     planner=_EmptyStateDictLoadPlanner(keys={"model"}), no_dist=True)
     return state["model"]
 
 
