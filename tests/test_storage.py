@@ -302,13 +302,16 @@ def test_hundreds_of_calls_through_ten_percent_faults(backend, faulty_s3_bucket_
 
 
 @pytest.mark.parametrize("backend", ["s3", "gcs"])
-def test_permanent_403_is_not_retried(backend, faulty_s3_bucket_uri, faulty_gcs_bucket_uri):
+def test_permanent_403_is_not_retried(backend, faulty_s3_bucket_uri, faulty_gcs_bucket_uri, tmp_path):
     make = faulty_s3_bucket_uri if backend == "s3" else faulty_gcs_bucket_uri
     seen: list[tuple[str, str]] = []
     uri, proxy = make(forbid=True, match=lambda method, path: seen.append((method, path)) or True)
     b = open_bucket(uri)
     scheme = "s3" if backend == "s3" else "gs"
-    for call in (lambda: b.get_bytes("k"), lambda: b.put_bytes("k", b"v"), b.list):
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"data")
+    for call in (lambda: b.get_bytes("k"), lambda: b.put_bytes("k", b"v"), b.list,
+                 lambda: b.put_file("k", str(src)), lambda: b.get_file("k", str(tmp_path / "out"))):
         del seen[:]
         with pytest.raises(BucketAccessError, match=rf"access denied to {scheme}://vc-\w+ \(\w+ "):
             call()
@@ -436,3 +439,26 @@ def test_failed_resumable_upload_leaves_previous_object(tmp_path, monkeypatch):
     finally:
         proxy.stop()
         server.stop()
+
+
+def test_unreachable_endpoint_gives_up_quickly(monkeypatch):
+    """Nothing listens on the endpoint: connection errors are transient, so they are
+    retried, but within the bounds, then reported as one clear error."""
+    import time
+
+    from cloud_servers import FAKE_AWS_ENV, free_port
+
+    for k, v in FAKE_AWS_ENV.items():
+        monkeypatch.setenv(k, v)
+    policy = RetryPolicy(attempts=3, base_s=0.01, max_backoff_s=0.02, request_attempts=2,
+                         connect_timeout_s=1)
+    b = S3Bucket(parse_bucket_uri("s3://some-bucket/x"), endpoint_url=f"http://127.0.0.1:{free_port()}",
+                 policy=policy)
+    before = retry_stats()
+    t0 = time.monotonic()
+    with pytest.raises(StorageError, match=r"get s3://some-bucket/x/k gave up after 3 attempts .*"
+                                           r"EndpointConnectionError.*retry later"):
+        b.get_bytes("k")
+    assert time.monotonic() - t0 < 10
+    after = retry_stats()
+    assert after["retries"] - before["retries"] == 2 and after["gave_up"] - before["gave_up"] == 1

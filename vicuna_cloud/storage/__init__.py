@@ -2,6 +2,17 @@
 
 Every key is relative to the bucket URI's prefix and uses '/' separators. See
 ``base.Bucket`` for the contract; ``open_bucket`` picks the backend from the URI scheme.
+
+Environment (read when a bucket is opened, so child processes inherit it):
+- AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3: another S3 endpoint (moto in tests, or an
+  S3-compatible store); credentials come from boto3's usual chain.
+- STORAGE_EMULATOR_HOST: a GCS emulator (anonymous credentials); GOOGLE_CLOUD_PROJECT.
+- VICUNA_STORAGE_RETRY_{ATTEMPTS,BASE_S,MAX_BACKOFF_S,DEADLINE_S,REQUEST_ATTEMPTS},
+  VICUNA_STORAGE_{CONNECT,READ}_TIMEOUT_S: retry bounds (``retry.RetryPolicy``).
+Errors: NotFoundError (key), AlreadyExistsError (create-only write), BucketAccessError
+(missing bucket, no or bad credentials, access denied: the message says the fix),
+StorageError (gave up on a transient failure); a malformed URI raises InvalidBucketURI
+(a ValueError).
 """
 
 from vicuna_cloud.storage.base import (
@@ -12,7 +23,7 @@ from vicuna_cloud.storage.base import (
     ObjectInfo,
     StorageError,
 )
-from vicuna_cloud.storage.uri import BucketURI, parse_bucket_uri
+from vicuna_cloud.storage.uri import BucketURI, InvalidBucketURI, parse_bucket_uri
 
 
 def open_bucket(uri: str) -> Bucket:
@@ -32,6 +43,6 @@ def open_bucket(uri: str) -> Bucket:
 
 
 __all__ = [
-    "AlreadyExistsError", "Bucket", "BucketAccessError", "BucketURI", "NotFoundError", "ObjectInfo",
-    "StorageError", "open_bucket", "parse_bucket_uri",
+    "AlreadyExistsError", "Bucket", "BucketAccessError", "BucketURI", "InvalidBucketURI",
+    "NotFoundError", "ObjectInfo", "StorageError", "open_bucket", "parse_bucket_uri",
 ]

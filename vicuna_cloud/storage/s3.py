@@ -36,6 +36,18 @@ def _code(exc: BaseException) -> str:
     return str(resp.get("Error", {}).get("Code", "")) if isinstance(resp, dict) else ""
 
 
+def _botocore_root(exc: BaseException) -> BaseException:
+    """boto3's transfer manager wraps the ClientError that says what went wrong
+    (S3UploadFailedError): find it, so a 403 during an upload reads as a 403."""
+    seen, cur = set(), exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if (type(cur).__module__ or "").startswith("botocore"):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return exc
+
+
 def _endpoint_from_env() -> Optional[str]:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
@@ -45,7 +57,8 @@ def _client(endpoint: Optional[str], policy: RetryPolicy):
     making one costs ~100 ms, so they are shared."""
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     # Credentials are part of the key only through identity, never stored in the key.
-    cred_key = (os.environ.get("AWS_PROFILE"), hash(os.environ.get("AWS_ACCESS_KEY_ID")))
+    cred_key = (os.environ.get("AWS_PROFILE"), hash(os.environ.get("AWS_ACCESS_KEY_ID")),
+                os.environ.get("AWS_SHARED_CREDENTIALS_FILE"), os.environ.get("AWS_CONFIG_FILE"))
     key = (endpoint, region, policy, cred_key)
     with _clients_lock:
         if key not in _clients:
@@ -119,6 +132,7 @@ class S3Bucket(Bucket):
         from botocore import exceptions as be
 
         bucket = f"s3://{self.name}"
+        exc = _botocore_root(exc)
         if isinstance(exc, (be.NoCredentialsError, be.PartialCredentialsError)):
             return BucketAccessError(
                 "no AWS credentials found: run `aws configure`, set AWS_PROFILE, or set "
