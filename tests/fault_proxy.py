@@ -6,7 +6,8 @@ seeded random fraction of requests, fails them the way clouds do:
 - ``500`` / ``503``: an S3-style XML error (InternalError / SlowDown), request not forwarded;
 - ``reset``: the connection is reset, before or after the request reached the server
   (the latter is the nasty case: the write happened, the client never heard);
-- ``truncate``: the response is forwarded with its full Content-Length but cut off half way.
+- ``truncate``: the response is forwarded with its full Content-Length but cut off half way;
+- ``corrupt`` (not in the default mix): one byte of the response body is flipped.
 
 ``forbid=True`` answers every request with 403 AccessDenied, to check that a permanent
 error is not retried. ``match(method, path)`` limits faults to the requests it accepts
@@ -202,6 +203,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return
+        if fault == "corrupt" and data:
+            i = len(data) // 2
+            data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
         if fault == "truncate" and len(data) > 1:
             self.wfile.write(data[: len(data) // 2])
             self.wfile.flush()

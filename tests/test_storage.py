@@ -462,3 +462,23 @@ def test_unreachable_endpoint_gives_up_quickly(monkeypatch):
     assert time.monotonic() - t0 < 10
     after = retry_stats()
     assert after["retries"] - before["retries"] == 2 and after["gave_up"] - before["gave_up"] == 1
+
+
+@pytest.mark.parametrize("backend", ["s3", "gcs"])
+def test_corrupted_downloads_are_caught_and_fetched_again(backend, faulty_s3_bucket_uri,
+                                                           faulty_gcs_bucket_uri, tmp_path):
+    """A third of object reads arrive with a flipped byte: the SDK's checksum (S3 CRC,
+    GCS CRC32C) catches each one, and the read is retried until the bytes are right."""
+    make = faulty_s3_bucket_uri if backend == "s3" else faulty_gcs_bucket_uri
+    object_get = (lambda m, p: m == "GET" and "/vicuna/" in p) if backend == "s3" else \
+        (lambda m, p: m == "GET" and "/download/" in p)
+    uri, proxy = make(rate=0.3, seed=5, kinds=("corrupt",), match=object_get)
+    b = open_bucket(uri)
+    rng = random.Random(0)
+    for i in range(20):
+        data = rng.randbytes(50_000)
+        b.put_bytes(f"o/{i}", data)
+        assert b.get_bytes(f"o/{i}") == data
+        b.get_file(f"o/{i}", str(tmp_path / "o.bin"))
+        assert (tmp_path / "o.bin").read_bytes() == data
+    assert proxy.stats["fault:corrupt"] >= 5

@@ -5,7 +5,8 @@ but a whole operation (a streamed download cut short, a multipart upload whose p
 failed after the SDK gave up) must be retried as a unit, and permanent failures (403,
 missing bucket, bad credentials) must stop at once with a message a user can act on.
 
-Transient: throttling (429, SlowDown), 5xx, connection resets and timeouts, short reads.
+Transient: throttling (429, SlowDown), 5xx, connection resets and timeouts, short reads,
+checksum mismatches on download (S3 flexible checksums, GCS CRC32C).
 Permanent: everything else. Attempts and total time are bounded; the bounds come from
 ``RetryPolicy`` (defaults suit a cloud VM; tests shrink them through the environment, so
 subprocesses such as torchrun inherit the same small bounds).
@@ -115,6 +116,8 @@ def is_transient(exc: BaseException) -> bool:
         if isinstance(exc, (be.NoCredentialsError, be.PartialCredentialsError,
                             be.UnknownCredentialError, be.ParamValidationError)):
             return False
+        if isinstance(exc, be.FlexibleChecksumError):  # damaged in flight: fetch again
+            return True
         return isinstance(exc, (be.ConnectionError, be.HTTPClientError,
                                 be.IncompleteReadError, be.CredentialRetrievalError))
     if mod.startswith("s3transfer"):
