@@ -114,3 +114,21 @@ def test_batched_encoding_and_token_store_match_one_by_one(tok, tmp_path):
     for i, e in enumerate(one):
         assert store[i].input_ids.tolist() == e.input_ids
         assert store[i].targets.tolist() == e.targets and store[i].n_trained == e.n_trained
+
+
+def test_dataset_statistics_count_every_dropped_and_cut_conversation(tok):
+    from train.inputs import ConfigError, tokenize_all
+
+    short = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello there"}]
+    long_prompt = [{"from": "human", "value": "word " * 200}, {"from": "gpt", "value": "ok"}]
+    long_reply = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "word " * 200}]
+    bad = [{"from": "gpt", "value": "I speak first"}, {"from": "human", "value": "no"}]
+    store, stats = tokenize_all([short, long_prompt, long_reply, bad], tok, "vicuna_v1.1", 80)
+    assert (stats.conversations, stats.kept, stats.dropped_invalid) == (4, 2, 1)
+    assert stats.dropped_untrained == 1          # the reply of long_prompt is cut away
+    assert stats.truncated == 2 and len(store) == 2
+    assert list(store.lengths) == [len(tok(TEMPLATES["vicuna_v1.1"].render(short).text)
+                                       ["input_ids"]), 80]
+    assert stats.trained_tokens == sum(store[i].n_trained for i in range(2))
+    with pytest.raises(ConfigError, match="no conversation has a trained token"):
+        tokenize_all([bad, long_prompt], tok, "vicuna_v1.1", 80)

@@ -122,7 +122,8 @@ class DataStats:
 
 
 def tokenize_all(conversations: list[list[dict]], tokenizer, template_name: str,
-                 max_length: int, chunk: int = 2048) -> tuple[TokenStore, DataStats]:
+                 max_length: int, chunk: int = 2048,
+                 show_progress: bool = False) -> tuple[TokenStore, DataStats]:
     """Render, encode in large batches (the Rust tokenizer runs them in parallel), mask."""
     template = get_template(template_name)
     stats = DataStats(conversations=len(conversations))
@@ -134,22 +135,33 @@ def tokenize_all(conversations: list[list[dict]], tokenizer, template_name: str,
         except TemplateError:
             stats.dropped_invalid += 1
     examples: list[Example] = []
-    for i in range(0, len(valid), chunk):
-        for ex in tokenize_batch(tokenizer, template, valid[i: i + chunk], max_length):
-            stats.truncated += ex.truncated
-            stats.misaligned += ex.misaligned
-            n = ex.n_trained
-            if n == 0:
-                stats.dropped_untrained += 1
-                continue
-            examples.append(ex)
-            stats.tokens += len(ex)
-            stats.trained_tokens += n
+    from rich.console import Console
+    from rich.progress import Progress
+    with Progress(console=Console(stderr=True), transient=True,
+                  disable=not show_progress) as bar:
+        task = bar.add_task("tokenizing", total=len(valid))
+        for i in range(0, len(valid), chunk):
+            batch = tokenize_batch(tokenizer, template, valid[i: i + chunk], max_length)
+            bar.advance(task, len(batch))
+            _collect(batch, examples, stats)
     stats.kept = len(examples)
     if not examples:
         raise ConfigError("no conversation has a trained token after masking and truncation; "
                           "check the template and --max-length")
     return TokenStore.from_examples(examples), stats
+
+
+def _collect(batch: list[Example], examples: list[Example], stats: DataStats) -> None:
+    for ex in batch:
+        stats.truncated += ex.truncated
+        stats.misaligned += ex.misaligned
+        n = ex.n_trained
+        if n == 0:
+            stats.dropped_untrained += 1
+            continue
+        examples.append(ex)
+        stats.tokens += len(ex)
+        stats.trained_tokens += n
 
 
 def tokenized_dataset(spec: RunSpec, data_path: str, tokenizer, cache_dir: str, *,
@@ -170,7 +182,7 @@ def tokenized_dataset(spec: RunSpec, data_path: str, tokenizer, cache_dir: str, 
     if not build:
         raise ConfigError(f"tokenized cache {path} is missing on this node")
     store, stats = tokenize_all(read_conversations(data_path), tokenizer, spec.template,
-                                spec.hyper.max_length)
+                                spec.hyper.max_length, show_progress=True)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     store.save(path)
     tmp = meta + ".tmp"
