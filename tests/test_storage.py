@@ -10,6 +10,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vicuna_cloud.storage import (
     AlreadyExistsError, BucketAccessError, NotFoundError, ObjectInfo, StorageError, open_bucket, parse_bucket_uri,
@@ -126,6 +128,21 @@ def test_list_follows_pagination(bucket_uri):
     assert len(b.list()) == 24
     assert b.delete_prefix("many/") == 23 and [o.key for o in b.list()] == ["other/x"]
 
+
+def test_keys_with_unusual_characters(bucket_uri, tmp_path):
+    """Spaces, '+', '%', '=', '&', '~', non-ASCII: URL-encoding bugs show up here."""
+    b = open_bucket(bucket_uri)
+    keys = sorted(["a b/c d.json", "plus+sign", "pct%41", "q=1&r=2", "tilde~x", "ünïcødé/文件.txt"])
+    for k in keys:
+        b.put_bytes(k, k.encode())
+    assert [o.key for o in b.list()] == keys
+    for k in keys:
+        assert b.get_bytes(k) == k.encode() and b.stat(k).size == len(k.encode())
+    b.get_file("plus+sign", str(tmp_path / "p"))
+    assert (tmp_path / "p").read_bytes() == b"plus+sign"
+    b.delete("plus+sign")
+    assert not b.exists("plus+sign") and b.exists("pct%41")
+
 # --- URIs --------------------------------------------------------------------------------
 @pytest.mark.parametrize("uri, message", [
     ("", "empty bucket URI"),
@@ -154,6 +171,34 @@ def test_uri_parsing_and_keys(tmp_path):
     with pytest.raises(ValueError, match="escapes"):
         local.put_bytes("../outside", b"x")
 
+
+
+_SEGMENT = st.from_regex(r"[A-Za-z0-9_.\-]{1,8}", fullmatch=True).filter(lambda x: x not in (".", ".."))
+
+
+@settings(max_examples=150, deadline=None)
+@given(scheme=st.sampled_from(["s3", "gs"]),
+       bucket=st.from_regex(r"[a-z0-9][a-z0-9\-]{1,20}[a-z0-9]", fullmatch=True),
+       parts=st.lists(_SEGMENT, max_size=4), key=st.lists(_SEGMENT, min_size=1, max_size=3))
+def test_uri_round_trip_property(scheme, bucket, parts, key):
+    uri = f"{scheme}://{bucket}" + "".join(f"/{p}" for p in parts)
+    parsed = parse_bucket_uri(uri)
+    assert str(parsed) == uri and parse_bucket_uri(str(parsed)) == parsed
+    child = parsed.child("/".join(key))
+    assert str(child) == uri + "/" + "/".join(key)
+    assert child.bucket == bucket and child.scheme == scheme
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=40) | st.builds(lambda s, t: s + t, st.sampled_from(["s3://", "gs://", "x://"]),
+                                              st.text(max_size=30)))
+def test_any_text_parses_or_says_why(text):
+    try:
+        parsed = parse_bucket_uri(text)
+    except InvalidBucketURI as e:
+        assert str(e) and "\n" not in str(e)
+    else:
+        assert parsed.scheme in ("s3", "gs", "file")
 
 # --- access errors -------------------------------------------------------------------------
 def test_missing_s3_bucket(s3_server):
