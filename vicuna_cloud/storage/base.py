@@ -81,6 +81,13 @@ class Bucket(abc.ABC):
     def check_access(self) -> None:
         """Raise BucketAccessError with a fix-it message unless we can read and write."""
 
+    def cleanup_incomplete_uploads(self, older_than_s: float = 6 * 3600) -> int:
+        """Remove the leftovers of uploads killed mid-way (a preempted VM): S3 multipart
+        uploads (billed until aborted), local temp files. Returns how many were removed.
+        Only those older than ``older_than_s``, so live uploads of other nodes are spared.
+        GCS resumable sessions cost nothing and expire by themselves: nothing to do."""
+        return 0
+
     # --- conveniences shared by all backends -----------------------------------------
     def exists(self, key: str) -> bool:
         try:

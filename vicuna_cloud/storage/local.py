@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from typing import Optional
 
 from vicuna_cloud.storage.base import (
@@ -114,6 +115,23 @@ class LocalBucket(Bucket):
             os.unlink(self._path(key))
         except FileNotFoundError:
             pass
+
+    def cleanup_incomplete_uploads(self, older_than_s: float = 6 * 3600) -> int:
+        removed = 0
+        if not os.path.isdir(self.root):
+            return 0
+        cutoff = time.time() - older_than_s
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(".tmp-"):
+                    full = os.path.join(dirpath, name)
+                    try:
+                        if os.path.getmtime(full) <= cutoff:
+                            os.unlink(full)
+                            removed += 1
+                    except FileNotFoundError:
+                        continue
+        return removed
 
     def check_access(self) -> None:
         try:

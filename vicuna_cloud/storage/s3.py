@@ -310,6 +310,34 @@ class S3Bucket(Bucket):
             self._run(delete_batch, f"delete {self.child_uri(prefix)}*", key=prefix or "")
         return len(items)
 
+    def cleanup_incomplete_uploads(self, older_than_s: float = 6 * 3600) -> int:
+        """Abort multipart uploads under our prefix started more than ``older_than_s`` ago."""
+        import datetime as dt
+
+        cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=older_than_s)
+
+        def stale() -> list[tuple[str, str]]:
+            out = []
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.name, Prefix=self._base())
+            for page in pages:
+                for up in page.get("Uploads", []):
+                    if up["Initiated"] <= cutoff:
+                        out.append((up["Key"], up["UploadId"]))
+            return out
+
+        uploads = self._run(stale, f"list incomplete uploads under {self.uri}", None)
+        for key, upload_id in uploads:
+            def abort(key=key, upload_id=upload_id):
+                try:
+                    self.client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload_id)
+                except Exception as exc:  # noqa: BLE001 - already gone (another node) is fine
+                    if _code(exc) != "NoSuchUpload":
+                        raise
+
+            self._run(abort, f"abort upload of s3://{self.name}/{key}", key)
+        return len(uploads)
+
     def check_access(self) -> None:
         # ListObjectsV2 rather than HeadBucket: HEAD answers carry no error code, and the
         # code is what tells a bad key (InvalidAccessKeyId) from a missing permission.
