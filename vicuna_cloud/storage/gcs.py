@@ -17,7 +17,7 @@ from vicuna_cloud.storage.base import (
     AlreadyExistsError, Bucket, BucketAccessError, NotFoundError, ObjectInfo, ProgressFn, StorageError,
 )
 from vicuna_cloud.storage.retry import (
-    RetryPolicy, TransientStorageError, call_with_retry, _short,
+    RetryPolicy, call_with_retry, _short,
 )
 from vicuna_cloud.storage.uri import BucketURI
 
@@ -252,12 +252,9 @@ class GCSBucket(Bucket):
                 with os.fdopen(fd, "wb") as f:
                     blob = self.bucket.blob(name)
                     dst = _ProgressWriter(f, progress) if progress else f
+                    # Whole and intact: the library checks Content-Length and the CRC32C
+                    # in X-Goog-Hash, raising (retried) errors on a short or damaged body.
                     blob.download_to_file(dst, retry=self._inner_retry(), timeout=self._timeout())
-                    expected = blob.size
-                got = os.path.getsize(tmp)
-                if expected is not None and got != expected:
-                    raise TransientStorageError(
-                        f"short download of {self.child_uri(key)}: {got} of {expected} bytes")
                 os.replace(tmp, path)
             finally:
                 if os.path.exists(tmp):
