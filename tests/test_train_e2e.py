@@ -39,7 +39,10 @@ def trained(tmp_path_factory):
 
 def test_two_process_fsdp_run_lowers_the_loss(trained):
     spec, _, proc = trained
-    steps = [m for m in read_metrics(spec.bucket_uri, spec.run_id) if "loss" in m]
+    recs = read_metrics(spec.bucket_uri, spec.run_id)
+    start = next(m for m in recs if m.get("event") == "start")
+    assert start["mesh"] == {"shard": 2} and start["data"]["kept"] == N_CONVERSATIONS
+    steps = [m for m in recs if "loss" in m]
     assert [m["step"] for m in steps] == list(range(1, 13))        # ceil(192 / 16) steps
     first, last5 = steps[0]["loss"], sum(m["loss"] for m in steps[-5:]) / 5
     assert first > 10.0
@@ -144,3 +147,23 @@ def test_missing_run_spec_exits_78(tmp_path):
     proc = _single(str(tmp_path / "runs" / "nope" / "run.json"))
     assert proc.returncode == 78 and "Traceback" not in proc.stderr
     assert "does not exist" in proc.stderr
+
+
+def test_two_nodes_use_hybrid_sharding(tmp_path):
+    """Two single-process 'nodes' on this host: the mesh is (replicate 2, shard 1)."""
+    spec, uri = tiny_spec(tmp_path, run_id="hsdp", limit=32)
+    port = str(_free_port())
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={r}",
+         "--nproc_per_node=1", "--master-addr=127.0.0.1", f"--master-port={port}",
+         "-m", "train", uri, "--local-root", str(tmp_path / f"node{r}")],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for r in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-3000:] + outs[1][1][-3000:]
+    recs = read_metrics(spec.bucket_uri, spec.run_id)
+    start = next(m for m in recs if m.get("event") == "start")
+    assert start["mesh"] == {"replicate": 2, "shard": 1} and start["world_size"] == 2
+    assert [m["step"] for m in recs if "loss" in m] == [1, 2]

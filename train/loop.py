@@ -191,12 +191,14 @@ def run(run_uri: str, opts: Optional[LoopOptions] = None) -> int:
         ckpt.events.clear()
     if log:
         log.event("start", first_step, total_steps=total, world_size=d.world_size,
+                  mesh=dict(zip(mesh.mesh_dim_names, mesh.shape)),
                   data={k: v for k, v in vars(stats).items() if k != "notes"},
                   resumed=first_step > 0)
         log.print(f"[bold]{spec.run_id}[/]: {stats.kept} conversations "
                   f"({stats.truncated} truncated, {stats.misaligned} misaligned, "
                   f"{stats.dropped_untrained + stats.dropped_invalid} dropped), "
-                  f"{total} steps, world {d.world_size}, "
+                  f"{total} steps, world {d.world_size}, mesh "
+                  f"{dict(zip(mesh.mesh_dim_names, mesh.shape))}, "
                   f"{'resuming at step ' + str(first_step) if first_step else 'from scratch'}")
 
     seg_tokens = 0
