@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
 from vicuna_cloud.exit_codes import EXIT_CONFIG
 from vicuna_cloud.local.progress import MetricsTail

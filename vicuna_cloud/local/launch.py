@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from typing import Optional
@@ -79,26 +78,6 @@ def prepare_sample_dataset(max_length: int, template: str, tokenizer: str) -> tu
     return out, result.manifest
 
 
-def upload_dataset(bucket, local_dir: str, sha256: str) -> str:
-    """datasets/<sha256>/{train.jsonl, manifest.json}; manifest last, skipped when present."""
-    from vicuna_cloud.storage import NotFoundError
-
-    prefix = f"datasets/{sha256}"
-    train = os.path.join(local_dir, "train.jsonl")
-    try:
-        have = bucket.stat(f"{prefix}/train.jsonl").size == os.path.getsize(train) \
-            and bucket.exists(f"{prefix}/manifest.json")
-    except NotFoundError:
-        have = False
-    if not have:
-        bucket.put_file(f"{prefix}/train.jsonl", train)
-        if bucket.sha256(f"{prefix}/train.jsonl") != sha256:
-            raise UserError(f"upload of {train} to {bucket.child_uri(prefix)} did not verify; "
-                            "retry the launch")
-        bucket.put_file(f"{prefix}/manifest.json", os.path.join(local_dir, "manifest.json"))
-    return bucket.child_uri(prefix)
-
-
 def _open_bucket(uri: str):
     from vicuna_cloud.storage import StorageError, open_bucket
     from vicuna_cloud.storage.uri import InvalidBucketURI
@@ -130,7 +109,7 @@ def close_cancelled_segment(bucket, run_id: str, since: float) -> Optional[str]:
     segs = [s for s in read_ledger(bucket, run_id).segments if s.start_time >= since - 1]
     if not segs:
         return None
-    seg = segs[-1]
+    seg = max(segs, key=lambda s: s.start_time)
     if seg.end_reason == "completed":
         return None
     now = time.time()
@@ -188,9 +167,15 @@ def launch_local(*, preset: str, version: Optional[str], bucket: Optional[str],
                 f"seed {spec.hyper.seed}; relaunch with those, or choose a new --run-id")
         console.print(f"Resuming run [bold]{run_id}[/] from {bkt.child_uri(f'runs/{run_id}')}")
     else:
+        from vicuna_cloud.data.reader import DataError
+        from vicuna_cloud.data.upload import upload_dataset
+
         data_dir, manifest = prepare_sample_dataset(p.max_length, p.template, p.tokenizer)
-        sha = manifest["output"]["sha256"]
-        dataset_uri = upload_dataset(bkt, data_dir, sha)
+        try:  # the same content-addressed, verified upload as `vicuna-cloud data upload`
+            up = upload_dataset(data_dir, bucket_uri)
+        except DataError as e:
+            raise UserError(f"uploading the sample dataset failed: {e}") from None
+        sha, dataset_uri = up.sha256, up.uri
         counts = manifest.get("counts", {})
         console.print(f"Data: {counts.get('input', '?')} raw conversations -> "
                       f"{counts.get('split_pieces', '?')} training pieces "

@@ -17,7 +17,6 @@ The policy takes no torch: a unit test drives it with a tiny Python child.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
