@@ -180,3 +180,27 @@ def test_metrics_log_keeps_lines_up_to_the_resume_step(tmp_path):
     again.close()
     lines = [json.loads(x) for x in bucket.get_bytes("runs/r/metrics.jsonl").decode().splitlines()]
     assert [(x["step"], x["loss"]) for x in lines] == [(1, 1.0), (2, 0.5), (3, 0.25)]
+
+
+def test_metrics_upload_failure_does_not_stop_training(tmp_path):
+    from train.metrics import MetricsLog
+    from vicuna_cloud.storage import StorageError, open_bucket
+
+    # The outage is injected at the bucket boundary (the outer edge): a real LocalBucket
+    # whose uploads fail until told otherwise. tests/fault_proxy.py does the same for S3.
+    class Flaky(type(open_bucket(str(tmp_path)))):
+        fail = True
+
+        def put_bytes(self, key, data):
+            if Flaky.fail:
+                raise StorageError("503 slow down")
+            super().put_bytes(key, data)
+
+    bucket = Flaky(open_bucket(str(tmp_path)).location)
+    log = MetricsLog(bucket, "runs/r", console=False, flush_seconds=0)
+    log.log({"step": 1, "loss": 2.0}, total_steps=2)      # upload fails: no exception
+    assert not bucket.exists("runs/r/metrics.jsonl")
+    Flaky.fail = False
+    log.log({"step": 2, "loss": 1.0}, total_steps=2)
+    log.close()
+    assert len(bucket.get_bytes("runs/r/metrics.jsonl").decode().splitlines()) == 2

@@ -18,7 +18,7 @@ import time
 from typing import Optional, Sequence
 
 from vicuna_cloud.recipes import GPU_SPECS
-from vicuna_cloud.storage import Bucket, NotFoundError
+from vicuna_cloud.storage import Bucket, NotFoundError, StorageError
 
 METRICS_KEY = "metrics.jsonl"
 
@@ -110,11 +110,17 @@ class MetricsLog:
         self._dirty = True
 
     def flush(self) -> None:
+        """Upload the whole file. A failed upload (after the bucket's own retries) is
+        reported and retried at the next flush: metrics never stop training."""
         if self.bucket is None or not self._dirty:
             return
-        self.bucket.put_bytes(self.key, ("\n".join(self.lines) + "\n").encode())
-        self._dirty = False
         self._last_flush = time.monotonic()
+        try:
+            self.bucket.put_bytes(self.key, ("\n".join(self.lines) + "\n").encode())
+        except StorageError as e:
+            self.print(f"[yellow]metrics upload failed, will retry: {str(e).splitlines()[0]}")
+            return
+        self._dirty = False
 
     def close(self) -> None:
         self.flush()
