@@ -132,8 +132,12 @@ def run(run_uri: str, opts: Optional[LoopOptions] = None) -> int:
     """Train (or resume) the run at ``run_uri``; returns the process exit code."""
     opts = opts or LoopOptions()
     spec = inputs.load_spec(run_uri)
-    d = parallel.init_distributed()
     h = spec.hyper
+    if h.batching == "packed" and h.micro_batch_tokens < h.max_length:
+        raise inputs.ConfigError(f"micro_batch_tokens {h.micro_batch_tokens} < max_length "
+                                 f"{h.max_length}: a conversation must fit in one micro-batch; "
+                                 "raise micro_batch_tokens")
+    d = parallel.init_distributed()
     local_root = os.path.join(opts.local_root or default_local_root(), spec.run_id)
     bucket = open_bucket(spec.bucket_uri)
 
@@ -144,9 +148,6 @@ def run(run_uri: str, opts: Optional[LoopOptions] = None) -> int:
     examples, stats = _prepare_on_local_main(d, lambda download: inputs.tokenized_dataset(
         spec, data_path, tokenizer, local_root, build=download))
     lengths = examples.lengths.tolist()
-    if h.batching == "packed" and h.micro_batch_tokens < h.max_length:
-        raise inputs.ConfigError(f"micro_batch_tokens {h.micro_batch_tokens} < max_length "
-                                 f"{h.max_length}: raise micro_batch_tokens")
 
     # ---- model, sharding, optimizer ----------------------------------------------------
     from_config = spec.model.base_model.startswith("config:")
