@@ -1,6 +1,7 @@
 """Checkpoint speed: training stall per checkpoint vs a synchronous save, and resume time.
 
     python bench/checkpoint.py                          # tiny LLaMA on CPU
+    python bench/checkpoint.py --s3-emulator            # same, bucket = moto S3 on loopback
     python bench/checkpoint.py --shape 7b --layers 2 --device cuda   # 7B layer shapes, GPU
 
 One process (world size 1): the figures that matter here are per-rank anyway (each rank
@@ -101,6 +102,14 @@ def main_bench(args) -> None:
     from vicuna_cloud.storage import open_bucket
 
     work = tempfile.mkdtemp(prefix="bench-ckpt-")
+    server = None
+    if args.s3_emulator:  # moto on loopback: the S3 protocol, not S3's bandwidth
+        sys.path.insert(0, os.path.join(REPO, "tests"))
+        from cloud_servers import S3Server
+
+        server = S3Server().start()
+        os.environ.update(server.env())
+        args.bucket = f"s3://{server.create_bucket()}/bench"
     bucket_uri = args.bucket or os.path.join(work, "bucket")
     spec = make_spec(bucket_uri)
     bucket = open_bucket(bucket_uri)
@@ -158,13 +167,16 @@ def main_bench(args) -> None:
         "resume_breakdown_s": {k: child[k] for k in ("imports", "build", "restore", "first_step")},
     }
     shutil.rmtree(work, ignore_errors=True)
+    if server is not None:
+        server.stop()
     if args.json:
         print(json.dumps(fig, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"Checkpoint speed: {args.shape} x {args.layers} layers on {args.device} "
+    t = Table(title=f"Checkpoint speed to {bucket_uri.split(':')[0] if '://' in bucket_uri else 'a local-dir'} "
+                    f"bucket: {args.shape} x {args.layers} layers on {args.device} "
                     f"({n_params / 1e6:.1f}M params, {size / 1e6:.1f} MB per checkpoint)")
     t.add_column("figure")
     t.add_column("value", justify="right")
@@ -216,6 +228,8 @@ if __name__ == "__main__":
     p.add_argument("--checkpoints", type=int, default=3)
     p.add_argument("--gap", type=int, default=5, help="plain steps timed for the baseline")
     p.add_argument("--bucket", default=None, help="bucket URI (default: a temp directory)")
+    p.add_argument("--s3-emulator", action="store_true",
+                   help="use a moto S3 server on loopback as the bucket (needs the dev extra)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--resume-child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
