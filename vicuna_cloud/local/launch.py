@@ -161,11 +161,20 @@ def launch_local(*, preset: str, version: Optional[str], bucket: Optional[str],
             raise UserError(f"cannot read runs/{run_id}/run.json in {bucket_uri}: "
                             f"{str(e).splitlines()[0]}") from None
     if spec is not None:
+        if spec.resources.cloud != "local":
+            raise UserError(f"run {run_id} in {bucket_uri} is a {spec.resources.cloud} run; "
+                            "manage it with `vicuna-cloud status/cancel`, or choose a new --run-id")
         if spec.preset != p.name or spec.version != p.version or spec.hyper.seed != seed:
             raise UserError(
                 f"run {run_id} exists in {bucket_uri} as preset {spec.preset} {spec.version} "
                 f"seed {spec.hyper.seed}; relaunch with those, or choose a new --run-id")
-        console.print(f"Resuming run [bold]{run_id}[/] from {bkt.child_uri(f'runs/{run_id}')}")
+        console.print(f"Resuming run [bold]{run_id}[/] from {bkt.child_uri(f'runs/{run_id}')}",
+                      highlight=False)
+        if (spec.budget.local_price_per_hour, spec.budget.max_cost_usd) != (price_per_hour, max_cost):
+            console.print(f"[yellow]note:[/] the run keeps its own price "
+                          f"(${spec.budget.local_price_per_hour}/h) and budget "
+                          f"({spec.budget.max_cost_usd or 'none'}) from its run.json",
+                          highlight=False)
     else:
         from vicuna_cloud.data.reader import DataError
         from vicuna_cloud.data.upload import upload_dataset
@@ -176,11 +185,11 @@ def launch_local(*, preset: str, version: Optional[str], bucket: Optional[str],
         except DataError as e:
             raise UserError(f"uploading the sample dataset failed: {e}") from None
         sha, dataset_uri = up.sha256, up.uri
-        counts = manifest.get("counts", {})
+        counts, tokens = manifest.get("counts", {}), manifest.get("tokens", {}).get("total")
         console.print(f"Data: {counts.get('input', '?')} raw conversations -> "
-                      f"{counts.get('split_pieces', '?')} training pieces "
-                      f"({manifest.get('tokens', {}).get('total', '?'):,} tokens), "
-                      f"{dataset_uri}", highlight=False)
+                      f"{counts.get('split_pieces', '?')} training pieces"
+                      + (f" ({tokens:,} tokens)" if isinstance(tokens, int) else "")
+                      + f", {dataset_uri}", highlight=False)
         rid = run_id or new_run_id(p)
         spec = spec_from_preset(
             p, run_id=rid, dataset_uri=dataset_uri, dataset_sha256=sha,
