@@ -111,3 +111,31 @@ def test_fast_backend_gives_identical_ids_and_offsets_on_real_text(tok):
     quick = fast.encode_batch(texts)
     for a, b in zip(slow, quick):
         assert a.ids == b.ids and a.offsets == b.offsets
+
+
+def test_word_counter_matches_the_tokenizer_exactly(tok):
+    """WordCounter's totals and trained counts equal full encoding + the trainer's rule."""
+    import random
+
+    from vicuna_cloud.data.split import WordCounter
+
+    backend = fast_backend(tok.backend_tokenizer)
+    wc = WordCounter.build(backend, TPL)
+    assert wc is not None
+    assert WordCounter.build(backend, get_template("vicuna_v0")) is None  # "###" not special
+    convs = [c["conversations"] for c in json.loads(DUMMY_CONVERSATIONS.read_text())[:150]]
+    for c in synthetic.generate(80, seed=9):
+        cl = clean_conversation(c, "x", FilterOptions(blocked_words=()))
+        if cl.reason is None:
+            convs.append(cl.turns)
+    rng = random.Random(0)
+    alphabet = ["  ", "\n", " ", "a", "▁", "é", "中", "😀", "\t", "ab ", "   x", "\u200b", "`",
+                "<s>", "</s>", "<unk>", "```py\n", "\x00", " ▁ ", "</s", "s>"]
+    for _ in range(150):
+        def v():
+            return "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30))).strip() or "x"
+        convs.append([{"from": "human", "value": v()}, {"from": "gpt", "value": v()}] * rng.randint(1, 3))
+    for turns in convs:
+        r = TPL.render(turns)
+        assert wc.count(r.text) == len(tok(r.text).input_ids), r.text[:80]
+        assert wc.trained(r.text, r.assistant_spans) == trained_tokens(tok, turns), r.text[:80]

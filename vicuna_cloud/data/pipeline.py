@@ -85,7 +85,6 @@ class _Worker:
         from vicuna_cloud.data.decontaminate import Decontaminator
         from vicuna_cloud.data.split import Splitter
         from vicuna_cloud.templates import get_template
-        from vicuna_cloud.tokenizers import load_tokenizer
 
         self.opts = opts
         self.filters = FilterOptions(blocked_words=tuple(opts.blocked_words),
@@ -97,7 +96,9 @@ class _Worker:
 
             tok = Tokenizer.from_str(tok_json)
         else:
-            tok = load_tokenizer(opts.tokenizer)
+            from vicuna_cloud.data.tok import load_backend
+
+            tok = load_backend(opts.tokenizer)
         self.splitter = Splitter(tok, get_template(opts.template), opts.max_length,
                                  opts.long_pair)
         self.decon = Decontaminator(prompts) if prompts else None
@@ -225,7 +226,9 @@ def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptio
     """Run the whole pipeline. Raises DataError (one line, fix-it) on bad input."""
     from vicuna_cloud.data.decontaminate import load_prompts
     from vicuna_cloud.templates import get_template, TemplateError
-    from vicuna_cloud.tokenizers import TokenizerNotFound, load_tokenizer
+    from vicuna_cloud.data.split import fast_backend
+    from vicuna_cloud.data.tok import load_backend
+    from vicuna_cloud.tokenizers import TokenizerNotFound
 
     t0 = time.perf_counter()
     if not inputs:
@@ -244,7 +247,7 @@ def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptio
     except TemplateError as e:
         raise DataError(str(e)) from None
     try:  # fail fast, in the parent, with the fix-it message
-        tokenizer = load_tokenizer(opts.tokenizer)
+        tok_json = fast_backend(load_backend(opts.tokenizer)).to_str()
     except TokenizerNotFound as e:
         raise DataError(str(e)) from None
     prompts = load_prompts(list(opts.decontaminate)) if opts.decontaminate else []
@@ -277,14 +280,11 @@ def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptio
         if opts.workers > 1:
             methods = mp.get_all_start_methods()
             ctx = mp.get_context("fork" if "fork" in methods else "spawn")
-            from vicuna_cloud.data.split import fast_backend
-
-            tok_json = fast_backend(tokenizer.backend_tokenizer).to_str()
             pool = ctx.Pool(opts.workers, initializer=_init_worker,
                             initargs=(opts, prompts, tok_json))
             results = pool.imap(_run_chunk, _chunks(items(), opts.chunk_size))
         else:
-            worker = _Worker(opts, prompts)
+            worker = _Worker(opts, prompts, tok_json)
             results = map(worker.process, _chunks(items(), opts.chunk_size))
         n_main = -1
         with open(tmp_path, "wb") as out:

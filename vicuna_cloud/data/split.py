@@ -11,7 +11,7 @@ it (the trainer truncates it; counted as ``kept_for_truncation``), ``"drop"`` dr
 (counted). Unlike FastChat, the last pair is never lost.
 
 Assistant (trained) tokens are counted exactly from the template's character spans via
-the tokenizer's char-to-token map.
+the tokenizer's char-to-token map, or by ``WordCounter`` (same numbers, faster).
 """
 
 from __future__ import annotations
@@ -90,6 +90,127 @@ def fast_backend(backend):
         return backend
 
 
+class WordCounter:
+    """Exact token counts without running the full tokenizer on every text.
+
+    With a SentencePiece-style BPE (no normalizer, Metaspace pre-tokenizer, a vocabulary
+    where "▁" only starts tokens: see ``fast_backend``), a text's tokens are the special
+    tokens found in it, plus BOS, plus the BPE of each "word" (a run of "▁" and the
+    non-"▁" characters after it) computed independently. So we count each distinct word
+    once and sum from a dict: ~10x faster than encoding, same numbers (a test compares
+    with the real tokenizer on real and adversarial text). Trained tokens follow the
+    trainer's rule (a token is trained when it overlaps a trained span); that reduces to
+    word sums when every span starts right after a space and ends with a special token,
+    true for vicuna_v1.1 (reply + "</s>"). ``WordCounter.build`` returns None otherwise.
+    """
+
+    MAX_CACHE = 2_000_000
+
+    def __init__(self, backend, repl: str, prepend_first: bool, n_added: int,
+                 specials: list[str]):
+        import re
+
+        self.model = backend.model
+        self.repl = repl
+        self.prepend_first = prepend_first
+        self.n_added = n_added
+        self.special_re = re.compile("|".join(re.escape(t) for t in
+                                              sorted(specials, key=len, reverse=True)))
+        self.word_re = re.compile(f"{repl}+[^{repl}]*|[^{repl}]+")
+        self.first_re = re.compile(f"[ {repl}]+[^ {repl}]*")
+        self.cache: dict[str, int] = {}
+        self.bare_first: dict[str, bool] = {}
+
+    @classmethod
+    def build(cls, backend, template: ChatTemplate):
+        try:
+            from tokenizers import pre_tokenizers
+            from tokenizers.models import BPE
+
+            if backend.normalizer is not None or not isinstance(backend.model, BPE):
+                return None
+            pre = backend.pre_tokenizer
+            if isinstance(pre, pre_tokenizers.Sequence):
+                pre = pre[0]
+            if not isinstance(pre, pre_tokenizers.Metaspace) or pre.split:
+                return None
+            repl = pre.replacement
+            if pre.prepend_scheme not in ("first", "always") or len(repl) != 1:
+                return None
+            if any(repl in t.lstrip(repl) for t in backend.get_vocab()):
+                return None
+            added = list(backend.get_added_tokens_decoder().values())
+            if any(t.lstrip or t.rstrip or t.single_word or t.normalized for t in added):
+                return None
+            specials = [t.content for t in added]
+            if template.sep2 not in specials or not template.assistant_role:
+                return None
+            n_added = len(backend.encode("", add_special_tokens=True).ids)
+            return cls(backend, repl, pre.prepend_scheme == "first", n_added, specials)
+        except Exception:  # an unexpected tokenizer API: use full encoding instead
+            return None
+
+    def _words(self, segment: str, first: bool) -> list[str]:
+        s = segment.replace(" ", self.repl)
+        if first and s and not s.startswith(self.repl):
+            s = self.repl + s
+        return self.word_re.findall(s)
+
+    def _sum(self, words: list[str]) -> int:
+        cache = self.cache
+        try:
+            return sum(map(cache.__getitem__, words))
+        except KeyError:
+            if len(cache) > self.MAX_CACHE:
+                cache.clear()
+            tok = self.model.tokenize
+            for w in words:
+                if w not in cache:
+                    cache[w] = len(tok(w))
+            return sum(map(cache.__getitem__, words))
+
+    def count_body(self, text: str, start_is_first: bool = True) -> int:
+        """Tokens of ``text`` without BOS (specials counted)."""
+        n = 0
+        pos = 0
+        for m in self.special_re.finditer(text):
+            if m.start() > pos:
+                n += self._sum(self._words(text[pos:m.start()],
+                                           pos == 0 and start_is_first and self.prepend_first))
+            n += 1
+            pos = m.end()
+        if pos < len(text):
+            n += self._sum(self._words(text[pos:], pos == 0 and start_is_first
+                                       and self.prepend_first))
+        return n
+
+    def count(self, text: str) -> int:
+        return self.n_added + self.count_body(text)
+
+    def trained(self, text: str, spans) -> int | None:
+        """Trained tokens, or None when a span does not start right after a space."""
+        n = 0
+        for s, e in spans:
+            if s < 1 or text[s - 1] != " ":
+                return None
+            body = text[s - 1:e]  # the word of the reply's first token starts at the space
+            n += self.count_body(body, start_is_first=False)
+            m = self.first_re.match(body)
+            if m:
+                w = m.group()
+                sp = self.special_re.search(w)
+                if sp:
+                    w = w[:sp.start()]
+                w = w.replace(" ", self.repl)
+                bare = self.bare_first.get(w)
+                if bare is None:
+                    toks = self.model.tokenize(w) if w else []
+                    bare = bool(toks) and toks[0].value == self.repl
+                    self.bare_first[w] = bare
+                n -= bare
+        return n
+
+
 class Splitter:
     def __init__(self, tokenizer, template: ChatTemplate, max_length: int,
                  long_pair: str = "truncate"):
@@ -100,6 +221,7 @@ class Splitter:
         # The Rust tokenizer directly: no per-call Python overhead, Encoding objects
         # carry lengths and char->token maps without building lists.
         self.tok = fast_backend(getattr(tokenizer, "backend_tokenizer", tokenizer))
+        self.counter = WordCounter.build(self.tok, template)
         self.template = template
         self.max_length = max_length
         self.long_pair = long_pair
@@ -107,31 +229,59 @@ class Splitter:
     def encode(self, texts: list[str]):
         return self.tok.encode_batch(texts, add_special_tokens=True)
 
+    def measure(self, rendered: list) -> list[tuple[int, int]]:
+        """(tokens, trained tokens) of each rendered text, exactly."""
+        out: list[tuple[int, int] | None] = []
+        todo = []
+        for i, r in enumerate(rendered):
+            if self.counter is not None:
+                trained = self.counter.trained(r.text, r.assistant_spans)
+                if trained is not None:
+                    out.append((self.counter.count(r.text), trained))
+                    continue
+            out.append(None)
+            todo.append(i)
+        if todo:
+            encs = self.encode([rendered[i].text for i in todo])
+            for i, enc in zip(todo, encs):
+                out[i] = (len(enc), _assistant_tokens(enc, rendered[i].assistant_spans))
+        return out  # type: ignore[return-value]
+
     def split_batch(self, convs: list[list[dict[str, str]]]) -> list[SplitResult]:
         rendered = [self.template.render(c) for c in convs]
-        encs = self.encode([r.text for r in rendered])
+        sizes = self.measure(rendered)
         results: list[SplitResult] = []
         redo: list[tuple[int, list[list[dict[str, str]]]]] = []
-        for ci, (conv, r, enc) in enumerate(zip(convs, rendered, encs)):
-            total = len(enc)
+        for ci, (conv, r, (total, trained)) in enumerate(zip(convs, rendered, sizes)):
             if total <= self.max_length:
-                results.append(SplitResult([Piece(list(conv), total,
-                                                  _assistant_tokens(enc, r.assistant_spans))]))
+                results.append(SplitResult([Piece(list(conv), total, trained)]))
                 continue
             results.append(SplitResult())
-            redo.append((ci, self._pack(conv, r, enc)))
+            redo.append((ci, self._pack(conv, r)))
         if redo:
             self._measure(redo, results)
         return results
 
-    def _pack(self, conv, r, enc) -> list[list[dict[str, str]]]:
-        """Greedy packing of pairs by estimated lengths (prefix + tokens of the pairs)."""
+    def _pair_ends(self, r) -> tuple[int, list[int]]:
+        """Estimated tokens of the prefix and cumulative tokens at each pair's end."""
         pairs = r.pair_spans
+        if self.counter is not None:
+            prefix = self.counter.count(r.text[:pairs[0][0]])
+            ends, acc = [], 0
+            for a, b in pairs:
+                acc += self.counter.count_body(r.text[a:b], start_is_first=False)
+                ends.append(prefix + acc)
+            return prefix, ends
+        enc = self.encode([r.text])[0]
         prefix = _token_at(enc, pairs[0][0] - 1, 0) + 1 if pairs[0][0] > 0 else 1
-        ends = [_token_at(enc, e - 1, 0) + 1 for _, e in pairs]
+        return prefix, [_token_at(enc, e - 1, 0) + 1 for _, e in pairs]
+
+    def _pack(self, conv, r) -> list[list[dict[str, str]]]:
+        """Greedy packing of pairs by estimated lengths (prefix + tokens of the pairs)."""
+        prefix, ends = self._pair_ends(r)
         groups: list[list[dict[str, str]]] = []
         start_pair, start_tok = 0, prefix
-        for k in range(len(pairs)):
+        for k in range(len(ends)):
             length = prefix + ends[k] - start_tok
             if length > self.max_length and k > start_pair:
                 groups.append(conv[2 * start_pair: 2 * k])
@@ -140,21 +290,19 @@ class Splitter:
         return groups
 
     def _measure(self, redo, results) -> None:
-        """Render and tokenize each piece; split again any multi-pair piece over the limit."""
+        """Render and count each piece; split again any multi-pair piece over the limit."""
         work = [(ci, (k,), g) for ci, groups in redo for k, g in enumerate(groups)]
         done: dict[int, list[tuple[tuple[int, ...], Piece]]] = {}
         while work:
             rendered = [self.template.render(g) for _, _, g in work]
-            encs = self.encode([r.text for r in rendered])
+            sizes = self.measure(rendered)
             again = []
-            for (ci, key, g), r, enc in zip(work, rendered, encs):
-                n = len(enc)
+            for (ci, key, g), (n, trained) in zip(work, sizes):
                 if n > self.max_length and len(g) > 2:
                     half = (len(g) // 2 + 1) // 2 * 2  # split at a pair boundary
                     again += [(ci, key + (0,), g[:half]), (ci, key + (1,), g[half:])]
                     continue
-                piece = Piece(g, n, _assistant_tokens(enc, r.assistant_spans),
-                              over_length=n > self.max_length)
+                piece = Piece(g, n, trained, over_length=n > self.max_length)
                 if piece.over_length and self.long_pair == "drop":
                     results[ci].dropped_pairs += 1
                 else:
