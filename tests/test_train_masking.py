@@ -56,8 +56,26 @@ def trained_runs(ex) -> list[list[int]]:
     return runs
 
 
+@pytest.fixture(scope="module")
+def legacy_tok():
+    """The same model with legacy=True: a "▁" is inserted after special tokens, so
+    "</s>USER" becomes "</s>", "▁US", "ER" -- the Llama-2 tokenizer behaviour that broke
+    FastChat's per-turn "-2" arithmetic."""
+    from transformers import AutoTokenizer
+    from vicuna_cloud.tokenizers import resolve_tokenizer_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_tokenizer_path("builtin:llama-sp"),
+                                        legacy=True, from_slow=True)
+    conv = TRICKY[0]
+    text = TEMPLATES["vicuna_v1.1"].render(conv).text
+    assert "▁US" in tok.convert_ids_to_tokens(tok(text)["input_ids"])   # really different
+    return tok
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["llama-sp", "legacy-llama2-style"])
 @pytest.mark.parametrize("template", ["vicuna_v1.1", "vicuna_v0"])
-def test_unmasked_tokens_are_exactly_the_replies(tok, template):
+def test_unmasked_tokens_are_exactly_the_replies(request, template, legacy):
+    tok = request.getfixturevalue("legacy_tok" if legacy else "tok")
     tpl = TEMPLATES[template]
     convs = multi_turn(40) + TRICKY
     assert len(convs) > 20
