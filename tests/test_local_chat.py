@@ -7,6 +7,7 @@ CLI's reply must equal greedy generation on the Vicuna prompt computed in this t
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -36,6 +37,7 @@ def export_dir(tmp_path_factory):
     return str(out)
 
 
+@functools.lru_cache(maxsize=None)
 def expected_reply(model_dir: str, message: str, n: int) -> str:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -74,9 +76,20 @@ def test_chat_prompt_matches_greedy_generation(bucket_uri, export_dir, tmp_path)
     r = cli("chat", RUN, "--bucket", bucket_uri, "--prompt", "What is a queue?",
             "--max-new-tokens", "8", env=env)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == expected_reply(export_dir, "What is a queue?", 8)
+    expected = expected_reply(export_dir, "What is a queue?", 8)
+    assert r.stdout.strip() == expected
     if bucket_uri.startswith("s3://"):  # downloaded next to the run's local files
-        assert os.path.isfile(tmp_path / "home" / "runs" / RUN / "final" / "config.json")
+        assert os.path.isfile(tmp_path / "home" / "local" / RUN / "final" / "config.json")
+    # Without --bucket, the machine's launch index says where the run lives.
+    from vicuna_cloud.skypilot import index
+
+    os.environ["VICUNA_CLOUD_HOME"], saved = str(tmp_path / "home"), os.environ["VICUNA_CLOUD_HOME"]
+    try:
+        index.record(index.RunRecord(run_id=RUN, bucket_uri=bucket_uri, backend="local"))
+    finally:
+        os.environ["VICUNA_CLOUD_HOME"] = saved
+    r = cli("chat", RUN, "--prompt", "What is a queue?", "--max-new-tokens", "8", env=env)
+    assert r.returncode == 0 and r.stdout.strip() == expected, r.stderr
 
 
 def test_chat_interactive_loop_keeps_the_conversation(export_dir):

@@ -22,7 +22,7 @@ from vicuna_cloud.cli.common import UserError, err_console
 def chat(
     run: str = typer.Argument(..., help="Run id (looked up in the bucket) or an exported model directory."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="One message; omit for an interactive chat."),
-    bucket: Optional[str] = typer.Option(None, "--bucket", help="Bucket URI (default: the local runs' bucket)."),
+    bucket: Optional[str] = typer.Option(None, "--bucket", help="Bucket URI (default: where this machine launched the run, else the local bucket)."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, max=4096),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
 ) -> None:
@@ -62,8 +62,13 @@ def resolve_model(run: str, bucket_uri: Optional[str]) -> tuple[str, str]:
     if not RUN_ID_PATTERN.match(run):
         raise UserError(f"{run!r} is neither a run id nor a directory with an exported model "
                         "(config.json); give a run id from `vicuna-cloud status` or a model path")
+    if bucket_uri is None:  # where this machine launched it, else the local default
+        from vicuna_cloud.skypilot import index
+
+        rec = index.lookup(run)
+        bucket_uri = rec.bucket_uri if rec else paths.default_bucket_uri()
     try:
-        b = open_bucket(bucket_uri or paths.default_bucket_uri())
+        b = open_bucket(bucket_uri)
         try:
             template = RunSpec.from_json(b.get_bytes(f"runs/{run}/run.json")).template
         except StorageError:
