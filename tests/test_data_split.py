@@ -139,3 +139,5 @@ def test_word_counter_matches_the_tokenizer_exactly(tok):
         r = TPL.render(turns)
         assert wc.count(r.text) == len(tok(r.text).input_ids), r.text[:80]
         assert wc.trained(r.text, r.assistant_spans) == trained_tokens(tok, turns), r.text[:80]
+        assert wc.count_and_trained(r.text, r.assistant_spans) == (
+            wc.count(r.text), wc.trained(r.text, r.assistant_spans))

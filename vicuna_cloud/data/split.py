@@ -187,28 +187,48 @@ class WordCounter:
     def count(self, text: str) -> int:
         return self.n_added + self.count_body(text)
 
-    def trained(self, text: str, spans) -> int | None:
-        """Trained tokens, or None when a span does not start right after a space."""
-        n = 0
+    def _bare(self, body: str) -> bool:
+        """Whether the first token of ``body`` (which starts with a space) is a lone "▁"."""
+        m = self.first_re.match(body)
+        if not m:
+            return False
+        w = m.group()
+        sp = self.special_re.search(w)
+        if sp:
+            w = w[:sp.start()]
+        w = w.replace(" ", self.repl)
+        bare = self.bare_first.get(w)
+        if bare is None:
+            toks = self.model.tokenize(w) if w else []
+            bare = bool(toks) and toks[0].value == self.repl
+            self.bare_first[w] = bare
+        return bare
+
+    def count_and_trained(self, text: str, spans) -> tuple[int, int] | None:
+        """(tokens, trained tokens) in one pass over ``text``; None when a span does not
+        start right after a single space (then the caller encodes)."""
+        repl = self.repl
+        total = self.n_added
+        trained = 0
+        pos = 0
         for s, e in spans:
-            if s < 1 or text[s - 1] != " ":
+            if s < 2 or text[s - 1] != " " or text[s - 2] in (" ", repl):
                 return None
-            body = text[s - 1:e]  # the word of the reply's first token starts at the space
-            n += self.count_body(body, start_is_first=False)
-            m = self.first_re.match(body)
-            if m:
-                w = m.group()
-                sp = self.special_re.search(w)
-                if sp:
-                    w = w[:sp.start()]
-                w = w.replace(" ", self.repl)
-                bare = self.bare_first.get(w)
-                if bare is None:
-                    toks = self.model.tokenize(w) if w else []
-                    bare = bool(toks) and toks[0].value == self.repl
-                    self.bare_first[w] = bare
-                n -= bare
-        return n
+            # The reply's first word starts at the space before it: cut there.
+            if s - 1 > pos:
+                total += self.count_body(text[pos:s - 1], pos == 0)
+            body = text[s - 1:e]
+            n = self.count_body(body, False)
+            total += n
+            trained += n - self._bare(body)
+            pos = e
+        if pos < len(text):
+            total += self.count_body(text[pos:], pos == 0)
+        return total, trained
+
+    def trained(self, text: str, spans) -> int | None:
+        got = self.count_and_trained(text, spans)
+        return None if got is None else got[1]
 
 
 class Splitter:
@@ -235,9 +255,9 @@ class Splitter:
         todo = []
         for i, r in enumerate(rendered):
             if self.counter is not None:
-                trained = self.counter.trained(r.text, r.assistant_spans)
-                if trained is not None:
-                    out.append((self.counter.count(r.text), trained))
+                got = self.counter.count_and_trained(r.text, r.assistant_spans)
+                if got is not None:
+                    out.append(got)
                     continue
             out.append(None)
             todo.append(i)
