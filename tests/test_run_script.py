@@ -196,3 +196,29 @@ def test_scripts_carry_no_hyperparameters():
     for word in ("learning_rate", "2e-05", "epochs", "global_batch", "max_length"):
         assert word not in text
     assert re.search(r"-m train --run \"\$VICUNA_RUN_URI\"", text)
+
+
+@pytest.mark.parametrize("written,torchrun_rc,expected", [
+    ("75", 1, 75),   # preemption notice: SkyPilot must see 75 (recover_on_exit_codes)
+    ("78", 1, 78),   # bad spec
+    ("", 1, 1),      # a crash that wrote nothing stays a failure
+    ("", 0, 0),      # success (or a budget stop) stays 0
+])
+def test_run_passes_the_trainers_exit_code_through_torchrun(tmp_path, written, torchrun_rc,
+                                                          expected):
+    """torchrun exits 1 whatever its workers returned; the run script must recover the
+    trainer's own code from VICUNA_EXIT_CODE_FILE."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _exe(bin_dir / "torchrun", f"""#!/bin/sh
+[ -n "{written}" ] && printf '%s' "{written}" > "$VICUNA_EXIT_CODE_FILE"
+exit {torchrun_rc}
+""")
+    code_file = tmp_path / "exit-code"
+    code_file.write_text("99")  # a stale file from an earlier attempt must not count
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path),
+           "SKYPILOT_NODE_IPS": "127.0.0.1", "SKYPILOT_NODE_RANK": "0",
+           "SKYPILOT_NUM_GPUS_PER_NODE": "1", "VICUNA_RUN_URI": RUN_URI,
+           "VICUNA_EXIT_CODE_FILE": str(code_file)}
+    proc = _run(run_script(), env, tmp_path)
+    assert proc.returncode == expected, proc.stderr
