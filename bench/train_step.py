@@ -119,7 +119,9 @@ def main() -> None:
             times.append(dt)
             toks += sum(mb.n_tokens for mb in mbs)
             flops += metrics.step_flops(matmul, layers, config.hidden_size,
-                                        [s for mb in mbs for s in mb.seq_lens])
+                                        [s for mb in mbs for s in mb.seq_lens],
+                                        config.vocab_size * config.hidden_size,
+                                        sum(mb.keep.numel() for mb in mbs))
     secs = sum(times)
     tps = toks / secs
     res = {

@@ -161,6 +161,9 @@ def test_mfu_figures_and_gpu_peaks():
     assert metrics.gpu_peak_tflops(None) is None and metrics.gpu_peak_tflops("Tesla T4") is None
     # 6N per token plus 12·L·H·s per token of a length-s sample.
     assert metrics.step_flops(100, 2, 8, [3, 5]) == 6 * 100 * 8 + 12 * 2 * 8 * (9 + 25)
+    # LM head (40 of the 100 params) only at 3 trained positions.
+    assert metrics.step_flops(100, 2, 8, [3, 5], 40, 3) == \
+        6 * 60 * 8 + 6 * 40 * 3 + 12 * 2 * 8 * (9 + 25)
     assert metrics.mfu(1e15, 1.0, 2, 1000.0) == pytest.approx(0.5)
     assert metrics.mfu(1e15, 1.0, 2, None) is None
 

@@ -34,6 +34,12 @@ class MicroBatch:
     n_tokens: int                         # real (non-pad) tokens
     n_trained: int                        # tokens with a target
     seq_lens: list[int]                   # real length of each conversation (for FLOPs)
+    keep: Optional[torch.Tensor] = None   # columns where some row trains (logits needed)
+
+    def __post_init__(self) -> None:
+        if self.keep is None:  # computed on the host: no device sync in the loss
+            keep = (self.targets != IGNORE).any(dim=0).nonzero().view(-1)
+            self.keep = keep if keep.numel() else torch.zeros(1, dtype=torch.long)
 
     @property
     def n_slots(self) -> int:
@@ -42,7 +48,8 @@ class MicroBatch:
     def to(self, device) -> "MicroBatch":
         mv = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return MicroBatch(mv(self.input_ids), mv(self.targets), mv(self.position_ids),
-                          mv(self.attention_mask), self.n_tokens, self.n_trained, self.seq_lens)
+                          mv(self.attention_mask), self.n_tokens, self.n_trained, self.seq_lens,
+                          mv(self.keep))
 
 
 def _long(x) -> torch.Tensor:

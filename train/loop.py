@@ -47,11 +47,17 @@ def default_local_root() -> str:
 
 
 def micro_batch_loss(model, mb: batching.MicroBatch) -> torch.Tensor:
-    """Summed token cross-entropy of one micro-batch (fp32 logits)."""
+    """Summed token cross-entropy of one micro-batch (fp32 logits).
+
+    Logits are computed only at positions some row trains (``logits_to_keep`` = those
+    column indices): the prompt is ~60% of a Vicuna conversation, and a [tokens x 32000]
+    fp32 logit tensor is the largest activation of the step. (A filler micro-batch keeps
+    one untrained column, so the LM head stays in the graph.)"""
     out = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
-                position_ids=mb.position_ids, use_cache=False)
+                position_ids=mb.position_ids, use_cache=False, logits_to_keep=mb.keep)
     logits = out.logits.float()
-    return F.cross_entropy(logits.view(-1, logits.shape[-1]), mb.targets.view(-1),
+    targets = mb.targets[:, mb.keep]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                            ignore_index=IGNORE, reduction="sum")
 
 
@@ -184,6 +190,7 @@ def run(run_uri: str, opts: Optional[LoopOptions] = None) -> int:
         if d.is_main else None
     ledger = _ledger(bucket, spec, first_step, total) if d.is_main else None
     _, matmul_params = model_lib.count_params(config)
+    head_params = config.vocab_size * config.hidden_size
     peak = metrics.gpu_peak_tflops(torch.cuda.get_device_name(d.device)
                                    if d.device.type == "cuda" else None)
     if log and ckpt:  # restores, fallbacks to an older checkpoint, deleted leftovers
@@ -230,7 +237,9 @@ def run(run_uri: str, opts: Optional[LoopOptions] = None) -> int:
         loss_g, tokens_g, slots_g, flops_g = parallel.all_reduce_sum([
             float(loss_sum), sum(mb.n_tokens for mb in mbs), sum(mb.n_slots for mb in mbs),
             metrics.step_flops(matmul_params, config.num_hidden_layers, config.hidden_size,
-                               [s for mb in mbs for s in mb.seq_lens])], d.device)
+                               [s for mb in mbs for s in mb.seq_lens], head_params,
+                               sum(mb.keep.numel() * mb.input_ids.shape[0] for mb in mbs))],
+            d.device)
         dt = time.perf_counter() - t0
         progress.step += 1
         progress.epoch, progress.epoch_offset = next_epoch, next_offset

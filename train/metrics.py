@@ -4,8 +4,8 @@ Object stores have no append, so rank 0 keeps the file's lines in memory and re-
 the whole file every ``flush_seconds`` (and at the end); a resumed run keeps the earlier
 lines up to its resume step and drops the ones of work that was lost.
 
-MFU follows PaLM's convention: FLOPs per trained token = 6N (N = parameters in matmuls:
-all but the input embedding) + 12·L·H·s for attention, where s is the token's own
+MFU follows PaLM's convention: FLOPs per token = 6N (N = parameters in matmuls: all but
+the input embedding; the LM head's share only where logits are computed) + 12·L·H·s, where s is the token's own
 conversation length (packed rows do not attend across conversations), over the GPUs'
 dense bf16 peak from vicuna_cloud.recipes.GPU_SPECS. On CPU there is no peak: mfu = null.
 """
@@ -23,9 +23,14 @@ from vicuna_cloud.storage import Bucket, NotFoundError, StorageError
 METRICS_KEY = "metrics.jsonl"
 
 
-def step_flops(matmul_params: int, n_layers: int, hidden: int, seq_lens: Sequence[int]) -> float:
+def step_flops(matmul_params: int, n_layers: int, hidden: int, seq_lens: Sequence[int],
+               head_params: int = 0, head_tokens: Optional[int] = None) -> float:
+    """Model FLOPs of a step. The LM head (``head_params``) runs only on ``head_tokens``
+    positions (the trainer computes logits where it trains), the rest on every token."""
     tokens = sum(seq_lens)
-    return 6.0 * matmul_params * tokens + 12.0 * n_layers * hidden * sum(s * s for s in seq_lens)
+    head_tokens = tokens if head_tokens is None else head_tokens
+    return (6.0 * (matmul_params - head_params) * tokens + 6.0 * head_params * head_tokens
+            + 12.0 * n_layers * hidden * sum(s * s for s in seq_lens))
 
 
 def gpu_peak_tflops(device_name: Optional[str]) -> Optional[float]:
