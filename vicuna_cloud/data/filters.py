@@ -88,7 +88,7 @@ def _role(raw: Any) -> str | None:
 
 def has_broken_list(text: str) -> bool:
     """True when a numbered list at some indent goes "1." then "1." again."""
-    if "1. " not in text:
+    if text.count("1. ") < 2:
         return False
     text = _FENCE.sub("", text)
     last: dict[str, int] = {}

