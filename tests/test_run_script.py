@@ -11,6 +11,7 @@ import os
 import re
 import stat
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def test_two_node_rendezvous(sandbox, tmp_path, rank):
     assert _argv(log) == [[
         "--nnodes", "2", "--nproc_per_node", "8", "--node_rank", str(rank),
         "--master_addr", "10.1.2.3", "--master_port", str(MASTER_PORT),
-        "-m", "train", "--run", RUN_URI,
+        "-m", "train", "--run-uri", RUN_URI,
     ]]
 
 
@@ -114,7 +115,7 @@ def test_hostile_run_uri_is_one_argument_not_shell(sandbox, tmp_path):
                 "VICUNA_RUN_URI": hostile})
     proc = _run(run_script(), env, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert _argv(log)[0][-2:] == ["--run", hostile]
+    assert _argv(log)[0][-2:] == ["--run-uri", hostile]
     assert not list(tmp_path.glob("pwned*"))
 
 
@@ -195,7 +196,7 @@ def test_scripts_carry_no_hyperparameters():
     text = run_script() + setup_script("0.1.0")
     for word in ("learning_rate", "2e-05", "epochs", "global_batch", "max_length"):
         assert word not in text
-    assert re.search(r"-m train --run \"\$VICUNA_RUN_URI\"", text)
+    assert re.search(r"-m train --run-uri \"\$VICUNA_RUN_URI\"", text)
 
 
 @pytest.mark.parametrize("written,torchrun_rc,expected", [
@@ -222,3 +223,20 @@ exit {torchrun_rc}
            "VICUNA_EXIT_CODE_FILE": str(code_file)}
     proc = _run(run_script(), env, tmp_path)
     assert proc.returncode == expected, proc.stderr
+
+
+def test_run_script_with_the_real_torchrun_reaches_the_trainer(tmp_path):
+    """The real torchrun parses our argv (it once rejected `--run` as an abbreviation of
+    its `--run-path`), starts `python -m train`, and the trainer's own exit code for an
+    unreadable run spec (78, not torchrun's 1) comes out of the run script."""
+    venv_bin = Path(sys.executable).parent
+    assert (venv_bin / "torchrun").exists()
+    env = {**os.environ, "PATH": f"{venv_bin}:/usr/bin:/bin", "HOME": str(tmp_path),
+           "SKYPILOT_NODE_IPS": "127.0.0.1", "SKYPILOT_NODE_RANK": "0",
+           "SKYPILOT_NUM_GPUS_PER_NODE": "1",
+           "VICUNA_RUN_URI": str(tmp_path / "missing" / "run.json"),
+           "VICUNA_EXIT_CODE_FILE": str(tmp_path / "exit-code")}
+    proc = subprocess.run(["bash", "-c", run_script()], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert "ambiguous option" not in proc.stderr
+    assert proc.returncode == 78, proc.stderr[-2000:]

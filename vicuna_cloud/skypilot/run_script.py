@@ -1,7 +1,7 @@
 """The two shell texts of the SkyPilot task: ``setup`` (install) and ``run`` (rendezvous).
 
 Both are deliberately dumb: ``run`` only turns SkyPilot's node variables into a torchrun
-rendezvous and runs ``torchrun ... -m train --run "$VICUNA_RUN_URI"`` (passing the trainer's
+rendezvous and runs ``torchrun ... -m train --run-uri "$VICUNA_RUN_URI"`` (passing the trainer's
 own exit code through, which torchrun does not); every other
 decision (hyperparameters, resume, budget) is made in Python from run.json. No user string
 is pasted into either text unquoted: values go through ``shlex.quote`` (and the run URI
@@ -37,7 +37,8 @@ if [ "$NODE_RANK" -ge "$NNODES" ]; then
   exit {exit_config}
 fi
 echo "vicuna-cloud: node $NODE_RANK/$NNODES, $NPROC_PER_NODE procs, master $MASTER_ADDR:{port}"
-# torchrun exits 1 whatever its workers returned; the trainer writes its own exit code
+# `--run-uri`, not `--run`: torchrun's own parser takes `--run` for an abbreviation of its
+# `--run-path` and stops. torchrun exits 1 whatever its workers returned; the trainer writes its own exit code
 # (75 after a preemption notice, 78 for a bad spec) to this file so that SkyPilot's
 # recover_on_exit_codes sees the real one.
 export VICUNA_EXIT_CODE_FILE="${{VICUNA_EXIT_CODE_FILE:-/tmp/vicuna-exit-code}}"
@@ -49,7 +50,7 @@ torchrun \\
   --node_rank "$NODE_RANK" \\
   --master_addr "$MASTER_ADDR" \\
   --master_port {port} \\
-  -m train --run "$VICUNA_RUN_URI" || rc=$?
+  -m train --run-uri "$VICUNA_RUN_URI" || rc=$?
 if [ "$rc" -ne 0 ] && [ -s "$VICUNA_EXIT_CODE_FILE" ]; then
   rc="$(cat "$VICUNA_EXIT_CODE_FILE")"
 fi
