@@ -138,35 +138,50 @@ def _strip_fences(s: str) -> str:
     return re.sub(r"```[^\n]*\n?", "```", s)
 
 
+_TAG = re.compile(r"</?[a-zA-Z][^>]*>")
+
+
+def _cosmetic(x: str) -> str:
+    """Undo markdownify's style: escapes, '*' bullets, fence labels, paragraph spacing."""
+    x = _ESC.sub(r"\1", x)
+    x = re.sub(r"^(\s*)\* ", r"\1- ", x, flags=re.M)
+    x = _strip_fences(x)
+    return _norm_ws(x)
+
+
 def classify(fc: list[dict], ours: list[dict]) -> str:
+    """Why FastChat's text and ours differ for one source conversation (first rule wins).
+
+    Deliberate differences: we keep user-typed text verbatim (FastChat ran markdownify on
+    human turns too: paragraph breaks collapsed, HTML the user typed deleted), we do not
+    backslash-escape markdown, we write '-' bullets and honour <ol start>, and our
+    splitter never drops the last pair.
+    """
     ft = [t["value"] for t in fc]
     ot = [t["value"] for t in ours]
     if ft == ot:
         return "identical"
-    if len(ft) < len(ot) and ot[:len(ft)] == ft:
-        return "fastchat lost trailing pair(s) when splitting"
+    n = min(len(ft), len(ot))
     if len(ft) != len(ot):
-        n = min(len(ft), len(ot))
-        if ft[:n] == ot[:n] or [_norm_ws(x) for x in ft[:n]] == [_norm_ws(x) for x in ot[:n]]:
-            return "different number of turns (split/truncation rules)"
-        return "different number of turns and text"
+        same_prefix = [_cosmetic(_TAG.sub("", x)) for x in ft[:n]] == \
+            [_cosmetic(_TAG.sub("", x)) for x in ot[:n]]
+        if len(ft) < len(ot) and same_prefix:
+            return "FastChat's splitter lost the last pair(s) (+ cosmetic differences)"
+        return "different turns (split/truncation rules)" if same_prefix else \
+            "different turns and text"
     if [_norm_ws(x) for x in ft] == [_norm_ws(x) for x in ot]:
-        return "whitespace only"
-    f2 = [_norm_ws(_ESC.sub(r"\1", x)) for x in ft]
-    o2 = [_norm_ws(x) for x in ot]
-    if f2 == o2:
-        return "markdown escapes (fastchat writes \\_ \\*)"
-    f3 = [_norm_ws(_strip_fences(x)) for x in f2]
-    o3 = [_norm_ws(_strip_fences(x)) for x in o2]
-    if f3 == o3:
-        return "code fence language/format (+ escapes)"
-    if any(re.search(r"^\s*\d+\.", x, re.M) for x in ot) and \
-            [re.sub(r"\d+\.", "N.", x) for x in f3] == [re.sub(r"\d+\.", "N.", x) for x in o3]:
+        return "whitespace / paragraph breaks only (FastChat collapses user paragraphs)"
+    if [_cosmetic(x) for x in ft] == [_cosmetic(x) for x in ot]:
+        return "markdown style: FastChat escapes \\_ \\*, '*' bullets, fence labels"
+    if [_cosmetic(x) for x in ft] == [_cosmetic(_TAG.sub("", x)) for x in ot]:
+        return "FastChat deleted HTML the user typed in a question (we keep it)"
+    if [re.sub(r"\d+\.", "N.", _cosmetic(x)) for x in ft] == \
+            [re.sub(r"\d+\.", "N.", _cosmetic(x)) for x in ot]:
         return "ordered list numbering (we honour <ol start>)"
     def no_marks(x: str) -> str:
-        return _norm_ws(re.sub(r"[*_`|#>\-\\]", "", _strip_fences(x)))
+        return _norm_ws(re.sub(r"[*_`|#>\-\\]", "", _strip_fences(_TAG.sub("", x))))
     if [no_marks(x) for x in ft] == [no_marks(x) for x in ot]:
-        return "markdown markup (emphasis, tables, lists)"
+        return "markdown markup (emphasis, tables, headings)"
     return "text differs otherwise"
 
 
