@@ -122,6 +122,7 @@ def iter_file(path: str, info: InputFile) -> Iterator[tuple[int, Any]]:
         if fmt == "json":
             try:
                 for item in ijson.items(reader, "item", use_float=True):
+                    info.bytes = reader.pos  # live, for progress bars
                     yield n, item
                     n += 1
             except ijson.JSONError as e:
@@ -157,6 +158,7 @@ def iter_file(path: str, info: InputFile) -> Iterator[tuple[int, Any]]:
                         f"{path}: line {lineno}, byte {offset}: invalid JSON ({what}); "
                         "each line of a .jsonl file must be one JSON object"
                     ) from None
+                info.bytes = reader.pos
                 yield n, item
                 n += 1
         rest = raw.read(1 << 20)

@@ -70,7 +70,7 @@ def upload_dataset(local_dir: str, bucket_uri: str,
         key = f"{prefix}/{TRAIN_FILE}"
         bucket.put_file(key, train, progress=progress)
         remote = bucket.stat(key).size
-        remote_sha = bucket.sha256(key) if remote == size else ""
+        remote_sha = _remote_sha256(bucket, key, local_dir) if remote == size else ""
         if remote != size or remote_sha != sha:
             bucket.delete(key)
             raise DataError(
@@ -84,6 +84,20 @@ def upload_dataset(local_dir: str, bucket_uri: str,
         raise DataError(str(e)) from None
     except StorageError as e:
         raise DataError(f"{bucket_uri}: {str(e).splitlines()[0]}") from None
+
+
+def _remote_sha256(bucket, key: str, near: str) -> str:
+    """Download to a temp file and hash it: memory stays flat for multi-GB datasets."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=".verify-", dir=near)
+    os.close(fd)
+    try:
+        bucket.get_file(key, tmp)
+        return sha256_file(tmp)[0]
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _already_there(bucket, prefix: str, sha: str, size: int) -> bool:
