@@ -52,7 +52,17 @@ def test_manifest_schema_counts_and_output_hash(prepared, raw):
     assert c["split_conversations"] > 0
     t = m["tokens"]
     assert t["conversations"] == c["split_pieces"]
-    assert sum(t["histogram"].values()) == c["split_pieces"]
+    h = t["histogram"]
+    assert sum(h["counts"]) == c["split_pieces"] and len(h["edges"]) == len(h["counts"]) + 1
+    assert m["conversations"] == c["kept"] and m["samples"] == c["split_pieces"]
+    assert t["mean"] <= t["weighted_length"] <= t["max"]
+    # The cost estimator reads this manifest as is.
+    from vicuna_cloud.costs.estimate import workload_from_manifest
+    from vicuna_cloud.recipes import get_preset
+
+    w = workload_from_manifest(m, get_preset("7b"), "test")
+    assert w.tokens_per_epoch == t["total"] and w.samples == c["split_pieces"]
+    assert 0 < w.weighted_sample_length <= t["max"]
     assert 0 < t["assistant"] < t["total"] and t["p50"] <= t["p90"] <= t["max"]
     assert m["tokenizer"] == "builtin:llama-sp" and m["template"] == "vicuna_v1.1"
     assert m["max_length"] == 1024 and m["options"]["skip_lang"] == ["ko"]

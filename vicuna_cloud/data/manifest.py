@@ -27,9 +27,13 @@ The cost estimator reads ``tokens.total`` (tokens per epoch); the trainer checks
         "conversations": int,    # = split_pieces
         "total": int,            # all tokens incl. BOS, system prompt and template
         "assistant": int,        # trained tokens (replies + "</s>")
-        "histogram": {"128": n, "256": n, ..., "inf": n},  # pieces with length <= edge
+        "histogram": {"edges": [0, 64, ..., 16384, E], "counts": [...]},
+                                 # counts[i]: pieces with edges[i] < length <= edges[i+1]
+        "weighted_length": float,  # token-weighted mean length, sum(L^2) / sum(L)
         "mean": float, "p50": int, "p90": int, "max": int
       },
+      "conversations": int,      # = counts.kept (for the cost estimator)
+      "samples": int,            # = counts.split_pieces, lines of train.jsonl
       "output": {"file": "train.jsonl", "sha256": str, "bytes": int}
     }
 """
@@ -60,24 +64,23 @@ class TokenStats:
         self.assistant += assistant
 
     def summary(self) -> dict[str, Any]:
+        import bisect
+
         n = len(self.lengths)
-        hist = {str(e): 0 for e in HIST_EDGES}
-        hist["inf"] = 0
-        for x in self.lengths:
-            for e in HIST_EDGES:
-                if x <= e:
-                    hist[str(e)] += 1
-                    break
-            else:
-                hist["inf"] += 1
         s = sorted(self.lengths)
         total = sum(s)
+        edges = [0, *HIST_EDGES, max(2 * HIST_EDGES[-1], s[-1] if s else 0)]
+        counts = [0] * (len(edges) - 1)
+        for x in s:  # bin i holds edges[i] < x <= edges[i + 1]
+            counts[max(0, bisect.bisect_left(edges, x) - 1)] += 1
+        hist = {"edges": edges, "counts": counts}
 
         def pct(p: float) -> int:
             return int(s[min(n - 1, int(p * n))]) if n else 0
 
         return {
             "conversations": n, "total": total, "assistant": self.assistant,
+            "weighted_length": round(sum(x * x for x in s) / total, 2) if total else 0.0,
             "histogram": hist, "mean": round(total / n, 2) if n else 0.0,
             "p50": pct(0.5), "p90": pct(0.9), "max": int(s[-1]) if n else 0,
         }

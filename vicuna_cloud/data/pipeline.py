@@ -342,6 +342,8 @@ def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptio
             "template": opts.template,
             "max_length": opts.max_length,
             "counts": counts,
+            "conversations": counts["kept"],
+            "samples": counts["split_pieces"],
             "tokens": stats.summary(),
             "output": {"file": TRAIN_FILE, "sha256": h.hexdigest(), "bytes": out_bytes},
         }
