@@ -142,3 +142,10 @@ def test_ctrl_c_kills_a_child_that_ignores_the_signal_after_the_grace_period(tmp
     assert res.outcome == "cancelled" and res.attempts[-1].exit_code == -signal.SIGKILL
     assert time.monotonic() - t0 < 20
     assert seen and not [p for p in seen if p.is_running() and p.status() != "zombie"]
+
+
+def test_trainer_exit_code_is_read_through_the_launcher(tmp_path):
+    """torchrun exits 1 for any failing worker; the supervisor reads the trainer's own code
+    from VICUNA_EXIT_CODE_FILE, so a bad config (78) is not retried as a crash."""
+    res = make(tmp_path, mode="config-via-launcher").run()
+    assert (res.exit_code, res.outcome, len(res.attempts)) == (EXIT_CONFIG, "config", 1)

@@ -2,7 +2,7 @@
 
 It "trains" TOTAL steps, one every DT seconds, appending a metrics record per step to
 METRICS and "checkpointing" its step to STATE after each one, so a restart resumes.
-MODE changes the exit policy: ok | fail | config | notice-once (exit 75 once) |
+MODE changes the exit policy: ok | fail | config | config-via-launcher | notice-once (exit 75 once) |
 spawn (start a grandchild in its own session, as torchrun does with its workers) |
 stubborn (ignores SIGTERM).
 On SIGINT or SIGTERM it writes its pid to CANCELLED and exits 130.
@@ -31,6 +31,10 @@ signal.signal(signal.SIGINT, on_int)
 signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "stubborn" else on_int)
 if mode == "config":
     sys.exit(78)
+if mode == "config-via-launcher":  # what torchrun does: the trainer wrote 78, torchrun exits 1
+    with open(os.environ["VICUNA_EXIT_CODE_FILE"], "w") as f:
+        f.write("78")
+    sys.exit(1)
 if mode == "fail":
     print("boom", flush=True)
     sys.exit(3)

@@ -17,9 +17,12 @@ The policy takes no torch: a unit test drives it with a tiny Python child.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -127,7 +130,12 @@ class Supervisor:
         self.command = list(command)
         self.config = config
         self.probe = probe
-        self.env = env
+        # torchrun exits 1 whatever its workers returned; like the task's run script, we
+        # have the trainer write its own exit code (75 preempted, 78 config) to a file.
+        self._exit_code_dir = tempfile.mkdtemp(prefix="vicuna-supervisor-")
+        self.exit_code_file = os.path.join(self._exit_code_dir, "exit-code")
+        self.env = {**(os.environ if env is None else env),
+                    "VICUNA_EXIT_CODE_FILE": self.exit_code_file}
         self.cwd = cwd
         self.log_path = log_path
         self.on_line = on_line
@@ -185,6 +193,8 @@ class Supervisor:
                       f"{' '.join(self.command)}\n".encode())
             log.flush()
         start_seq = self.probe.poll().seq if self.probe else 0
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.exit_code_file)  # a stale code from an earlier attempt
         proc = subprocess.Popen(
             self.command, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
@@ -213,12 +223,22 @@ class Supervisor:
                 time.sleep(self.config.poll_s)
             # The launcher (a subprocess' leader) is gone: make sure its workers are too.
             proctree.kill_tree(proc.pid)
-            attempt.exit_code = proc.wait()
+            attempt.exit_code = self._trainer_exit_code(proc.wait())
         finally:
             attempt.ended = time.time()
             if proc.poll() is not None:
                 reader.join(timeout=5)  # the rest of the output, for the log
         return attempt
+
+    def _trainer_exit_code(self, launcher_code: int) -> int:
+        """The trainer's own exit code when it wrote one, else the launcher's."""
+        if launcher_code == 0:
+            return 0
+        try:
+            with open(self.exit_code_file) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return launcher_code
 
     def _pump(self, proc: subprocess.Popen, log) -> None:
         assert proc.stdout is not None
