@@ -56,3 +56,8 @@ def test_generated_scrapes_leave_no_ui_noise():
             if "language-python" in turn["value"]:
                 assert "```python\n" in md
     assert n_code > 50  # the corpus really exercised code blocks
+
+
+def test_spaces_between_inline_elements_survive():
+    assert convert_value("<ul><li><b>a</b> <i>b</i></li></ul>") == "- **a** *b*"
+    assert convert_value("<div><p>x</p>\n<p>y</p> tail <b>z</b></div>") == "x\n\ny\n\ntail **z**"

@@ -108,6 +108,8 @@ class _Walker:
 
     # -- inline ------------------------------------------------------------------------
     def inline(self, el) -> str:
+        if not len(el):  # the common case: text only
+            return _inline_text(el.text)
         parts: list[str] = []
         if el.text:
             parts.append(_inline_text(el.text))
@@ -152,7 +154,7 @@ class _Walker:
     def block_children(self, el, indent: str) -> None:
         """Children of a container: runs of inline content become paragraphs."""
         run: list[str] = []
-        if el.text and el.text.strip():
+        if el.text:
             run.append(_inline_text(el.text))
         for child in el:
             tag = child.tag if isinstance(child.tag, str) else ""
@@ -163,7 +165,7 @@ class _Walker:
                 self.block(child, tag, indent)
             else:
                 run.append(self.inline_el(child, tag))
-            if child.tail and child.tail.strip():
+            if child.tail:  # keeps the space in "<b>a</b> <i>b</i>"; flush() strips
                 run.append(_inline_text(child.tail))
         self.flush(run, indent)
 
