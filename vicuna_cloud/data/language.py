@@ -2,7 +2,7 @@
 
 The lite model ships inside the wheel (no download; checked by tests with the network
 unreachable). We classify the conversation's prose, not its code: fenced code blocks and
-inline code are removed first, and the first 600 characters of prose suffice.
+inline code are removed first, and the first 300 characters of prose suffice (fastText needs few words).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _detector():
 
 def detect_language(text: str) -> str:
     """ISO 639-1 code (e.g. "en", "zh", "ko"), or "unknown" for no prose."""
-    prose = _WS.sub(" ", _CODE.sub(" ", text[:2000]))[:600].strip()
+    prose = _WS.sub(" ", _CODE.sub(" ", text[:1500]))[:300].strip()
     if not prose:
         return "unknown"
     result = _detector().detect(prose, model="lite", k=1)

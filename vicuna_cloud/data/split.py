@@ -119,6 +119,7 @@ class WordCounter:
         self.word_re = re.compile(f"{repl}+[^{repl}]*|[^{repl}]+")
         self.first_re = re.compile(f"[ {repl}]+[^ {repl}]*")
         self.cache: dict[str, int] = {}
+        self.cache_sp: dict[str, int] = {}  # part -> tokens of "▁" + part
         self.bare_first: dict[str, bool] = {}
 
     @classmethod
@@ -135,7 +136,7 @@ class WordCounter:
             if not isinstance(pre, pre_tokenizers.Metaspace) or pre.split:
                 return None
             repl = pre.replacement
-            if pre.prepend_scheme not in ("first", "always") or len(repl) != 1:
+            if pre.prepend_scheme != "first" or len(repl) != 1:
                 return None
             if any(repl in t.lstrip(repl) for t in backend.get_vocab()):
                 return None
@@ -146,7 +147,7 @@ class WordCounter:
             if template.sep2 not in specials or not template.assistant_role:
                 return None
             n_added = len(backend.encode("", add_special_tokens=True).ids)
-            return cls(backend, repl, pre.prepend_scheme == "first", n_added, specials)
+            return cls(backend, repl, True, n_added, specials)
         except Exception:  # an unexpected tokenizer API: use full encoding instead
             return None
 
@@ -169,19 +170,48 @@ class WordCounter:
                     cache[w] = len(tok(w))
             return sum(map(cache.__getitem__, words))
 
+    def _segment(self, seg: str, first: bool) -> int:
+        """Tokens of a text segment holding no special token."""
+        if self.repl in seg or "  " in seg:  # runs of spaces, literal "▁": the general way
+            return self._sum(self._words(seg, first))
+        # Fast path (most prose): every word is " " + part, counted from a dict keyed by
+        # the part, with no regex and no copy of the text.
+        parts = seg.split(" ")
+        cache = self.cache_sp
+        n = 0
+        head = parts[0]
+        if head:
+            n = self._one(self.repl + head) if first else self._one(head)
+        rest = parts[1:]
+        try:
+            return n + sum(map(cache.__getitem__, rest))
+        except KeyError:
+            if len(cache) > self.MAX_CACHE:
+                cache.clear()
+            tok = self.model.tokenize
+            for p in rest:
+                if p not in cache:
+                    cache[p] = len(tok(self.repl + p))
+            return n + sum(map(cache.__getitem__, rest))
+
+    def _one(self, word: str) -> int:
+        n = self.cache.get(word)
+        if n is None:
+            n = self.cache[word] = len(self.model.tokenize(word))
+        return n
+
     def count_body(self, text: str, start_is_first: bool = True) -> int:
         """Tokens of ``text`` without BOS (specials counted)."""
         n = 0
         pos = 0
         for m in self.special_re.finditer(text):
             if m.start() > pos:
-                n += self._sum(self._words(text[pos:m.start()],
-                                           pos == 0 and start_is_first and self.prepend_first))
+                n += self._segment(text[pos:m.start()],
+                                   pos == 0 and start_is_first and self.prepend_first)
             n += 1
             pos = m.end()
         if pos < len(text):
-            n += self._sum(self._words(text[pos:], pos == 0 and start_is_first
-                                       and self.prepend_first))
+            n += self._segment(text[pos:], pos == 0 and start_is_first and self.prepend_first)
         return n
 
     def count(self, text: str) -> int:
