@@ -16,4 +16,15 @@
 Public entry points: ``pipeline.prepare``/``PrepareOptions``, ``upload.upload_dataset``,
 ``manifest.read_manifest``, ``inspect.inspect_file``, ``synthetic.generate``/``write_json``,
 ``reader.DataError`` (every bad-input error).
+
+Deliberate differences from FastChat's scripts (bench/data_prep.py counts each one):
+- human turns are plain text and kept verbatim (FastChat ran markdownify on them too,
+  collapsing paragraph breaks and deleting any HTML the user typed);
+- no backslash escapes (``\_``, ``\*``) in prose, '-' bullets, ``<ol start>`` honoured;
+- ChatGPT error replies ("Too many requests in 1 hour...") are dropped, not trained on;
+- duplicate content = same first pair *and* one conversation a prefix of the other, so
+  conversations that merely open alike are kept;
+- splitting never loses the last pair, and a single pair over the limit is kept for
+  truncation or dropped, counted either way;
+- lengths are exact token counts of the rendered template (FastChat: per message + 6).
 """
