@@ -60,7 +60,10 @@ class S3Server:
         self._server.stop()
 
     def env(self) -> dict[str, str]:
-        return {**FAKE_AWS_ENV, "AWS_ENDPOINT_URL": self.url}
+        # S3 only (AWS_ENDPOINT_URL_S3, not AWS_ENDPOINT_URL): with a global endpoint,
+        # SkyPilot's catalog asks moto's STS/EC2 for an account and maps AWS zone ids to
+        # moto's fake zone names, so prices would depend on which test ran first.
+        return {**FAKE_AWS_ENV, "AWS_ENDPOINT_URL_S3": self.url}
 
     def client(self, endpoint: Optional[str] = None):
         import boto3

@@ -53,7 +53,7 @@ os.environ.setdefault("VICUNA_STORAGE_READ_TIMEOUT_S", "20")
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """moto S3 server on 127.0.0.1; AWS_ENDPOINT_URL etc. set for this process and children."""
+    """moto S3 server on 127.0.0.1; AWS_ENDPOINT_URL_S3 etc. set for this process and children."""
     from cloud_servers import S3Server
 
     server = S3Server().start()
@@ -112,7 +112,7 @@ def faulty_s3_bucket_uri(s3_server, monkeypatch):
     """Factory: ``uri, proxy = faulty_s3_bucket_uri(rate=0.1, seed=0)``.
 
     Creates a fresh bucket and starts a fault-injecting proxy in front of moto;
-    AWS_ENDPOINT_URL points at the proxy for the rest of the test (this process and any
+    AWS_ENDPOINT_URL_S3 points at the proxy for the rest of the test (this process and any
     subprocess started with os.environ). ``proxy.stats`` counts requests and faults.
     """
     from fault_proxy import FaultProxy
@@ -122,7 +122,7 @@ def faulty_s3_bucket_uri(s3_server, monkeypatch):
     def make(rate: float = 0.1, seed: int = 0, **kwargs):
         proxy = FaultProxy(s3_server.url, rate=rate, seed=seed, **kwargs).start()
         proxies.append(proxy)
-        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
         return f"s3://{s3_server.create_bucket()}/vicuna", proxy
 
     yield make

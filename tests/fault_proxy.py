@@ -12,7 +12,7 @@ seeded random fraction of requests, fails them the way clouds do:
 ``forbid=True`` answers every request with 403 AccessDenied, to check that a permanent
 error is not retried. ``match(method, path)`` limits faults to the requests it accepts
 (e.g. only the second part of a multipart upload), for deterministic failure tests. ``stats`` counts requests and faults. Point a client or a
-subprocess at it by setting AWS_ENDPOINT_URL (or STORAGE_EMULATOR_HOST) to ``proxy.url``.
+subprocess at it by setting AWS_ENDPOINT_URL_S3 (or STORAGE_EMULATOR_HOST) to ``proxy.url``.
 """
 
 from __future__ import annotations

@@ -437,12 +437,12 @@ b = open_bucket(sys.argv[1])
 for i in range(40):
     b.put_bytes(f"child/{i}", str(i).encode() * 100)
     assert b.get_bytes(f"child/{i}") == str(i).encode() * 100
-print(len(b.list("child/")), os.environ["AWS_ENDPOINT_URL"])
+print(len(b.list("child/")), os.environ["AWS_ENDPOINT_URL_S3"])
 """
 
 
 def test_subprocess_reaches_faulty_proxy_through_env(faulty_s3_bucket_uri):
-    """What a torchrun child inherits: AWS_ENDPOINT_URL pointing at the proxy is enough."""
+    """What a torchrun child inherits: AWS_ENDPOINT_URL_S3 pointing at the proxy is enough."""
     uri, proxy = faulty_s3_bucket_uri(rate=0.1, seed=1)
     out = subprocess.run([sys.executable, "-c", _CHILD_SCRIPT, uri], capture_output=True,
                          text=True, timeout=120, env=dict(os.environ))
