@@ -1,4 +1,4 @@
-"""The data pipeline (control plane, torch-free): raw ShareGPT dumps to Vicuna training data.
+r"""The data pipeline (control plane, torch-free): raw ShareGPT dumps to Vicuna training data.
 
     reader.py            streaming JSON/JSONL, hashed while read, errors with line/byte
     html_to_markdown.py  ChatGPT HTML to markdown (lxml), UI noise removed

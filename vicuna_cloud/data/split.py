@@ -172,10 +172,10 @@ class WordCounter:
 
     def _segment(self, seg: str, first: bool) -> int:
         """Tokens of a text segment holding no special token."""
-        if self.repl in seg or "  " in seg:  # runs of spaces, literal "▁": the general way
+        if self.repl in seg:  # a literal "▁" in the text: the general way
             return self._sum(self._words(seg, first))
-        # Fast path (most prose): every word is " " + part, counted from a dict keyed by
-        # the part, with no regex and no copy of the text.
+        # Fast path: every word is " " + part, counted from a dict keyed by the part (the
+        # word minus its first "▁"), with no regex and no copy of the text.
         parts = seg.split(" ")
         cache = self.cache_sp
         n = 0
@@ -183,6 +183,17 @@ class WordCounter:
         if head:
             n = self._one(self.repl + head) if first else self._one(head)
         rest = parts[1:]
+        if "  " in seg:  # runs of spaces: "a   b" -> ["a", "", "", "b"] -> key "▁▁b"
+            merged, pend = [], 0
+            for p in rest:
+                if p:
+                    merged.append(self.repl * pend + p if pend else p)
+                    pend = 0
+                else:
+                    pend += 1
+            if pend:
+                merged.append(self.repl * (pend - 1))
+            rest = merged
         try:
             return n + sum(map(cache.__getitem__, rest))
         except KeyError:
