@@ -51,12 +51,9 @@ os.environ.setdefault("VICUNA_STORAGE_CONNECT_TIMEOUT_S", "5")
 os.environ.setdefault("VICUNA_STORAGE_READ_TIMEOUT_S", "20")
 
 
-@pytest.fixture(scope="session")
-def s3_server():
-    """moto S3 server on 127.0.0.1; AWS_ENDPOINT_URL_S3 etc. set for this process and children."""
-    from cloud_servers import S3Server
-
-    server = S3Server().start()
+def _serve_exported(server):
+    """Start ``server`` and export its env into os.environ until teardown, then restore it."""
+    server.start()
     saved = {k: os.environ.get(k) for k in server.env()}
     os.environ.update(server.env())
     yield server
@@ -66,6 +63,14 @@ def s3_server():
         else:
             os.environ[k] = v
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto S3 server on 127.0.0.1; AWS_ENDPOINT_URL_S3 etc. set for this process and children."""
+    from cloud_servers import S3Server
+
+    yield from _serve_exported(S3Server())
 
 
 @pytest.fixture(scope="session")
@@ -73,16 +78,7 @@ def gcs_server():
     """fake-gcs-server on 127.0.0.1; STORAGE_EMULATOR_HOST and GOOGLE_CLOUD_PROJECT set."""
     from cloud_servers import GCSServer
 
-    server = GCSServer().start()
-    saved = {k: os.environ.get(k) for k in server.env()}
-    os.environ.update(server.env())
-    yield server
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    server.stop()
+    yield from _serve_exported(GCSServer())
 
 
 @pytest.fixture
@@ -107,6 +103,24 @@ def bucket_uri(request) -> str:
     return request.getfixturevalue(_BUCKET_FIXTURES[request.param])
 
 
+def _faulty_bucket_factory(server, monkeypatch, endpoint_var: str, scheme: str):
+    """Yield ``make(rate, seed, **kw) -> (uri, proxy)``; each call puts a fresh FaultProxy in
+    front of ``server`` and points ``endpoint_var`` at it. Proxies stop at teardown."""
+    from fault_proxy import FaultProxy
+
+    proxies = []
+
+    def make(rate: float = 0.1, seed: int = 0, **kwargs):
+        proxy = FaultProxy(server.url, rate=rate, seed=seed, **kwargs).start()
+        proxies.append(proxy)
+        monkeypatch.setenv(endpoint_var, proxy.url)
+        return f"{scheme}://{server.create_bucket()}/vicuna", proxy
+
+    yield make
+    for p in proxies:
+        p.stop()
+
+
 @pytest.fixture
 def faulty_s3_bucket_uri(s3_server, monkeypatch):
     """Factory: ``uri, proxy = faulty_s3_bucket_uri(rate=0.1, seed=0)``.
@@ -115,35 +129,11 @@ def faulty_s3_bucket_uri(s3_server, monkeypatch):
     AWS_ENDPOINT_URL_S3 points at the proxy for the rest of the test (this process and any
     subprocess started with os.environ). ``proxy.stats`` counts requests and faults.
     """
-    from fault_proxy import FaultProxy
-
-    proxies = []
-
-    def make(rate: float = 0.1, seed: int = 0, **kwargs):
-        proxy = FaultProxy(s3_server.url, rate=rate, seed=seed, **kwargs).start()
-        proxies.append(proxy)
-        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
-        return f"s3://{s3_server.create_bucket()}/vicuna", proxy
-
-    yield make
-    for p in proxies:
-        p.stop()
+    yield from _faulty_bucket_factory(s3_server, monkeypatch, "AWS_ENDPOINT_URL_S3", "s3")
 
 
 @pytest.fixture
 def faulty_gcs_bucket_uri(gcs_server, monkeypatch):
     """Factory like ``faulty_s3_bucket_uri``, in front of fake-gcs-server
     (STORAGE_EMULATOR_HOST points at the proxy for the rest of the test)."""
-    from fault_proxy import FaultProxy
-
-    proxies = []
-
-    def make(rate: float = 0.1, seed: int = 0, **kwargs):
-        proxy = FaultProxy(gcs_server.url, rate=rate, seed=seed, **kwargs).start()
-        proxies.append(proxy)
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
-        return f"gs://{gcs_server.create_bucket()}/vicuna", proxy
-
-    yield make
-    for p in proxies:
-        p.stop()
+    yield from _faulty_bucket_factory(gcs_server, monkeypatch, "STORAGE_EMULATOR_HOST", "gs")
