@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-import uuid
 from typing import Optional
 
 from vicuna_cloud.storage.base import (
-    AlreadyExistsError, Bucket, BucketAccessError, NotFoundError, ObjectInfo, ProgressFn, StorageError,
+    AlreadyExistsError, BucketAccessError, NotFoundError, ObjectInfo, ObjectStoreBucket, ProgressFn,
+    StorageError,
 )
 from vicuna_cloud.storage.retry import (
-    RetryPolicy, call_with_retry, _short,
+    RetryPolicy, _short,
 )
 from vicuna_cloud.storage.uri import BucketURI
 
@@ -84,7 +84,7 @@ class _ProgressWriter:
         return getattr(self._f, name)
 
 
-class GCSBucket(Bucket):
+class GCSBucket(ObjectStoreBucket):
     """A prefix in a GCS bucket.
 
     Files above 8 MiB (the library's threshold) go up as resumable uploads in
@@ -111,21 +111,8 @@ class GCSBucket(Bucket):
 
     # --- plumbing ----------------------------------------------------------------------
     @property
-    def name(self) -> str:
-        return self.location.bucket
-
-    @property
     def bucket(self):
         return _client().bucket(self.name)
-
-    def _key(self, key: str) -> str:
-        key = key.strip("/")
-        if not key:
-            raise ValueError("empty object key")
-        return f"{self.location.prefix}/{key}" if self.location.prefix else key
-
-    def _base(self) -> str:
-        return f"{self.location.prefix}/" if self.location.prefix else ""
 
     def _timeout(self):
         return (self.policy.connect_timeout_s, self.policy.read_timeout_s)
@@ -145,17 +132,12 @@ class GCSBucket(Bucket):
             initial=self.policy.base_s, maximum=self.policy.max_backoff_s
         ).with_timeout(min(self.policy.deadline_s, 120.0))
 
-    def _run(self, fn, what: str, key: Optional[str] = None):
-        return call_with_retry(fn, what=what, policy=self.policy,
-                               translate=lambda exc: self._translate(exc, what, key))
-
     def _bucket_exists(self) -> bool:
         if self._bucket_seen:
             return True
-        exists = call_with_retry(
+        exists = self._run(
             lambda: _client().lookup_bucket(self.name, timeout=self._timeout()) is not None,
-            what=f"look up gs://{self.name}", policy=self.policy,
-            translate=lambda exc: self._translate(exc, f"look up gs://{self.name}", None))
+            f"look up gs://{self.name}", None)
         self._bucket_seen = exists
         return exists
 
@@ -262,17 +244,10 @@ class GCSBucket(Bucket):
 
         self._run(download, f"download {self.child_uri(key)}", key)
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
-        base = self._base()
-        full_prefix = base + prefix.lstrip("/")
-
-        def list_all() -> list[ObjectInfo]:
-            blobs = _client().list_blobs(self.name, prefix=full_prefix or None, page_size=self.page_size,
-                                         retry=self._inner_retry(), timeout=self._timeout())
-            out = [ObjectInfo(b.name[len(base):], int(b.size or 0)) for b in blobs]
-            return sorted(out, key=lambda o: o.key)
-
-        return self._run(list_all, f"list {self.uri}/{prefix}", None)
+    def _list_objects(self, full_prefix: str):
+        blobs = _client().list_blobs(self.name, prefix=full_prefix or None, page_size=self.page_size,
+                                     retry=self._inner_retry(), timeout=self._timeout())
+        return [(b.name, int(b.size or 0)) for b in blobs]
 
     def stat(self, key: str) -> ObjectInfo:
         name = self._key(key)
@@ -297,8 +272,4 @@ class GCSBucket(Bucket):
     def check_access(self) -> None:
         if not self._bucket_exists():
             raise self._missing_bucket()
-        probe = f".vicuna-access-check-{uuid.uuid4().hex[:12]}"
-        self.put_bytes(probe, b"ok")
-        if self.get_bytes(probe) != b"ok":
-            raise BucketAccessError(f"{self.uri} returned different bytes than were written")
-        self.delete(probe)
+        self._check_round_trip()

@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-import uuid
 from typing import Optional
 
 from vicuna_cloud.storage.base import (
-    AlreadyExistsError, Bucket, BucketAccessError, NotFoundError, ObjectInfo, ProgressFn, StorageError,
+    AlreadyExistsError, BucketAccessError, NotFoundError, ObjectInfo, ObjectStoreBucket, ProgressFn,
+    StorageError,
 )
 from vicuna_cloud.storage.retry import (
-    RetryPolicy, TransientStorageError, call_with_retry, _short,
+    RetryPolicy, TransientStorageError, _short,
 )
 from vicuna_cloud.storage.uri import BucketURI
 
@@ -77,7 +77,7 @@ def _client(endpoint: Optional[str], policy: RetryPolicy):
         return _clients[key]
 
 
-class S3Bucket(Bucket):
+class S3Bucket(ObjectStoreBucket):
     """A prefix in an S3 bucket.
 
     Large files go up and down in parts (boto3's transfer manager, parts in parallel);
@@ -108,25 +108,6 @@ class S3Bucket(Bucket):
     @property
     def client(self):
         return _client(self.endpoint_url, self.policy)
-
-    @property
-    def name(self) -> str:
-        return self.location.bucket
-
-    def _key(self, key: str) -> str:
-        key = key.strip("/")
-        if not key:
-            raise ValueError("empty object key")
-        return f"{self.location.prefix}/{key}" if self.location.prefix else key
-
-    def _base(self) -> str:
-        return f"{self.location.prefix}/" if self.location.prefix else ""
-
-    def _run(self, fn, what: str, key: Optional[str] = None):
-        return call_with_retry(
-            fn, what=what, policy=self.policy,
-            translate=lambda exc: self._translate(exc, what, key),
-        )
 
     def _translate(self, exc: BaseException, what: str, key: Optional[str]) -> StorageError:
         from botocore import exceptions as be
@@ -267,20 +248,10 @@ class S3Bucket(Bucket):
 
         self._run(download, f"download {self.child_uri(key)}", key)
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
-        base = self._base()
-        full_prefix = base + prefix.lstrip("/")
-
-        def list_all() -> list[ObjectInfo]:
-            out = []
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.name, Prefix=full_prefix, PaginationConfig={"PageSize": self.page_size})
-            for page in pages:
-                for obj in page.get("Contents", []):
-                    out.append(ObjectInfo(obj["Key"][len(base):], int(obj["Size"])))
-            return sorted(out, key=lambda o: o.key)
-
-        return self._run(list_all, f"list {self.uri}/{prefix}", None)
+    def _list_objects(self, full_prefix: str):
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.name, Prefix=full_prefix, PaginationConfig={"PageSize": self.page_size})
+        return [(obj["Key"], int(obj["Size"])) for page in pages for obj in page.get("Contents", [])]
 
     def stat(self, key: str) -> ObjectInfo:
         full = self._key(key)
@@ -343,8 +314,4 @@ class S3Bucket(Bucket):
         # code is what tells a bad key (InvalidAccessKeyId) from a missing permission.
         self._run(lambda: self.client.list_objects_v2(Bucket=self.name, Prefix=self._base(), MaxKeys=1),
                   f"open s3://{self.name}", None)
-        probe = f".vicuna-access-check-{uuid.uuid4().hex[:12]}"
-        self.put_bytes(probe, b"ok")
-        if self.get_bytes(probe) != b"ok":
-            raise BucketAccessError(f"{self.uri} returned different bytes than were written")
-        self.delete(probe)
+        self._check_round_trip()
