@@ -27,12 +27,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional, Sequence
 from urllib.parse import urlsplit
 
+from local_http import LocalHTTPService
+
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
                "trailer", "upgrade", "expect", "content-length"}
 DEFAULT_KINDS = ("500", "503", "reset", "truncate")
 
 
-class FaultProxy:
+class FaultProxy(LocalHTTPService):
     def __init__(
         self,
         upstream: str,
@@ -55,35 +57,16 @@ class FaultProxy:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.stats: Counter = Counter()
-        self._server: Optional[ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
-        self.url = ""
+        self.server_class = _QuietServer
 
     # --- control -------------------------------------------------------------------------
-    def start(self) -> "FaultProxy":
+    def _handler_class(self):
         proxy = self
 
         class Handler(_Handler):
             owner = proxy
 
-        self._server = _QuietServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> "FaultProxy":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return Handler
 
     def _choose(self, method: str, path: str) -> Optional[str]:
         with self._lock:

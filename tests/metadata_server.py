@@ -16,11 +16,13 @@ import json
 import secrets
 import threading
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Optional
 
+from local_http import LocalHTTPService
 
-class MetadataServer:
+
+class MetadataServer(LocalHTTPService):
     def __init__(self, notice_after_polls: Optional[int] = None):
         self.notice_after_polls = notice_after_polls
         self.preempted = False
@@ -28,8 +30,6 @@ class MetadataServer:
         self.tokens: set[str] = set()
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
         self._lock = threading.Lock()
-        self._server: Optional[ThreadingHTTPServer] = None
-        self.url = ""
 
     def preempt(self) -> None:
         self.preempted = True
@@ -40,7 +40,7 @@ class MetadataServer:
             if self.notice_after_polls is not None and self.polls >= self.notice_after_polls:
                 self.preempted = True
 
-    def start(self) -> "MetadataServer":
+    def _handler_class(self):
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -86,20 +86,4 @@ class MetadataServer:
                         return self._send(200, "TRUE" if outer.preempted else "FALSE")
                 return self._send(404, "not found")
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> "MetadataServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return Handler
