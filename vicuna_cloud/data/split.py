@@ -121,6 +121,9 @@ class WordCounter:
         self.cache: dict[str, int] = {}
         self.cache_sp: dict[str, int] = {}  # part -> tokens of "▁" + part
         self.bare_first: dict[str, bool] = {}
+        # (segment, first) -> tokens, for one batch: a long conversation is counted again
+        # per pair and per piece (Splitter), mostly from the same segments. None: off.
+        self.memo: dict[tuple[str, bool], int] | None = None
 
     @classmethod
     def build(cls, backend, template: ChatTemplate):
@@ -213,6 +216,16 @@ class WordCounter:
 
     def count_body(self, text: str, start_is_first: bool = True) -> int:
         """Tokens of ``text`` without BOS (specials counted)."""
+        memo = self.memo
+        if memo is None:
+            return self._count_body(text, start_is_first)
+        key = (text, start_is_first)
+        n = memo.get(key)
+        if n is None:
+            n = memo[key] = self._count_body(text, start_is_first)
+        return n
+
+    def _count_body(self, text: str, start_is_first: bool) -> int:
         n = 0
         pos = 0
         for m in self.special_re.finditer(text):
@@ -309,6 +322,15 @@ class Splitter:
         return out  # type: ignore[return-value]
 
     def split_batch(self, convs: list[list[dict[str, str]]]) -> list[SplitResult]:
+        if self.counter is None:
+            return self._split_batch(convs)
+        self.counter.memo = {}
+        try:
+            return self._split_batch(convs)
+        finally:
+            self.counter.memo = None
+
+    def _split_batch(self, convs: list[list[dict[str, str]]]) -> list[SplitResult]:
         rendered = [self.template.render(c) for c in convs]
         sizes = self.measure(rendered)
         results: list[SplitResult] = []
@@ -326,11 +348,26 @@ class Splitter:
     def _pair_ends(self, r) -> tuple[int, list[int]]:
         """Estimated tokens of the prefix and cumulative tokens at each pair's end."""
         pairs = r.pair_spans
-        if self.counter is not None:
-            prefix = self.counter.count(r.text[:pairs[0][0]])
+        c = self.counter
+        if c is not None:
+            text = r.text
+            prefix = c.count(text[:pairs[0][0]])
+            spans = r.assistant_spans
+            # A pair cut at the space before its reply counts the same (no word crosses a
+            # space that follows a non-space): the two halves are the segments measure()
+            # already counted, found in the memo.
+            cut = len(spans) == len(pairs)
             ends, acc = [], 0
-            for a, b in pairs:
-                acc += self.counter.count_body(r.text[a:b], start_is_first=False)
+            for k, (a, b) in enumerate(pairs):
+                if cut:
+                    s, e = spans[k]
+                    if e == b and a < s - 1 and text[s - 1] == " " \
+                            and text[s - 2] not in (" ", c.repl):
+                        acc += c.count_body(text[a:s - 1], False) \
+                            + c.count_body(text[s - 1:b], False)
+                        ends.append(prefix + acc)
+                        continue
+                acc += c.count_body(text[a:b], start_is_first=False)
                 ends.append(prefix + acc)
             return prefix, ends
         enc = self.encode([r.text])[0]
