@@ -136,6 +136,17 @@ def presets(json_out: bool = typer.Option(False, "--json", help="Machine-readabl
     console.print(table)
 
 
+# --- options render and launch share (one definition, so the two stay in step) ----------
+PRESET_ARG = typer.Argument(..., help="tiny, 7b, 13b or 33b.")
+VERSION_OPT = typer.Option(None, "--version", help="v0, v1.1, v1.3, v1.5, v1.5-16k.")
+BASE_MODEL_OPT = typer.Option(None, "--base-model", help="Hugging Face id.")
+SPOT_OPT = typer.Option(True, "--spot/--no-spot")
+NODES_OPT = typer.Option(None, "--nodes")
+GPUS_OPT = typer.Option(None, "--gpus", help="e.g. A100-80GB:8")
+CLOUD_OPT = typer.Option("any", "--cloud", help="aws, gcp or any.")
+RUN_ID_OPT = typer.Option(None, "--run-id")
+
+
 # --- render -------------------------------------------------------------------------------
 def render_task(preset_name: str, *, version: Optional[str] = None,
                 base_model: Optional[str] = None, spot: bool = True,
@@ -185,16 +196,16 @@ def _example_run_id(preset) -> str:
 
 @app.command()
 def render(
-    preset: str = typer.Argument(..., help="tiny, 7b, 13b or 33b."),
-    version: Optional[str] = typer.Option(None, "--version", help="v0, v1.1, v1.3, v1.5, v1.5-16k."),
-    base_model: Optional[str] = typer.Option(None, "--base-model", help="Hugging Face id."),
-    spot: bool = typer.Option(True, "--spot/--no-spot"),
-    nodes: Optional[int] = typer.Option(None, "--nodes"),
-    gpus: Optional[str] = typer.Option(None, "--gpus", help="e.g. A100-80GB:8"),
-    cloud: str = typer.Option("any", "--cloud", help="aws, gcp or any."),
+    preset: str = PRESET_ARG,
+    version: Optional[str] = VERSION_OPT,
+    base_model: Optional[str] = BASE_MODEL_OPT,
+    spot: bool = SPOT_OPT,
+    nodes: Optional[int] = NODES_OPT,
+    gpus: Optional[str] = GPUS_OPT,
+    cloud: str = CLOUD_OPT,
     bucket: str = typer.Option(EXAMPLE_BUCKET, "--bucket"),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset URI (datasets/<sha256>)."),
-    run_id: Optional[str] = typer.Option(None, "--run-id"),
+    run_id: Optional[str] = RUN_ID_OPT,
     name: Optional[str] = typer.Option(None, "--name"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write here, not stdout."),
 ):
@@ -402,18 +413,18 @@ def _launch_table(p: Prepared, choice, dry_run: bool, extra: dict) -> Table:
 
 @app.command()
 def launch(
-    preset: str = typer.Argument(..., help="tiny, 7b, 13b or 33b."),
-    version: Optional[str] = typer.Option(None, "--version", help="v0, v1.1, v1.3, v1.5, v1.5-16k."),
-    base_model: Optional[str] = typer.Option(None, "--base-model", help="Hugging Face id."),
-    spot: bool = typer.Option(True, "--spot/--no-spot"),
-    nodes: Optional[int] = typer.Option(None, "--nodes"),
-    gpus: Optional[str] = typer.Option(None, "--gpus", help="e.g. A100-80GB:8"),
-    cloud: str = typer.Option("any", "--cloud", help="aws, gcp or any."),
+    preset: str = PRESET_ARG,
+    version: Optional[str] = VERSION_OPT,
+    base_model: Optional[str] = BASE_MODEL_OPT,
+    spot: bool = SPOT_OPT,
+    nodes: Optional[int] = NODES_OPT,
+    gpus: Optional[str] = GPUS_OPT,
+    cloud: str = CLOUD_OPT,
     bucket: Optional[str] = typer.Option(None, "--bucket", help="s3://BUCKET/prefix or gs://BUCKET/prefix."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset URI from `data upload`."),
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop at this spend (USD)."),
     name: Optional[str] = typer.Option(None, "--name", help="Managed job name."),
-    run_id: Optional[str] = typer.Option(None, "--run-id"),
+    run_id: Optional[str] = RUN_ID_OPT,
     dry_run: bool = typer.Option(False, "--dry-run", help="Check everything, submit nothing."),
     out: Optional[Path] = typer.Option(None, "--out", help="Dry run: write task.yaml and run.json here."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable summary."),
