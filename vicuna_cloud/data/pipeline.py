@@ -104,6 +104,13 @@ class _Worker:
         self.decon = Decontaminator(prompts) if prompts else None
         self.lang_filter = opts.lang != "all" or bool(opts.skip_lang)
 
+    def warm(self) -> None:
+        """Load the language model now (before forking workers that share it)."""
+        if self.lang_filter:
+            from vicuna_cloud.data.language import _detector
+
+            _detector()
+
     def process(self, chunk: list[tuple[str, bool, Any]]) -> list[ConvResult]:
         from vicuna_cloud.data.language import conversation_text, detect_language
 
@@ -175,7 +182,8 @@ _STATE: Optional[_Worker] = None
 def _init_worker(opts: PrepareOptions, prompts: list[str], tok_json: str | None) -> None:
     global _STATE
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker process
-    _STATE = _Worker(opts, prompts, tok_json)
+    if _STATE is None:  # spawn; with fork the parent's state is inherited
+        _STATE = _Worker(opts, prompts, tok_json)
 
 
 def _run_chunk(chunk):
@@ -224,6 +232,7 @@ def _chunks(items: Iterable[tuple[str, bool, Any]], size: int) -> Iterator[list]
 def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptions(),
             force: bool = False, progress: Optional[ProgressFn] = None) -> PrepareResult:
     """Run the whole pipeline. Raises DataError (one line, fix-it) on bad input."""
+    global _STATE
     from vicuna_cloud.data.decontaminate import load_prompts
     from vicuna_cloud.templates import get_template, TemplateError
     from vicuna_cloud.data.split import fast_backend
@@ -279,7 +288,11 @@ def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptio
     try:
         if opts.workers > 1:
             methods = mp.get_all_start_methods()
-            ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+            fork = "fork" in methods
+            ctx = mp.get_context("fork" if fork else "spawn")
+            if fork:  # build once here; the workers share it copy-on-write
+                _STATE = _Worker(opts, prompts, tok_json)
+                _STATE.warm()
             pool = ctx.Pool(opts.workers, initializer=_init_worker,
                             initargs=(opts, prompts, tok_json))
             results = pool.imap(_run_chunk, _chunks(items(), opts.chunk_size))
@@ -288,6 +301,7 @@ def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptio
             results = map(worker.process, _chunks(items(), opts.chunk_size))
         n_main = -1
         with open(tmp_path, "wb") as out:
+            buf: list[bytes] = []
             for batch in results:
                 for r in batch:
                     counts["input"] += 1
@@ -307,14 +321,17 @@ def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptio
                     counts["dropped_pairs"] += r.dropped_pairs
                     counts["split_conversations"] += len(r.lines) > 1
                     for line, (tok, asst, over) in zip(r.lines, r.tokens):
-                        out.write(line)
-                        out.write(b"\n")
-                        h.update(line)
-                        h.update(b"\n")
-                        out_bytes += len(line) + 1
+                        buf.append(line)
                         stats.add(tok, asst)
                         counts["split_pieces"] += 1
                         counts["kept_for_truncation"] += over
+                if buf:  # one write and one hash update per batch
+                    buf.append(b"")
+                    data = b"\n".join(buf)
+                    buf.clear()
+                    out.write(data)
+                    h.update(data)
+                    out_bytes += len(data)
                 if progress:
                     done = sum(f.bytes or 0 for f in reader.files) + \
                         sum(f.bytes or 0 for f in merge_reader.files)
@@ -356,6 +373,7 @@ def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptio
         if pool is not None:
             pool.terminate()
             pool.join()
+            _STATE = None
         if os.path.exists(tmp_path):
             os.unlink(tmp_path)
     return PrepareResult(out_dir, manifest, time.perf_counter() - t0)
