@@ -26,6 +26,7 @@ from vicuna_cloud.storage import open_bucket
 from vicuna_cloud.tokenizers import TokenizerNotFound, load_tokenizer
 
 from train import batching, inputs, metrics, model as model_lib, optim, parallel
+from train.checkpoint import CheckpointManager, TrainProgress
 from train.masking import IGNORE
 from train.sampler import GlobalBatchSampler
 
@@ -98,23 +99,6 @@ def _prepare_on_local_main(d: parallel.Dist, fn):
     return result
 
 
-def _checkpointing():
-    try:
-        from train.checkpoint import CheckpointManager, TrainProgress
-        return CheckpointManager, TrainProgress
-    except ImportError:  # the checkpoint helper's module has not landed yet
-        return None, None
-
-
-@dataclass
-class _FallbackProgress:
-    step: int = 0
-    epoch: int = 0
-    epoch_offset: int = 0
-    tokens_trained: int = 0
-    train_seconds: float = 0.0
-
-
 def _watcher(spec):
     """Preemption notices (cloud metadata + SIGTERM); None before train.preemption lands."""
     try:
@@ -176,12 +160,10 @@ def run(run_uri: str, opts: Optional[LoopOptions] = None) -> int:
     scheduler = optim.build_scheduler(optimizer, total, h.warmup_ratio)
 
     # ---- resume ------------------------------------------------------------------------
-    Manager, Progress = _checkpointing()
     watcher = _watcher(spec)
-    ckpt = Manager(spec, rank=d.rank, world_size=d.world_size, local_root=local_root,
-                   watcher=watcher) if Manager else None
-    progress = (ckpt.restore(model, optimizer, scheduler) if ckpt else None) \
-        or (Progress() if Progress else _FallbackProgress())
+    ckpt = CheckpointManager(spec, rank=d.rank, world_size=d.world_size, local_root=local_root,
+                             watcher=watcher)
+    progress = ckpt.restore(model, optimizer, scheduler) or TrainProgress()
     first_step = progress.step
 
     log = metrics.MetricsLog(bucket, spec.run_prefix, resume_step=first_step,
