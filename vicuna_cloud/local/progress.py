@@ -6,7 +6,6 @@ shows what `status` would show for a cloud run) and the supervisor's events.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
@@ -19,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgres
 from rich.table import Table
 
 from vicuna_cloud.local.supervisor import Attempt, Progress
+from vicuna_cloud.skypilot.progress import jsonl_records
 from vicuna_cloud.storage import Bucket, NotFoundError, StorageError
 
 _STEP = ("step", "global_step")
@@ -57,15 +57,8 @@ class MetricsTail:
         except (NotFoundError, StorageError, OSError):
             return
         records = []
-        for line in data.decode("utf-8", "replace").splitlines():
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line being written right now
-            if isinstance(rec, dict) and pick(rec, _STEP) is not None:
+        for rec in jsonl_records(data):
+            if pick(rec, _STEP) is not None:
                 if "event" in rec:  # start/exported/... : not a trained step
                     if pick(rec, _TOTAL) is not None:
                         self.total_steps = int(pick(rec, _TOTAL))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from vicuna_cloud.storage import Bucket, NotFoundError, StorageError
 
@@ -45,18 +45,20 @@ class BucketProgress:
         return "no run.json in the bucket"
 
 
-def _last_jsonl(data: bytes) -> Optional[dict[str, Any]]:
-    for line in reversed(data.decode("utf-8", "replace").splitlines()):
+def jsonl_records(data: bytes, *, newest_first: bool = False) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a JSONL file another process may be appending to: blank lines,
+    a torn line being written right now, and non-objects are skipped."""
+    lines = data.decode("utf-8", "replace").splitlines()
+    for line in reversed(lines) if newest_first else lines:
         line = line.strip()
         if not line:
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a torn last line: take the one before
+            continue
         if isinstance(obj, dict):
-            return obj
-    return None
+            yield obj
 
 
 def read_progress(bucket: Bucket, run_id: str) -> BucketProgress:
@@ -70,7 +72,8 @@ def read_progress(bucket: Bucket, run_id: str) -> BucketProgress:
     metrics = None
     if f"{prefix}metrics.jsonl" in keys:
         try:
-            metrics = _last_jsonl(bucket.get_bytes(f"{prefix}metrics.jsonl"))
+            metrics = next(jsonl_records(bucket.get_bytes(f"{prefix}metrics.jsonl"),
+                                         newest_first=True), None)
         except NotFoundError:
             metrics = None
     from vicuna_cloud.ledger import read_ledger
