@@ -96,7 +96,9 @@ class ChatTemplate:
         return [self.sep2.strip() or self.sep2]
 
 
-def normalize_role(role: str) -> str:
+def canonical_role(role: str) -> str | None:
+    """The canonical role ("human", "gpt" or "system") for any spelling ShareGPT data
+    uses; None if unknown (the data filters drop such conversations)."""
     r = (role or "").strip().lower()
     if r in HUMAN_ROLES:
         return "human"
@@ -104,7 +106,14 @@ def normalize_role(role: str) -> str:
         return "gpt"
     if r == "system":
         return "system"
-    raise TemplateError(f"unknown role {role!r}: expected one of human/user or gpt/assistant")
+    return None
+
+
+def normalize_role(role: str) -> str:
+    canonical = canonical_role(role)
+    if canonical is None:
+        raise TemplateError(f"unknown role {role!r}: expected one of human/user or gpt/assistant")
+    return canonical
 
 
 VICUNA_V11_SYSTEM = (

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vicuna_cloud.data.html_to_markdown import HTMLConversionError, convert_value
-from vicuna_cloud.templates import ASSISTANT_ROLES, HUMAN_ROLES
+from vicuna_cloud.templates import canonical_role
 
 DEFAULT_BLOCKED_WORDS = ("openai", "chatgpt")
 ASSISTANT_ERRORS = (
@@ -75,17 +75,6 @@ class Cleaned:
     detail: str = ""
 
 
-def _role(raw: Any) -> str | None:
-    r = raw.strip().lower()
-    if r in HUMAN_ROLES:
-        return "human"
-    if r in ASSISTANT_ROLES:
-        return "gpt"
-    if r == "system":
-        return "system"
-    return None
-
-
 def has_broken_list(text: str) -> bool:
     """True when a numbered list at some indent goes "1." then "1." again."""
     if text.count("1. ") < 2:
@@ -123,7 +112,7 @@ def clean_conversation(item: Any, fallback_id: str, opts: FilterOptions) -> Clea
                 or not isinstance(t.get("value"), str):
             out.reason, out.detail = "bad_schema", "turn without string 'from' and 'value'"
             return out
-        role = _role(t["from"])
+        role = canonical_role(t["from"])
         if role is None:
             out.reason, out.detail = "unknown_role", f"role {t['from'][:40]!r}"
             return out
