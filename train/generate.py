@@ -62,6 +62,12 @@ class Chat:
             answer = answer.split(stop)[0]
         answer = answer.strip()
         self.turns.append({"from": "gpt", "value": answer})
+        if not answer:
+            # An undertrained model (the tiny demo trains a few steps) often emits only
+            # whitespace; say so rather than print a blank line that looks like a bug.
+            print(f"(empty reply: the model generated {len(new)} token(s) of whitespace or "
+                  "stop strings; a model this small or this briefly trained often does. "
+                  "Try --temperature 0.8)", file=sys.stderr, flush=True)
         return answer
 
 
