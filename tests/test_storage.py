@@ -225,21 +225,17 @@ def test_any_text_parses_or_says_why(text):
         assert parsed.scheme in ("s3", "gs", "file")
 
 # --- access errors -------------------------------------------------------------------------
-def test_missing_s3_bucket(s3_server):
-    b = open_bucket("s3://no-such-bucket-vc/x")
+@pytest.mark.parametrize("server,bucket,fix", [
+    ("s3_server", "s3://no-such-bucket-vc", r"`aws s3 mb s3://no-such-bucket-vc`"),
+    ("gcs_server", "gs://no-such-bucket-vc", r"`gcloud storage buckets create"),
+])
+def test_missing_bucket(request, server, bucket, fix):
+    request.getfixturevalue(server)
+    b = open_bucket(f"{bucket}/x")
     for call in (b.check_access, lambda: b.get_bytes("k"), lambda: b.stat("k"),
                  lambda: b.put_bytes("k", b"v"), b.list):
-        with pytest.raises(BucketAccessError, match=r"bucket s3://no-such-bucket-vc does not exist: "
-                                                    r"create it with `aws s3 mb s3://no-such-bucket-vc`"):
-            call()
-
-
-def test_missing_gcs_bucket(gcs_server):
-    b = open_bucket("gs://no-such-bucket-vc/x")
-    for call in (b.check_access, lambda: b.get_bytes("k"), lambda: b.stat("k"),
-                 lambda: b.put_bytes("k", b"v"), b.list):
-        with pytest.raises(BucketAccessError, match=r"bucket gs://no-such-bucket-vc does not exist: "
-                                                    r"create it with `gcloud storage buckets create"):
+        with pytest.raises(BucketAccessError, match=rf"bucket {bucket} does not exist: "
+                                                    rf"create it with {fix}"):
             call()
 
 
