@@ -114,11 +114,12 @@ class _Walker:
         if el.text:
             parts.append(_inline_text(el.text))
         for child in el:
-            tag = child.tag if isinstance(child.tag, str) else ""
-            if tag and tag not in _SKIP:
+            tag = child.tag
+            if isinstance(tag, str) and tag and tag not in _SKIP:
                 parts.append(self.inline_el(child, tag))
-            if child.tail:
-                parts.append(_inline_text(child.tail))
+            tail = child.tail
+            if tail:
+                parts.append(_inline_text(tail))
         return "".join(parts)
 
     def inline_el(self, el, tag: str) -> str:
@@ -157,17 +158,20 @@ class _Walker:
         if el.text:
             run.append(_inline_text(el.text))
         for child in el:
-            tag = child.tag if isinstance(child.tag, str) else ""
-            if tag in _SKIP or not tag:
-                pass
-            elif tag in _BLOCK:
-                self.flush(run, indent)
+            tag = child.tag
+            if tag in _BLOCK:
+                if run:
+                    self.flush(run, indent)
                 self.block(child, tag, indent)
+            elif tag in _SKIP or not isinstance(tag, str):
+                pass
             else:
                 run.append(self.inline_el(child, tag))
-            if child.tail:  # keeps the space in "<b>a</b> <i>b</i>"; flush() strips
-                run.append(_inline_text(child.tail))
-        self.flush(run, indent)
+            tail = child.tail
+            if tail:  # keeps the space in "<b>a</b> <i>b</i>"; flush() strips
+                run.append(_inline_text(tail))
+        if run:
+            self.flush(run, indent)
 
     def flush(self, run: list[str], indent: str) -> None:
         text = "".join(run).strip()
@@ -219,11 +223,13 @@ class _Walker:
             n += 1
             sub: list[str] = []
             _Walker(sub).block_children(li, "")
-            body = _BLANK_LINES.sub("\n\n", "".join(sub).strip())
-            # Tight list: single blank lines between an item's paragraphs become newlines.
-            body = body.replace("\n\n", "\n")
-            pad = " " * len(marker)
-            lines.append(marker + body.replace("\n", "\n" + pad))
+            body = "".join(sub).strip()
+            if "\n" in body:
+                body = _BLANK_LINES.sub("\n\n", body)
+                # Tight list: single blank lines between an item's paragraphs become newlines.
+                body = body.replace("\n\n", "\n")
+                body = body.replace("\n", "\n" + " " * len(marker))
+            lines.append(marker + body)
         if lines:
             text = "\n".join(lines)
             self.para(text, indent)
