@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import os
+import tempfile
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
@@ -154,6 +156,23 @@ class ObjectStoreBucket(Bucket):
             return sorted(out, key=lambda o: o.key)
 
         return self._run(list_all, f"list {self.uri}/{prefix}", None)
+
+    def _download_atomically(self, key: str, path: str, fetch: Callable[[int, str], None]) -> None:
+        """Retried as one operation: ``fetch(fd, tmp)`` fills a fresh temp file beside
+        ``path`` (and owns ``fd``), which is renamed into place only if fetch returns."""
+        dest_dir = os.path.dirname(os.path.abspath(path))
+        os.makedirs(dest_dir, exist_ok=True)
+
+        def download() -> None:
+            fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{os.path.basename(path)}.part-")
+            try:
+                fetch(fd, tmp)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+
+        self._run(download, f"download {self.child_uri(key)}", key)
 
     def _check_round_trip(self) -> None:
         """Write, read back and delete a small probe object."""

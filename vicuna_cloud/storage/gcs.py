@@ -8,7 +8,6 @@ absence is reported with the command that fixes it.
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 from typing import Optional
 
@@ -225,24 +224,16 @@ class GCSBucket(ObjectStoreBucket):
 
     def get_file(self, key: str, path: str, progress: Optional[ProgressFn] = None) -> None:
         name = self._key(key)
-        dest_dir = os.path.dirname(os.path.abspath(path))
-        os.makedirs(dest_dir, exist_ok=True)
 
-        def download() -> None:
-            fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{os.path.basename(path)}.part-")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    blob = self.bucket.blob(name)
-                    dst = _ProgressWriter(f, progress) if progress else f
-                    # Whole and intact: the library checks Content-Length and the CRC32C
-                    # in X-Goog-Hash, raising (retried) errors on a short or damaged body.
-                    blob.download_to_file(dst, retry=self._inner_retry(), timeout=self._timeout())
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+        def fetch(fd: int, tmp: str) -> None:
+            with os.fdopen(fd, "wb") as f:
+                blob = self.bucket.blob(name)
+                dst = _ProgressWriter(f, progress) if progress else f
+                # Whole and intact: the library checks Content-Length and the CRC32C
+                # in X-Goog-Hash, raising (retried) errors on a short or damaged body.
+                blob.download_to_file(dst, retry=self._inner_retry(), timeout=self._timeout())
 
-        self._run(download, f"download {self.child_uri(key)}", key)
+        self._download_atomically(key, path, fetch)
 
     def _list_objects(self, full_prefix: str):
         blobs = _client().list_blobs(self.name, prefix=full_prefix or None, page_size=self.page_size,

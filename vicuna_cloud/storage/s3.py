@@ -8,7 +8,6 @@ chain; they are never read or logged here.
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 from typing import Optional
 
@@ -227,26 +226,18 @@ class S3Bucket(ObjectStoreBucket):
 
     def get_file(self, key: str, path: str, progress: Optional[ProgressFn] = None) -> None:
         full = self._key(key)
-        dest_dir = os.path.dirname(os.path.abspath(path))
-        os.makedirs(dest_dir, exist_ok=True)
 
-        def download() -> None:
+        def fetch(fd: int, tmp: str) -> None:
+            os.close(fd)  # boto3 writes by path
             size = self.client.head_object(Bucket=self.name, Key=full)["ContentLength"]
-            fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{os.path.basename(path)}.part-")
-            os.close(fd)
-            try:
-                self.client.download_file(self.name, full, tmp, Config=self._transfer_config(),
-                                          Callback=progress)
-                got = os.path.getsize(tmp)
-                if got != size:
-                    raise TransientStorageError(
-                        f"short download of {self.child_uri(key)}: {got} of {size} bytes")
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            self.client.download_file(self.name, full, tmp, Config=self._transfer_config(),
+                                      Callback=progress)
+            got = os.path.getsize(tmp)
+            if got != size:
+                raise TransientStorageError(
+                    f"short download of {self.child_uri(key)}: {got} of {size} bytes")
 
-        self._run(download, f"download {self.child_uri(key)}", key)
+        self._download_atomically(key, path, fetch)
 
     def _list_objects(self, full_prefix: str):
         pages = self.client.get_paginator("list_objects_v2").paginate(
