@@ -107,9 +107,9 @@ class _Worker:
     def warm(self) -> None:
         """Load the language model now (before forking workers that share it)."""
         if self.lang_filter:
-            from vicuna_cloud.data.language import _detector
+            from vicuna_cloud.data.language import _predict
 
-            _detector()
+            _predict()
 
     def process(self, chunk: list[tuple[str, bool, Any]]) -> list[ConvResult]:
         from vicuna_cloud.data.language import conversation_text, detect_language
