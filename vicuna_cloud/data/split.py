@@ -17,6 +17,7 @@ the tokenizer's char-to-token map, or by ``WordCounter`` (same numbers, faster).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Sequence
 
 from vicuna_cloud.templates import ChatTemplate
@@ -179,34 +180,27 @@ class WordCounter:
             return self._sum(self._words(seg, first))
         # Fast path: every word is " " + part, counted from a dict keyed by the part (the
         # word minus its first "▁"), with no regex and no copy of the text.
+        if "  " in seg:  # runs of spaces: "a   b" -> "a ▁▁b" -> parts "a", "▁▁b"
+            # every space after a space becomes "▁": pairs first, then what follows a "▁"
+            # (the text has no "▁" of its own here)
+            repl = self.repl
+            seg = seg.replace("  ", " " + repl).replace(repl + " ", repl + repl)
         parts = seg.split(" ")
         cache = self.cache_sp
         n = 0
         head = parts[0]
         if head:
             n = self._one(self.repl + head) if first else self._one(head)
-        rest = parts[1:]
-        if "  " in seg:  # runs of spaces: "a   b" -> ["a", "", "", "b"] -> key "▁▁b"
-            merged, pend = [], 0
-            for p in rest:
-                if p:
-                    merged.append(self.repl * pend + p if pend else p)
-                    pend = 0
-                else:
-                    pend += 1
-            if pend:
-                merged.append(self.repl * (pend - 1))
-            rest = merged
         try:
-            return n + sum(map(cache.__getitem__, rest))
+            return n + sum(map(cache.__getitem__, islice(parts, 1, None)))
         except KeyError:
             if len(cache) > self.MAX_CACHE:
                 cache.clear()
             tok = self.model.tokenize
-            for p in rest:
+            for p in islice(parts, 1, None):
                 if p not in cache:
                     cache[p] = len(tok(self.repl + p))
-            return n + sum(map(cache.__getitem__, rest))
+            return n + sum(map(cache.__getitem__, islice(parts, 1, None)))
 
     def _one(self, word: str) -> int:
         n = self.cache.get(word)
