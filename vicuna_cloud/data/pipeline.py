@@ -81,7 +81,8 @@ class PrepareResult:
 class _Worker:
     """Per-process state: tokenizer, template, filters, language and decontamination."""
 
-    def __init__(self, opts: PrepareOptions, prompts: list[str], tok_json: str | None = None):
+    def __init__(self, opts: PrepareOptions, prompts: list[str], tok_json: str | None = None,
+                 tok=None):
         from vicuna_cloud.data.decontaminate import Decontaminator
         from vicuna_cloud.data.split import Splitter
         from vicuna_cloud.templates import get_template
@@ -91,7 +92,9 @@ class _Worker:
                                      min_chars=opts.min_chars)
         self.merge_filters = FilterOptions(blocked_words=(), min_chars=1, drop_plugins=False,
                                            check_lists=False)
-        if tok_json is not None:  # from the parent: no transformers import, no conversion
+        if tok is not None:  # the parent's own (same process, or inherited by fork)
+            pass
+        elif tok_json is not None:  # from the parent: no transformers import, no conversion
             from tokenizers import Tokenizer
 
             tok = Tokenizer.from_str(tok_json)
@@ -256,7 +259,7 @@ def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptio
     except TemplateError as e:
         raise DataError(str(e)) from None
     try:  # fail fast, in the parent, with the fix-it message
-        tok_json = fast_backend(load_backend(opts.tokenizer)).to_str()
+        tok = fast_backend(load_backend(opts.tokenizer))
     except TokenizerNotFound as e:
         raise DataError(str(e)) from None
     prompts = load_prompts(list(opts.decontaminate)) if opts.decontaminate else []
@@ -291,13 +294,13 @@ def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptio
             fork = "fork" in methods
             ctx = mp.get_context("fork" if fork else "spawn")
             if fork:  # build once here; the workers share it copy-on-write
-                _STATE = _Worker(opts, prompts, tok_json)
+                _STATE = _Worker(opts, prompts, tok=tok)
                 _STATE.warm()
             pool = ctx.Pool(opts.workers, initializer=_init_worker,
-                            initargs=(opts, prompts, tok_json))
+                            initargs=(opts, prompts, None if fork else tok.to_str()))
             results = pool.imap(_run_chunk, _chunks(items(), opts.chunk_size))
         else:
-            worker = _Worker(opts, prompts, tok_json)
+            worker = _Worker(opts, prompts, tok=tok)
             results = map(worker.process, _chunks(items(), opts.chunk_size))
         n_main = -1
         with open(tmp_path, "wb") as out:
