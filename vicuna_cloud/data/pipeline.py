@@ -194,6 +194,33 @@ def _run_chunk(chunk):
     return _STATE.process(chunk)
 
 
+def _shared_results(pool, worker: _Worker, chunks: Iterable[list],
+                    queued: int) -> Iterator[list[ConvResult]]:
+    """Chunk results in input order; chunks go to ``pool`` while it holds fewer than
+    ``queued`` unfinished ones, otherwise this process handles them."""
+    from collections import deque
+
+    pending: deque = deque()  # list (done here) or AsyncResult, in input order
+    in_pool = 0
+    for chunk in chunks:
+        if in_pool < queued:
+            pending.append(pool.apply_async(_run_chunk, (chunk,)))
+            in_pool += 1
+        else:
+            pending.append(worker.process(chunk))
+        while pending and (isinstance(pending[0], list) or pending[0].ready()):
+            head = pending.popleft()
+            if not isinstance(head, list):
+                in_pool -= 1
+                head = head.get()
+            yield head
+        if in_pool:  # count finished ones further back as free slots
+            in_pool = sum(1 for p in pending if not isinstance(p, list) and not p.ready())
+    while pending:
+        head = pending.popleft()
+        yield head if isinstance(head, list) else head.get()
+
+
 # ---- parent side ---------------------------------------------------------------------
 def _check_out_dir(out_dir: str, inputs: list[str], opts: PrepareOptions, force: bool) -> None:
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -296,9 +323,17 @@ def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptio
             if fork:  # build once here; the workers share it copy-on-write
                 _STATE = _Worker(opts, prompts, tok=tok)
                 _STATE.warm()
-            pool = ctx.Pool(opts.workers, initializer=_init_worker,
-                            initargs=(opts, prompts, None if fork else tok.to_str()))
-            results = pool.imap(_run_chunk, _chunks(items(), opts.chunk_size))
+                # N workers = this process + N-1 children: the parent processes a chunk
+                # itself whenever the children have enough queued, so one process per
+                # core and only part of the data crosses a pipe.
+                pool = ctx.Pool(opts.workers - 1, initializer=_init_worker,
+                                initargs=(opts, prompts, None))
+                results = _shared_results(pool, _STATE, _chunks(items(), opts.chunk_size),
+                                          2 * (opts.workers - 1))
+            else:
+                pool = ctx.Pool(opts.workers, initializer=_init_worker,
+                                initargs=(opts, prompts, tok.to_str()))
+                results = pool.imap(_run_chunk, _chunks(items(), opts.chunk_size))
         else:
             worker = _Worker(opts, prompts, tok=tok)
             results = map(worker.process, _chunks(items(), opts.chunk_size))
