@@ -77,6 +77,16 @@ def detect_language(text: str) -> str:
     return result[0]["lang"] if result else "unknown"
 
 
+def detect_languages(texts: list[str]) -> list[str]:
+    """``detect_language`` for many texts, the model called in one tight loop: its
+    tables stay in the CPU cache (interleaved with other work a call costs ~3x more)."""
+    prose = [_WS.sub(" ", _CODE.sub(" ", t[:1500]))[:300].strip() for t in texts]
+    predict = _predict()
+    if predict is None:
+        return [detect_language(p) for p in prose]
+    return [predict(p) if p else "unknown" for p in prose]
+
+
 def conversation_text(turns: list[dict[str, str]]) -> str:
     out, n = [], 0
     for t in turns:

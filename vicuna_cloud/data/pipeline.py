@@ -115,19 +115,26 @@ class _Worker:
             _predict()
 
     def process(self, chunk: list[tuple[str, bool, Any]]) -> list[ConvResult]:
-        from vicuna_cloud.data.language import conversation_text, detect_language
+        from vicuna_cloud.data.language import conversation_text, detect_languages
 
         results: list[ConvResult] = []
-        keep: list[tuple[ConvResult, Cleaned]] = []
+        cleaned: list[tuple[ConvResult, Cleaned, bool]] = []
         for fallback_id, curated, item in chunk:
             c = clean_conversation(item, fallback_id,
                                    self.merge_filters if curated else self.filters)
             r = ConvResult(c.id, c.reason, c.truncated)
             results.append(r)
-            if c.reason:
-                continue
-            if not curated and self.lang_filter:
-                lang = detect_language(conversation_text(c.turns))
+            if not c.reason:
+                cleaned.append((r, c, curated))
+        langs: dict[int, str] = {}
+        if self.lang_filter:  # all of the chunk at once (see detect_languages)
+            todo = [k for k, (_, _, curated) in enumerate(cleaned) if not curated]
+            langs = dict(zip(todo, detect_languages(
+                [conversation_text(cleaned[k][1].turns) for k in todo])))
+        keep: list[tuple[ConvResult, Cleaned]] = []
+        for k, (r, c, curated) in enumerate(cleaned):
+            lang = langs.get(k)
+            if lang is not None:
                 if (self.opts.lang != "all" and lang != self.opts.lang) \
                         or lang in self.opts.skip_lang:
                     r.reason = "language"
