@@ -293,7 +293,7 @@ def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptio
     except TemplateError as e:
         raise DataError(str(e)) from None
     try:  # fail fast, in the parent, with the fix-it message
-        tok = fast_backend(load_backend(opts.tokenizer))
+        tok = fast_backend(load_backend(opts.tokenizer), copy=False)
     except TokenizerNotFound as e:
         raise DataError(str(e)) from None
     prompts = load_prompts(list(opts.decontaminate)) if opts.decontaminate else []

@@ -60,7 +60,7 @@ def _assistant_tokens(enc, spans: Sequence[tuple[int, int]]) -> int:
     return n
 
 
-def fast_backend(backend):
+def fast_backend(backend, copy: bool = True):
     """A copy of a SentencePiece-style BPE tokenizer that pre-splits at word starts.
 
     LLaMA's fast tokenizer runs BPE over the whole text as one "word" (Metaspace with
@@ -80,7 +80,9 @@ def fast_backend(backend):
         repl = pre.replacement
         if any(repl in t.lstrip(repl) for t in backend.get_vocab()):
             return backend
-        fast = Tokenizer.from_str(backend.to_str())
+        # copy=False: the caller owns ``backend`` (freshly loaded) and it is changed in
+        # place, saving a serialize/parse round trip (~0.1 s).
+        fast = Tokenizer.from_str(backend.to_str()) if copy else backend
         fast.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Metaspace(replacement=repl, prepend_scheme=pre.prepend_scheme,
                                      split=False),
