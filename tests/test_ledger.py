@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -164,6 +165,50 @@ def test_failed_heartbeat_writes_are_retried_and_never_raise(local_bucket_uri):
     rec.end("completed", step=5, tokens=5, last_checkpoint_step=5)
     (seg,) = read_ledger(base, spec.run_id).segments
     assert seg.end_reason == "completed" and seg.last_step == 5
+
+
+class SlowPutBucket(LocalBucket):
+    """A LocalBucket whose armed put stalls until released, as a slow network write would
+    (edge fault injection: a storage call that hangs cannot be caused on demand here)."""
+
+    def __init__(self, uri):
+        super().__init__(uri)
+        self.armed = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.final_written = threading.Event()
+
+    def put_bytes(self, key, data):
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            self.release.wait(timeout=10)
+        super().put_bytes(key, data)
+        if b'"end_reason": "completed"' in data:
+            self.final_written.set()
+
+
+def test_slow_heartbeat_write_never_lands_after_the_end(local_bucket_uri):
+    spec = make_spec(local_bucket_uri, heartbeat=5.0)
+    base = open_bucket(local_bucket_uri)
+    slow = SlowPutBucket(base.location)
+    clock = FakeClock()
+    rec = LedgerRecorder(slow, spec, clock=clock, background=True, stop_timeout=0.2)
+    rec.begin(first_step=0)
+    slow.armed = True
+    clock.advance(6.0)
+    rec.update(step=1, tokens=1, last_checkpoint_step=None)  # wakes the heartbeat thread
+    assert slow.entered.wait(timeout=10)                     # its write is now stalled
+    # Release the stalled heartbeat once the end is written (or after 1 s, when the end
+    # waits for it): either way the end must be what the bucket keeps.
+    releaser = threading.Thread(
+        target=lambda: (slow.final_written.wait(timeout=1.0), slow.release.set()))
+    releaser.start()
+    rec.end("completed", step=2, tokens=2, last_checkpoint_step=2)
+    releaser.join()
+    rec._thread.join(timeout=10)
+    (seg,) = read_ledger(base, spec.run_id).segments
+    assert seg.end_reason == "completed" and seg.last_step == 2
 
 
 def test_cloud_segment_reads_cluster_info_boot_time_and_catalog_price(local_bucket_uri):

@@ -194,7 +194,7 @@ class LedgerRecorder:
                  env: Mapping[str, str] = os.environ, background: bool = True,
                  boot_time: Optional[float] = None, pricer=_default_pricer,
                  price_timeout: float = 30.0, write_attempts: int = 3,
-                 retry_wait: float = 0.5):
+                 retry_wait: float = 0.5, stop_timeout: float = 5.0):
         self.bucket = bucket
         self.spec = spec
         self.clock = clock
@@ -205,9 +205,12 @@ class LedgerRecorder:
         self._price_timeout = price_timeout
         self._attempts = max(1, write_attempts)
         self._retry_wait = retry_wait
+        self._stop_timeout = stop_timeout
         self.segment: Optional[Segment] = None
         self.prior: list[Segment] = []
         self._lock = threading.Lock()
+        # One segment write at a time, so a slow heartbeat can never land after the end.
+        self._write_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -331,7 +334,7 @@ class LedgerRecorder:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:  # bounded: a GCP preemption notice is only 30 s
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=self._stop_timeout)
         if self._price_thread is not None:
             self._price_thread.join(timeout=1)
         with self._lock:
@@ -374,8 +377,14 @@ class LedgerRecorder:
             self._write(final=False)
 
     def _write(self, *, final: bool) -> bool:
+        with self._write_lock:
+            return self._write_locked(final)
+
+    def _write_locked(self, final: bool) -> bool:
         seg = self.segment
         with self._lock:
+            if not final and seg.end_time is not None:
+                return True  # the end is (being) written: a heartbeat would undo it
             if not final:
                 seg.last_heartbeat = max(seg.last_heartbeat, self.clock())
             else:
