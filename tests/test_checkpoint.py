@@ -225,3 +225,40 @@ def test_interval_policy():
     fixed = IntervalPolicy.from_spec(CheckpointPolicy(interval_seconds=90, mtbf_hours=1))
     fixed.record(stall_s=100.0, total_s=1000.0)
     assert fixed.seconds() == 90
+
+
+class _HeldUploads:
+    """A LocalBucket whose put_file waits for ``release`` (a slow upload) and records keys."""
+
+    def __init__(self, inner):
+        self.inner, self.release, self.put_keys = inner, threading.Event(), []
+
+    def put_file(self, key, path, *a, **kw):
+        self.put_keys.append(key)
+        self.release.wait(30)
+        return self.inner.put_file(key, path, *a, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_notice_during_a_slow_upload_starts_no_second_save(spec, tmp_path):
+    """An emergency save while the previous one still uploads would run two DCP saves at
+    once and restage into the CPU buffers the first is still writing from."""
+    bucket = _HeldUploads(open_bucket(spec.bucket_uri))
+    m, opt, sched = make()
+    w = FakeWatcher(window_s=0.5)
+    ckpt = manager(spec, tmp_path, watcher=w, bucket=bucket)
+    ckpt.policy.record(stall_s=0.01, total_s=0.1)  # an emergency save "fits" the window
+    p = TrainProgress()
+    run_steps(ckpt, m, opt, sched, p, 3)  # step 2's save is stuck uploading
+    w.event.set()
+    try:
+        assert ckpt.maybe_save(p, m, opt, sched) is False
+        assert ckpt.stop_requested and ckpt.emergency_step is None
+        assert ckpt.events[-1]["checkpoint"] == "busy"
+        assert not [k for k in bucket.put_keys if "step-00000003" in k]
+    finally:
+        bucket.release.set()
+    ckpt.close()
+    assert committed_steps(bucket.inner, spec.run_id) == [2]

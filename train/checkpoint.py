@@ -473,6 +473,12 @@ class CheckpointManager:
             log.warning("preemption (%s): writing an emergency checkpoint at step %d "
                         "(~%.1fs, %.1fs left)", reason, progress.step, cost_s, window_s)
             self.wait(timeout=max(window_s * margin, 0.0))
+            # Still uploading the previous one on some rank: a second save now would run two
+            # DCP saves on one group and restage into the CPU buffers the first is writing.
+            if self._agree_max([float(self._inflight is not None)])[0] > 0:
+                self._event("preemption", reason=reason, ckpt_step=progress.step,
+                            checkpoint="busy", uploading=self._last_started_step)
+                return False
             self._start_save(progress, model, optimizer, scheduler, emergency=True)
             left = window_s * margin - (time.monotonic() - started)
             self.wait(timeout=max(left, 0.0))
