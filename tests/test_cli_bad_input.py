@@ -96,6 +96,20 @@ def test_missing_data(s3_with_data, capsys, monkeypatch, no_submit):
     assert keys(bucket) == before and no_submit == []
 
 
+def test_damaged_run_spec_of_the_run_id(s3_with_data, capsys, monkeypatch, no_submit):
+    bucket, data, _ = s3_with_data
+    from vicuna_cloud.storage import open_bucket
+
+    b = open_bucket(bucket)
+    b.put_bytes("runs/damaged-run/run.json", b'{"run_id": "damaged-run", "torn')
+    before = keys(bucket)
+    r = run_cli(capsys, monkeypatch, "launch", "7b", "--bucket", bucket, "--data", data,
+                "--run-id", "damaged-run")
+    _assert_one_line_error(r, "runs/damaged-run/run.json", "no readable run spec", "--run-id")
+    assert keys(bucket) == before and no_submit == []
+    assert b.get_bytes("runs/damaged-run/run.json") == b'{"run_id": "damaged-run", "torn'
+
+
 def test_unreachable_bucket(s3_server, capsys, monkeypatch, no_submit):
     r = run_cli(capsys, monkeypatch, "launch", "7b", "--bucket", "s3://no-such-bucket-vc/x",
                 "--data", "s3://no-such-bucket-vc/datasets/x")

@@ -108,6 +108,11 @@ def write_run_spec(bucket: Bucket, spec: RunSpec) -> str:
         existing = RunSpec.from_json(bucket.get_bytes(key))
     except NotFoundError:
         existing = None
+    except ValueError as e:  # pydantic's ValidationError: damaged or foreign run.json
+        raise RunSpecConflict(
+            f"{bucket.child_uri(key)} holds no readable run spec "
+            f"({str(e).splitlines()[0]}); choose a new --run-id or delete that file"
+        ) from None
     if existing is not None:
         if existing.training_hash() != spec.training_hash():
             raise RunSpecConflict(

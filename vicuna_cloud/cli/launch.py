@@ -481,11 +481,16 @@ def launch(
 def _submit(p: Prepared, choice, summary: dict, json_out: bool) -> None:
     from vicuna_cloud.runs import RunSpecConflict, write_run_spec
     from vicuna_cloud.skypilot import index, submit
+    from vicuna_cloud.storage import StorageError
 
     try:
         run_uri = write_run_spec(p.bucket, p.spec)
     except RunSpecConflict as e:
         raise UserError(str(e)) from None
+    except StorageError as e:
+        raise UserError(f"cannot write the run spec to {p.bucket.uri}: "
+                        f"{str(e).splitlines()[0]}; nothing was submitted, launch again "
+                        f"with --run-id {p.spec.run_id}") from None
     try:
         job_id = submit.launch(p.task, p.name)
     except submit.ApiUnreachable as e:
