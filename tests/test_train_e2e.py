@@ -167,3 +167,40 @@ def test_two_nodes_use_hybrid_sharding(tmp_path):
     start = next(m for m in recs if m.get("event") == "start")
     assert start["mesh"] == {"replicate": 2, "shard": 1} and start["world_size"] == 2
     assert [m["step"] for m in recs if "loss" in m] == [1, 2]
+
+
+def test_a_crash_closes_the_ledger_segment_as_failed(tmp_path, monkeypatch):
+    """The trainer in this process (world size 1). The bucket refuses every checkpoint
+    upload (a storage outage: the outer edge), so the third failed checkpoint in a row
+    raises; the segment must still end, as 'failed', not be left for the cost report to
+    guess (it would call it preempted)."""
+    import torch.distributed as dist
+
+    from train.checkpoint import CheckpointError
+    from train.loop import LoopOptions, run
+    from vicuna_cloud.ledger import read_ledger
+    from vicuna_cloud.runspec import CheckpointPolicy
+    from vicuna_cloud.storage import StorageError
+    from vicuna_cloud.storage.local import LocalBucket
+
+    spec, uri = tiny_spec(tmp_path, run_id="crash", limit=64,
+                          checkpoint=CheckpointPolicy(interval_steps=1, keep=2))
+    real_put = LocalBucket.put_file
+
+    def put_file(self, key, path, *a, **kw):
+        if "/checkpoints/" in key:
+            raise StorageError(f"{key}: injected outage")
+        return real_put(self, key, path, *a, **kw)
+
+    monkeypatch.setattr(LocalBucket, "put_file", put_file)
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    try:
+        with pytest.raises(CheckpointError, match="3 checkpoints in a row"):
+            run(uri, LoopOptions(local_root=str(tmp_path / "node")))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    seg = read_ledger(open_bucket(spec.bucket_uri), spec.run_id).segments[-1]
+    assert seg.end_reason == "failed" and seg.end_time is not None
+    assert seg.last_step >= 3

@@ -193,96 +193,105 @@ def run(run_uri: str, opts: Optional[LoopOptions] = None) -> int:
 
     seg_tokens = 0
     reason = "completed"
-    while progress.step < total:
-        t0 = time.perf_counter()
-        idx, next_epoch, next_offset = sampler.batch(progress.epoch, progress.epoch_offset,
-                                                     progress.step)
-        mine = batching.split_across_ranks(idx, lengths, d.world_size)[d.rank]
-        mbs = batching.make_micro_batches(
-            [examples[i] for i in mine], h.batching, micro_batch_size=h.micro_batch_size,
-            micro_batch_tokens=h.micro_batch_tokens, max_length=h.max_length)
-        n_mb = parallel.all_reduce_max(len(mbs), d.device)
-        mbs += [batching.filler_batch() for _ in range(n_mb - len(mbs))]
-        n_global = parallel.all_reduce_sum([sum(mb.n_trained for mb in mbs)], d.device)[0]
+    ended = False
+    try:
+        while progress.step < total:
+            t0 = time.perf_counter()
+            idx, next_epoch, next_offset = sampler.batch(progress.epoch, progress.epoch_offset,
+                                                         progress.step)
+            mine = batching.split_across_ranks(idx, lengths, d.world_size)[d.rank]
+            mbs = batching.make_micro_batches(
+                [examples[i] for i in mine], h.batching, micro_batch_size=h.micro_batch_size,
+                micro_batch_tokens=h.micro_batch_tokens, max_length=h.max_length)
+            n_mb = parallel.all_reduce_max(len(mbs), d.device)
+            mbs += [batching.filler_batch() for _ in range(n_mb - len(mbs))]
+            n_global = parallel.all_reduce_sum([sum(mb.n_trained for mb in mbs)], d.device)[0]
 
-        loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
-        for mb in mbs:
-            ce = micro_batch_loss(model, mb.to(d.device))
-            (ce * (d.world_size / n_global)).backward()
-            loss_sum += ce.detach()  # stays on the device: no sync per micro-batch
-        grad_norm = optim.clip_grad_norm(model, h.grad_clip)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+            loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
+            for mb in mbs:
+                ce = micro_batch_loss(model, mb.to(d.device))
+                (ce * (d.world_size / n_global)).backward()
+                loss_sum += ce.detach()  # stays on the device: no sync per micro-batch
+            grad_norm = optim.clip_grad_norm(model, h.grad_clip)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
 
-        loss_g, tokens_g, slots_g, flops_g = parallel.all_reduce_sum([
-            float(loss_sum), sum(mb.n_tokens for mb in mbs), sum(mb.n_slots for mb in mbs),
-            metrics.step_flops(matmul_params, config.num_hidden_layers, config.hidden_size,
-                               [s for mb in mbs for s in mb.seq_lens], head_params,
-                               sum(mb.keep.numel() * mb.input_ids.shape[0] for mb in mbs))],
-            d.device)
-        dt = time.perf_counter() - t0
-        progress.step += 1
-        progress.epoch, progress.epoch_offset = next_epoch, next_offset
-        progress.tokens_trained += int(tokens_g)
-        progress.train_seconds += dt
-        seg_tokens += int(tokens_g)
+            loss_g, tokens_g, slots_g, flops_g = parallel.all_reduce_sum([
+                float(loss_sum), sum(mb.n_tokens for mb in mbs), sum(mb.n_slots for mb in mbs),
+                metrics.step_flops(matmul_params, config.num_hidden_layers, config.hidden_size,
+                                   [s for mb in mbs for s in mb.seq_lens], head_params,
+                                   sum(mb.keep.numel() * mb.input_ids.shape[0] for mb in mbs))],
+                d.device)
+            dt = time.perf_counter() - t0
+            progress.step += 1
+            progress.epoch, progress.epoch_offset = next_epoch, next_offset
+            progress.tokens_trained += int(tokens_g)
+            progress.train_seconds += dt
+            seg_tokens += int(tokens_g)
 
-        if log and (progress.step % h.log_every_steps == 0 or progress.step == total):
-            log.log({
-                "step": progress.step, "epoch": progress.epoch, "time": time.time(),
-                "loss": loss_g / n_global, "lr": lr, "grad_norm": grad_norm,
-                "tokens": int(tokens_g), "trained_tokens": int(n_global),
-                "tokens_per_s": tokens_g / dt, "tokens_per_s_per_gpu": tokens_g / dt / d.world_size,
-                "step_seconds": dt,
-                "trained_fraction": n_global / max(1.0, tokens_g),
-                "padding_fraction": 1.0 - tokens_g / max(1.0, slots_g),
-                "micro_batches": n_mb,
-                "mfu": metrics.mfu(flops_g, dt, d.world_size, peak),
-                "truncated": stats.truncated, "misaligned": stats.misaligned,
-            }, total)
+            if log and (progress.step % h.log_every_steps == 0 or progress.step == total):
+                log.log({
+                    "step": progress.step, "epoch": progress.epoch, "time": time.time(),
+                    "loss": loss_g / n_global, "lr": lr, "grad_norm": grad_norm,
+                    "tokens": int(tokens_g), "trained_tokens": int(n_global),
+                    "tokens_per_s": tokens_g / dt, "tokens_per_s_per_gpu": tokens_g / dt / d.world_size,
+                    "step_seconds": dt,
+                    "trained_fraction": n_global / max(1.0, tokens_g),
+                    "padding_fraction": 1.0 - tokens_g / max(1.0, slots_g),
+                    "micro_batches": n_mb,
+                    "mfu": metrics.mfu(flops_g, dt, d.world_size, peak),
+                    "truncated": stats.truncated, "misaligned": stats.misaligned,
+                }, total)
 
-        if ckpt:
-            t_save = time.perf_counter()
-            if ckpt.maybe_save(progress, model, optimizer, scheduler) and ledger:
-                ledger.note_checkpoint(time.perf_counter() - t_save, progress.step)
-            if ckpt.stop_requested:  # preemption notice or SIGTERM, agreed by all ranks
+            if ckpt:
+                t_save = time.perf_counter()
+                if ckpt.maybe_save(progress, model, optimizer, scheduler) and ledger:
+                    ledger.note_checkpoint(time.perf_counter() - t_save, progress.step)
+                if ckpt.stop_requested:  # preemption notice or SIGTERM, agreed by all ranks
+                    reason = "preempted"
+                    break
+            last_ckpt = ckpt.last_committed_step if ckpt else None
+            stop_budget = False
+            if ledger:
+                ledger.update(step=progress.step, tokens=seg_tokens, last_checkpoint_step=last_ckpt)
+                stop_budget = ledger.budget_exhausted()
+            if parallel.broadcast_flag(stop_budget, d.device):
+                reason = "budget"
+                break
+            if opts.stop_after_steps and progress.step - first_step >= opts.stop_after_steps \
+                    and progress.step < total:
                 reason = "preempted"
                 break
-        last_ckpt = ckpt.last_committed_step if ckpt else None
-        stop_budget = False
-        if ledger:
-            ledger.update(step=progress.step, tokens=seg_tokens, last_checkpoint_step=last_ckpt)
-            stop_budget = ledger.budget_exhausted()
-        if parallel.broadcast_flag(stop_budget, d.device):
-            reason = "budget"
-            break
-        if opts.stop_after_steps and progress.step - first_step >= opts.stop_after_steps \
-                and progress.step < total:
-            reason = "preempted"
-            break
 
-    # ---- the end: checkpoint, export, ledger --------------------------------------------
-    if ckpt and reason != "preempted":
-        ckpt.maybe_save(progress, model, optimizer, scheduler, force=True)
-    if reason == "completed":
-        uri = model_lib_export(model, config, tokenizer, spec, bucket, d, progress.step, opts)
+        # ---- the end: checkpoint, export, ledger --------------------------------------------
+        if ckpt and reason != "preempted":
+            ckpt.maybe_save(progress, model, optimizer, scheduler, force=True)
+        if reason == "completed":
+            uri = model_lib_export(model, config, tokenizer, spec, bucket, d, progress.step, opts)
+            if log:
+                log.event("exported", progress.step, uri=uri)
+        if ckpt:
+            ckpt.close()
+            for ev in ckpt.events if log else ():
+                log.event(ev.pop("event"), progress.step, **ev)
+        if watcher:
+            watcher.close()
+        last_ckpt = ckpt.last_committed_step if ckpt else None
+        if ledger:
+            ledger.end(reason, step=progress.step, tokens=seg_tokens, last_checkpoint_step=last_ckpt)
+        ended = True
         if log:
-            log.event("exported", progress.step, uri=uri)
-    if ckpt:
-        ckpt.close()
-        for ev in ckpt.events if log else ():
-            log.event(ev.pop("event"), progress.step, **ev)
-    if watcher:
-        watcher.close()
-    last_ckpt = ckpt.last_committed_step if ckpt else None
-    if ledger:
-        ledger.end(reason, step=progress.step, tokens=seg_tokens, last_checkpoint_step=last_ckpt)
-    if log:
-        log.event(reason, progress.step, tokens_trained=progress.tokens_trained)
-        log.print(f"[bold]{reason}[/] at step {progress.step}/{total}")
-        log.close()
+            log.event(reason, progress.step, tokens_trained=progress.tokens_trained)
+            log.print(f"[bold]{reason}[/] at step {progress.step}/{total}")
+            log.close()
+    finally:
+        # A crash (a storage outage, 3 failed checkpoints, OOM) still closes this segment
+        # of the cost ledger as 'failed', not left for the report to call preempted.
+        if ledger and not ended:
+            ledger.end("failed", step=progress.step, tokens=seg_tokens,
+                       last_checkpoint_step=ckpt.last_committed_step if ckpt else None)
     dist.barrier()
     return {"completed": EXIT_COMPLETED, "budget": EXIT_BUDGET}.get(reason, EXIT_PREEMPTED)
 
