@@ -28,6 +28,8 @@ def cli(*args, home):
     (["tiny", "--local", "--preemptions", "-1"], "--preemptions -1"),
     (["tiny", "--local", "--price-per-hour", "-2"], "--price-per-hour -2"),
     (["tiny", "--local", "--run-id", "Bad_Id"], "--run-id 'Bad_Id'"),
+    # `$` in the pattern also matches before a final newline: the check must be fullmatch.
+    (["tiny", "--local", "--run-id", "run-1\n"], "--run-id 'run-1\\n'"),
     (["tiny", "--local", "--bucket", "ftp://x/y"], "unsupported bucket URI scheme"),
 ])
 def test_bad_input_is_one_line_and_nothing_is_written(tmp_path, args, message):

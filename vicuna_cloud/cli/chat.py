@@ -59,7 +59,7 @@ def resolve_model(run: str, bucket_uri: Optional[str]) -> tuple[str, str]:
 
     if os.path.isfile(os.path.join(run, "config.json")):
         return os.path.abspath(run), _template_near(run)
-    if not RUN_ID_PATTERN.match(run):
+    if not RUN_ID_PATTERN.fullmatch(run):
         raise UserError(f"{run!r} is neither a run id nor a directory with an exported model "
                         "(config.json); give a run id from `vicuna-cloud status` or a model path")
     if bucket_uri is None:  # where this machine launched it, else the local default

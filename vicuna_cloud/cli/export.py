@@ -27,7 +27,7 @@ def _run_spec_uri(run: str, bucket: Optional[str]) -> tuple[str, str]:
     if run.endswith("run.json"):
         head = run.rstrip("/").rsplit("/", 3)[0]  # <bucket>/runs/<id>/run.json
         return run, head
-    if not RUN_ID_PATTERN.match(run):
+    if not RUN_ID_PATTERN.fullmatch(run):
         raise UserError(f"{run!r} is not a run id; give the id from `vicuna-cloud status` or "
                         "the URI of its run.json")
     if bucket is None:

@@ -136,7 +136,7 @@ def launch_local(*, preset: str, version: Optional[str], bucket: Optional[str],
         raise UserError(f"--price-per-hour {price_per_hour}: give 0 or more (USD)")
     if max_cost is not None and max_cost <= 0:
         raise UserError(f"--max-cost {max_cost}: give a positive amount (USD)")
-    if run_id is not None and not RUN_ID_PATTERN.match(run_id):
+    if run_id is not None and not RUN_ID_PATTERN.fullmatch(run_id):
         raise UserError(f"--run-id {run_id!r}: use 1-63 lowercase letters, digits and '-', "
                         "starting with a letter or digit")
     try:
