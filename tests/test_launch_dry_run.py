@@ -175,6 +175,25 @@ def test_status_reads_progress_from_a_bucket_given_by_flag(s3_bucket_uri, capsys
     assert row["progress"] == "step 3, loss 2.0000" and row["state"] == "not in SkyPilot's queue"
 
 
+def test_status_progress_when_metrics_turn_unreadable(tmp_path):
+    """A read that fails after the listing (a storage outage mid-status) is reported in the
+    progress column, not raised. Edge fault injection: an outage cannot be caused on demand."""
+    from vicuna_cloud.skypilot.progress import read_progress
+    from vicuna_cloud.storage import StorageError
+    from vicuna_cloud.storage.local import LocalBucket
+    from vicuna_cloud.storage.uri import parse_bucket_uri
+
+    class OutageOnGet(LocalBucket):
+        def get_bytes(self, key):
+            raise StorageError("simulated outage\nsecond line")
+
+    b = OutageOnGet(parse_bucket_uri(str(tmp_path)))
+    b.put_bytes("runs/r1/run.json", b"{}")
+    b.put_bytes("runs/r1/metrics.jsonl", b'{"step": 3}\n')
+    prog = read_progress(b, "r1")
+    assert prog.summary == "bucket unreadable: simulated outage"
+
+
 def test_dry_run_with_no_matching_instance_is_a_clear_error(s3_bucket_uri, capsys, monkeypatch,
                                                             no_submit):
     data, _ = upload_dataset(s3_bucket_uri)

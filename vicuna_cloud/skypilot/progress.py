@@ -76,6 +76,9 @@ def read_progress(bucket: Bucket, run_id: str) -> BucketProgress:
                                          newest_first=True), None)
         except NotFoundError:
             metrics = None
+        except StorageError as e:  # listed a moment ago, unreadable now: say so, no traceback
+            return BucketProgress(has_spec, None, 0, None, 0, False,
+                                  error=str(e).splitlines()[0])
     from vicuna_cloud.ledger import read_ledger
 
     try:
