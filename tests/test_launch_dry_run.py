@@ -224,3 +224,12 @@ def test_dry_run_on_a_fresh_machine(tmp_path, capsys, monkeypatch, no_submit):
     assert set(s["not_checked"]) == {"bucket", "dataset", "credentials"}
     assert s["optimizer"]["cloud"] in KNOWN_INSTANCES and s["optimizer"]["price_per_hour"] > 0
     assert no_submit == []
+
+
+def test_dry_run_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys, monkeypatch, no_submit):
+    target = tmp_path / "not-a-dir"
+    target.write_text("keep me")
+    r = run_cli(capsys, monkeypatch, "launch", "7b", "--dry-run", "--out", str(target))
+    assert r.code == 2, (r.code, r.err)
+    assert r.err.startswith("error: --out") and len(r.err.strip().splitlines()) == 1
+    assert target.read_text() == "keep me" and no_submit == []

@@ -465,9 +465,13 @@ def launch(
         if out is not None:
             from vicuna_cloud.skypilot.task import to_yaml
 
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "task.yaml").write_text(to_yaml(p.config, "dry run: not submitted"))
-            (out / "run.json").write_text(p.spec.to_json())
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "task.yaml").write_text(to_yaml(p.config, "dry run: not submitted"))
+                (out / "run.json").write_text(p.spec.to_json())
+            except OSError as e:
+                raise UserError(f"--out {out}: cannot write there ({e.strerror}); "
+                                "give a writable directory") from None
             extra["written"] = f"{out}/task.yaml, {out}/run.json"
             summary["written"] = [str(out / "task.yaml"), str(out / "run.json")]
         if json_out:
