@@ -137,3 +137,21 @@ def test_missing_cloud_credentials(s3_with_data, tmp_path, capsys, monkeypatch, 
                     "--data", data)
         _assert_one_line_error(r, "no GCP credentials", "gcloud auth application-default login")
     assert keys(bucket) == before and no_submit == []
+
+
+def test_export_finds_a_cloud_run_by_id_through_the_index(s3_bucket_uri, tmp_path, capsys,
+                                                          monkeypatch):
+    """README step 4: `export <run-id>` after a cloud launch looks in that run's bucket."""
+    from vicuna_cloud.recipes import get_preset
+    from vicuna_cloud.runs import spec_from_preset, write_run_spec
+    from vicuna_cloud.skypilot import index
+    from vicuna_cloud.storage import open_bucket
+
+    spec = spec_from_preset(get_preset("7b"), run_id="export-index-1",
+                            dataset_uri=f"{s3_bucket_uri}/datasets/x", dataset_sha256=None,
+                            bucket_uri=s3_bucket_uri)
+    write_run_spec(open_bucket(s3_bucket_uri), spec)
+    index.record(index.RunRecord(run_id="export-index-1", bucket_uri=s3_bucket_uri,
+                                 backend="skypilot", job_id=3))
+    r = run_cli(capsys, monkeypatch, "export", "export-index-1", "--out", str(tmp_path / "m"))
+    _assert_one_line_error(r, "run export-index-1 has no committed checkpoint yet")

@@ -30,9 +30,12 @@ def _run_spec_uri(run: str, bucket: Optional[str]) -> tuple[str, str]:
     if not RUN_ID_PATTERN.fullmatch(run):
         raise UserError(f"{run!r} is not a run id; give the id from `vicuna-cloud status` or "
                         "the URI of its run.json")
-    if bucket is None:
+    if bucket is None:  # where this machine launched it (cloud or local), else the default
         from vicuna_cloud.local import paths
-        bucket = paths.default_bucket_uri()
+        from vicuna_cloud.skypilot import index
+
+        rec = index.lookup(run)
+        bucket = rec.bucket_uri if rec else paths.default_bucket_uri()
     from vicuna_cloud.runs import run_spec_uri
     from vicuna_cloud.storage.uri import InvalidBucketURI
 
@@ -49,7 +52,7 @@ def export(
     step: Optional[int] = typer.Option(None, "--step", min=0,
                                        help="Committed checkpoint step (default: the newest)."),
     bucket: Optional[str] = typer.Option(None, "--bucket",
-                                         help="Bucket URI (default: the local runs' bucket)."),
+                                         help="Bucket URI (default: where this machine launched the run)."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Turn any committed checkpoint of a run into a Hugging Face model directory."""
