@@ -10,6 +10,7 @@ import json
 import math
 import random
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -258,7 +259,12 @@ def test_notice_during_a_slow_upload_starts_no_second_save(spec, tmp_path):
         assert ckpt.stop_requested and ckpt.emergency_step is None
         assert ckpt.events[-1]["checkpoint"] == "busy"
         assert not [k for k in bucket.put_keys if "step-00000003" in k]
+        # close() after a notice does not wait for the upload: the rest of the window is
+        # for ending the ledger and exiting.
+        t0 = time.monotonic()
+        ckpt.close()
+        assert time.monotonic() - t0 < 5.0
     finally:
         bucket.release.set()
-    ckpt.close()
+    assert ckpt.wait(timeout=30)
     assert committed_steps(bucket.inner, spec.run_id) == [2]

@@ -631,9 +631,14 @@ class CheckpointManager:
             delete_checkpoint(self.bucket, self.run_id, s)
 
     def close(self) -> None:
-        """Wait for the in-flight checkpoint (a failure is logged and kept in ``events``)."""
-        self.wait()
-        self._stager.close()
+        """Wait for the in-flight checkpoint (a failure is logged and kept in ``events``).
+
+        After a preemption notice, do not wait: ``maybe_save`` already gave it its share of
+        the window, and what is left is for ending the ledger and exiting before the VM
+        goes (an unfinished upload is never committed, so nothing half-written is kept)."""
+        self.wait(0.0 if self.stop_requested else None)
+        if self._inflight is None:  # else the background write still reads its buffers
+            self._stager.close()
 
 
 def _local_bytes(obj) -> int:
