@@ -129,6 +129,19 @@ def test_list_follows_pagination(bucket_uri):
     assert b.delete_prefix("many/") == 23 and [o.key for o in b.list()] == ["other/x"]
 
 
+def test_local_list_walks_only_the_prefix_directory(local_bucket_uri):
+    b = open_bucket(local_bucket_uri)
+    for key in ("runs/r1/ledger/a.json", "runs/r1/ledger-old/b.json", "runs/r10/x.json",
+                "datasets/d/train.jsonl"):
+        b.put_bytes(key, b"{}")
+    assert [o.key for o in b.list("runs/r1/ledger/")] == ["runs/r1/ledger/a.json"]
+    assert [o.key for o in b.list("runs/r1/ledger")] == ["runs/r1/ledger-old/b.json",
+                                                          "runs/r1/ledger/a.json"]
+    assert [o.key for o in b.list("runs/r1")] == ["runs/r1/ledger-old/b.json",
+                                                   "runs/r1/ledger/a.json", "runs/r10/x.json"]
+    assert b.list("runs/none/") == [] and b.list("../") == [] and b.list("runs/../../") == []
+
+
 def test_keys_with_unusual_characters(bucket_uri, tmp_path):
     """Spaces, '+', '%', '=', '&', '~', non-ASCII: URL-encoding bugs show up here."""
     b = open_bucket(bucket_uri)

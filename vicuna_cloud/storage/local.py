@@ -89,9 +89,14 @@ class LocalBucket(Bucket):
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         out: list[ObjectInfo] = []
-        if not os.path.isdir(self.root):
+        # Walk only the prefix's directory, not the whole bucket (every run's checkpoints).
+        sub = prefix.rpartition("/")[0]
+        top = os.path.normpath(os.path.join(self.root, sub)) if sub else self.root
+        if not (top == self.root or top.startswith(self.root + os.sep)):
+            return out  # no key can start with a prefix that leaves the bucket
+        if not os.path.isdir(top):
             return out
-        for dirpath, _dirs, files in os.walk(self.root):
+        for dirpath, _dirs, files in os.walk(top):
             for name in files:
                 if name.startswith(".tmp-"):
                     continue
