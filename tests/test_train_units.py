@@ -207,3 +207,27 @@ def test_metrics_upload_failure_does_not_stop_training(tmp_path):
     log.log({"step": 2, "loss": 1.0}, total_steps=2)
     log.close()
     assert len(bucket.get_bytes("runs/r/metrics.jsonl").decode().splitlines()) == 2
+
+
+def test_metrics_upload_does_not_hold_up_the_step(tmp_path):
+    """Rank 0 re-uploads metrics.jsonl every flush interval; a slow object store must not
+    stall the step (every other rank would wait for rank 0 in the next collective)."""
+    import time
+
+    from train.metrics import MetricsLog
+    from vicuna_cloud.storage import open_bucket
+
+    class Slow(type(open_bucket(str(tmp_path)))):  # a real LocalBucket, 1 s per upload
+        def put_bytes(self, key, data):
+            time.sleep(1.0)
+            super().put_bytes(key, data)
+
+    bucket = Slow(open_bucket(str(tmp_path)).location)
+    log = MetricsLog(bucket, "runs/r", console=False, flush_seconds=0)
+    t0 = time.monotonic()
+    for step in range(1, 6):
+        log.log({"step": step, "loss": 1.0 / step}, total_steps=5)
+    assert time.monotonic() - t0 < 0.9
+    log.close()  # waits for the uploads: everything is in the bucket afterwards
+    lines = [json.loads(x) for x in bucket.get_bytes("runs/r/metrics.jsonl").decode().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4, 5]

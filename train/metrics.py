@@ -1,7 +1,9 @@
 """Per-step metrics: console (rich), ``runs/<id>/metrics.jsonl`` in the bucket, and W&B.
 
 Object stores have no append, so rank 0 keeps the file's lines in memory and re-uploads
-the whole file every ``flush_seconds`` (and at the end); a resumed run keeps the earlier
+the whole file every ``flush_seconds`` (and at the end) from a background thread, so a
+slow object store never holds up a step (the other ranks would wait for rank 0 in the next
+collective); a resumed run keeps the earlier
 lines up to its resume step and drops the ones of work that was lost.
 
 MFU follows PaLM's convention: FLOPs per token = 6N (N = parameters in matmuls: all but
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from typing import Optional, Sequence
 
@@ -62,6 +65,9 @@ class MetricsLog:
         self.lines: list[str] = []
         self._last_flush = time.monotonic()
         self._dirty = False
+        self._lock = threading.Lock()         # lines and _dirty
+        self._upload_lock = threading.Lock()  # one upload at a time, newest snapshot last
+        self._uploader: Optional[threading.Thread] = None
         if bucket is not None:
             try:
                 for line in bucket.get_bytes(self.key).decode().splitlines():
@@ -107,27 +113,41 @@ class MetricsLog:
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in rec.items() if isinstance(v, (int, float))},
                            step=rec["step"])
-        if time.monotonic() - self._last_flush >= self.flush_seconds:
-            self.flush()
+        if time.monotonic() - self._last_flush >= self.flush_seconds and not (
+                self._uploader is not None and self._uploader.is_alive()):
+            self._last_flush = time.monotonic()
+            self._uploader = threading.Thread(target=self.flush, name="metrics-upload",
+                                              daemon=True)
+            self._uploader.start()
 
     def _append(self, rec: dict) -> None:
-        self.lines.append(json.dumps(rec, separators=(",", ":")))
-        self._dirty = True
+        line = json.dumps(rec, separators=(",", ":"))
+        with self._lock:
+            self.lines.append(line)
+            self._dirty = True
 
     def flush(self) -> None:
         """Upload the whole file. A failed upload (after the bucket's own retries) is
         reported and retried at the next flush: metrics never stop training."""
-        if self.bucket is None or not self._dirty:
+        if self.bucket is None:
             return
-        self._last_flush = time.monotonic()
-        try:
-            self.bucket.put_bytes(self.key, ("\n".join(self.lines) + "\n").encode())
-        except StorageError as e:
-            self.print(f"[yellow]metrics upload failed, will retry: {str(e).splitlines()[0]}")
-            return
-        self._dirty = False
+        with self._upload_lock:  # the snapshot is taken inside: a later upload has more
+            with self._lock:
+                if not self._dirty:
+                    return
+                data = ("\n".join(self.lines) + "\n").encode()
+                self._dirty = False
+            self._last_flush = time.monotonic()
+            try:
+                self.bucket.put_bytes(self.key, data)
+            except StorageError as e:
+                with self._lock:
+                    self._dirty = True
+                self.print(f"[yellow]metrics upload failed, will retry: {str(e).splitlines()[0]}")
 
     def close(self) -> None:
+        if self._uploader is not None:
+            self._uploader.join()
         self.flush()
         if self.wandb is not None:
             self.wandb.finish()
