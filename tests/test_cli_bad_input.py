@@ -46,6 +46,7 @@ CASES = {
                             ["local directory", "--local"]),
     "no bucket": (["launch", "7b"], ["--bucket is required"]),
     "bad base model": (["launch", "7b", "--base-model", "a b;c"], ["--base-model"]),
+    "base model with newline": (["launch", "7b", "--base-model", "org/name\n"], ["--base-model"]),
     "render bad preset": (["render", "7x"], ["unknown preset '7x'"]),
     "render shell name": (["render", "7b", "--name", "a|b"], ["--name"]),
     "render nodes 0": (["render", "7b", "--nodes", "0"], ["--nodes must be at least 1"]),

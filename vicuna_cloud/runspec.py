@@ -80,7 +80,7 @@ class DatasetRef(_Strict):
     @field_validator("sha256")
     @classmethod
     def _hex(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not SHA256_PATTERN.match(v):
+        if v is not None and not SHA256_PATTERN.fullmatch(v):
             raise ValueError("dataset sha256 must be 64 lowercase hex characters")
         return v
 

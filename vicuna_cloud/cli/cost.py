@@ -89,7 +89,7 @@ def _locate(run: str, bucket: Optional[str]):
     from vicuna_cloud.runspec import RUN_ID_PATTERN
     from vicuna_cloud.skypilot import index
 
-    if not RUN_ID_PATTERN.match(run):
+    if not RUN_ID_PATTERN.fullmatch(run):
         raise UserError(f"{run!r} is not a run id (lowercase letters, digits and '-'); "
                         "list runs with `vicuna-cloud cost`")
     rec = index.lookup(run)

@@ -36,7 +36,7 @@ def _preset(name: str, version: Optional[str], base_model: Optional[str] = None,
         if not m:
             raise UserError(f"--gpus {gpus!r} must look like NAME:COUNT, e.g. A100-80GB:8")
         kwargs = {"accelerator": m.group(1), "gpus_per_node": int(m.group(2))}
-    if base_model is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$", base_model):
+    if base_model is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*", base_model):
         raise UserError(
             f"--base-model {base_model!r} must be a Hugging Face id like org/name"
         )
