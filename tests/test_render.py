@@ -134,6 +134,18 @@ def test_render_cli_stdout_and_file(tmp_path, capsys, monkeypatch):
     assert cfg["resources"]["use_spot"] is False and cfg["num_nodes"] == 2
 
 
+def test_header_command_reproduces_a_custom_render(tmp_path, capsys, monkeypatch):
+    import shlex
+
+    text = render_task("13b", cloud="aws", nodes=2, gpus="H100:8", spot=False,
+                       bucket="gs://vc-bucket/p", run_id="custom-1", name="my-job")
+    line = next(ln for ln in text.splitlines() if "`vicuna-cloud render " in ln)
+    cmd = line.split("`vicuna-cloud render ", 1)[1].split("`", 1)[0]
+    r = run_cli(capsys, monkeypatch, "render", *shlex.split(cmd))
+    assert r.code == 0, r.err
+    assert r.out == text
+
+
 def _modules_after(args: list[str]) -> list[str]:
     code = (
         "import sys, json\n"

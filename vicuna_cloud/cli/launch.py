@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -162,6 +163,7 @@ def render_task(preset_name: str, *, version: Optional[str] = None,
     preset = _preset(preset_name, version, base_model, gpus, nodes)
     cloud = _cloud(cloud)
     parsed = _bucket_uri(bucket)
+    data_arg, run_id_arg = data, run_id  # as given: the header repeats them
     run_id = _run_id(run_id) or _example_run_id(preset)
     data = data or str(parsed.child("datasets/example"))
     _bucket_uri(data, "--data")
@@ -180,6 +182,12 @@ def render_task(preset_name: str, *, version: Optional[str] = None,
     args = [preset.name, "--version", preset.version]
     if not spot:
         args.append("--no-spot")
+    for flag, value, default in (("--base-model", base_model, None), ("--nodes", nodes, None),
+                                 ("--gpus", gpus, None), ("--cloud", cloud, "any"),
+                                 ("--bucket", bucket, EXAMPLE_BUCKET), ("--data", data_arg, None),
+                                 ("--run-id", run_id_arg, None), ("--name", name, None)):
+        if value is not None and value != default:
+            args += [flag, shlex.quote(str(value))]
     header = (
         f"SkyPilot task for Vicuna {preset.size} {preset.version}, rendered by vicuna-cloud "
         f"{code_version}.\nDo not edit: `vicuna-cloud render {' '.join(args)}` writes it; "
