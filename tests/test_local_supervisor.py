@@ -51,7 +51,9 @@ def test_plan_is_seeded_increasing_and_inside_the_run():
 
 
 def test_success_runs_once(tmp_path):
-    res = make(tmp_path).run()
+    sup = make(tmp_path)
+    res = sup.run()
+    assert not os.path.exists(sup._exit_code_dir)  # its temp dir goes with it
     assert (res.exit_code, res.outcome, len(res.attempts)) == (0, "completed", 1)
     assert steps(tmp_path) == list(range(1, 21))
     assert "step 20" in (tmp_path / "log.txt").read_text()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -184,6 +185,7 @@ class Supervisor:
                 signal.signal(signal.SIGTERM, old_term)
             except ValueError:
                 pass
+            shutil.rmtree(self._exit_code_dir, ignore_errors=True)
 
     # --- one attempt -----------------------------------------------------------------
     def _run_attempt(self, index: int) -> Attempt:
@@ -193,6 +195,7 @@ class Supervisor:
                       f"{' '.join(self.command)}\n".encode())
             log.flush()
         start_seq = self.probe.poll().seq if self.probe else 0
+        os.makedirs(self._exit_code_dir, exist_ok=True)  # run() removes it when done
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.exit_code_file)  # a stale code from an earlier attempt
         proc = subprocess.Popen(
