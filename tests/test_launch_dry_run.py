@@ -233,3 +233,22 @@ def test_dry_run_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys, monkey
     assert r.code == 2, (r.code, r.err)
     assert r.err.startswith("error: --out") and len(r.err.strip().splitlines()) == 1
     assert target.read_text() == "keep me" and no_submit == []
+
+
+def test_submitted_job_is_reported_even_when_the_local_index_cannot_be_written(
+        s3_bucket_uri, tmp_path, capsys, monkeypatch):
+    """sky.jobs.launch is replaced (a real submit needs an API server with cloud
+    credentials); the index home is a file, so recording the run fails after the submit."""
+    import sky
+
+    data, _ = upload_dataset(s3_bucket_uri)
+    monkeypatch.setattr(sky.jobs, "launch", lambda task, name=None, **kw: "request-2")
+    monkeypatch.setattr(sky, "stream_and_get", lambda request_id, *a, **kw: ([43], None))
+    home = tmp_path / "home-is-a-file"
+    home.write_text("")
+    monkeypatch.setenv("VICUNA_CLOUD_HOME", str(home))
+    r = run_cli(capsys, monkeypatch, "launch", "7b", "--bucket", s3_bucket_uri, "--data", data,
+                "--run-id", "launch-noindex-1", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["job_id"] == 43
+    assert "cannot record the run" in r.err and "Traceback" not in r.err

@@ -516,9 +516,14 @@ def _submit(p: Prepared, choice, summary: dict, json_out: bool) -> None:
             f"SkyPilot refused the job: {first}; fix it and launch again with "
             f"--run-id {p.spec.run_id} ({run_uri} is kept)"
         ) from None
-    index.record(index.RunRecord(run_id=p.spec.run_id, bucket_uri=p.bucket.uri,
-                                 backend="skypilot", job_id=job_id, job_name=p.name,
-                                 preset=p.preset.name))
+    try:  # the job is submitted: a local bookkeeping failure must not hide its id
+        index.record(index.RunRecord(run_id=p.spec.run_id, bucket_uri=p.bucket.uri,
+                                     backend="skypilot", job_id=job_id, job_name=p.name,
+                                     preset=p.preset.name))
+    except OSError as e:
+        err_console.print(f"[yellow]warning:[/] cannot record the run in {index.home()} "
+                          f"({e.strerror}); pass --bucket {p.bucket.uri} to status/cost/logs",
+                          highlight=False)
     summary.update(job_id=job_id, run_uri=run_uri)
     if json_out:
         print_json(summary)
