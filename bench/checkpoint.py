@@ -125,14 +125,15 @@ def main_bench(args) -> None:
 
     sync = [sync_save(work, bucket, i, model, opt) for i in range(args.checkpoints)]
 
-    ckpt = CheckpointManager(spec, rank=0, world_size=1, local_root=os.path.join(work, "local"))
+    ckpt = CheckpointManager(spec, model, opt, sched, rank=0, world_size=1,
+                             local_root=os.path.join(work, "local"))
     progress = TrainProgress(step=100)
     stalls, totals, during = [], [], []
     for _ in range(args.checkpoints):
         progress.step += 1
         step()
         t = time.perf_counter()
-        assert ckpt.maybe_save(progress, model, opt, sched, force=True)
+        assert ckpt.maybe_save(progress, force=True)
         stalls.append(time.perf_counter() - t)
         while ckpt._inflight is not None and not ckpt._inflight.done():
             t = time.perf_counter()
@@ -207,8 +208,8 @@ def resume_child(args) -> None:
     model, opt, sched, step = build(args)
     t_restore = time.time()
     local = tempfile.mkdtemp(prefix="bench-resume-")
-    ckpt = CheckpointManager(spec, rank=0, world_size=1, local_root=local)
-    progress = ckpt.restore(model, opt, sched)
+    ckpt = CheckpointManager(spec, model, opt, sched, rank=0, world_size=1, local_root=local)
+    progress = ckpt.restore()
     assert progress is not None and progress.step > 100
     t_step = time.time()
     step()

@@ -1,5 +1,5 @@
 """Training-step speed: tokens/s per GPU and MFU, through the trainer's own code path
-(train.model / train.parallel / train.optim / train.loop.micro_batch_loss, FSDP2).
+(train.model / train.parallel / train.optim / train.loss.micro_batch_loss, FSDP2).
 
 GPU (one card): a LLaMA-7B-shaped model (real 7B layer shapes, fewer layers so it fits)
 at sequence 2048, packed, bf16, activation checkpointing:
@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from train import batching, metrics, model as model_lib, optim, parallel  # noqa: E402
-from train.loop import micro_batch_loss  # noqa: E402
+from train.loss import micro_batch_loss  # noqa: E402
 from train.masking import IGNORE, Example  # noqa: E402
 from vicuna_cloud.runspec import Hyperparameters  # noqa: E402
 

@@ -63,8 +63,9 @@ def spec(tmp_path):
     return s
 
 
-def manager(spec, tmp_path, **kw):
-    return CheckpointManager(spec, rank=0, world_size=1, local_root=str(tmp_path / "local"), **kw)
+def manager(spec, tmp_path, m, opt, sched, **kw):
+    return CheckpointManager(spec, m, opt, sched, rank=0, world_size=1,
+                             local_root=str(tmp_path / "local"), **kw)
 
 
 def run_steps(ckpt, m, opt, sched, progress, n):
@@ -73,15 +74,15 @@ def run_steps(ckpt, m, opt, sched, progress, n):
         losses.append(train_step(m, opt, sched))
         progress.step += 1
         progress.tokens_trained += 10
-        ckpt.maybe_save(progress, m, opt, sched)
+        ckpt.maybe_save(progress)
     return losses
 
 
 def test_save_commit_restore_is_exact_and_retains_two(spec, tmp_path):
     bucket = open_bucket(spec.bucket_uri)
     m, opt, sched = make()
-    ckpt = manager(spec, tmp_path)
-    assert ckpt.restore(m, opt, sched) is None
+    ckpt = manager(spec, tmp_path, m, opt, sched)
+    assert ckpt.restore() is None
     p = TrainProgress()
     run_steps(ckpt, m, opt, sched, p, 6)
     ckpt.close()
@@ -103,8 +104,8 @@ def test_save_commit_restore_is_exact_and_retains_two(spec, tmp_path):
     torch.manual_seed(999)
     random.seed(5)
     np.random.seed(7)
-    ckpt2 = manager(spec, tmp_path)
-    prog = ckpt2.restore(m2, opt2, sched2)
+    ckpt2 = manager(spec, tmp_path, m2, opt2, sched2)
+    prog = ckpt2.restore()
     assert prog == TrainProgress(step=6, tokens_trained=60)
     assert ckpt2.restored_step == 6 and ckpt2.events[-1]["event"] == "checkpoint_restored"
     assert sched2.last_epoch == 6
@@ -117,7 +118,7 @@ def test_save_commit_restore_is_exact_and_retains_two(spec, tmp_path):
 def test_leftovers_deleted_and_corrupt_newest_falls_back(spec, tmp_path):
     bucket = open_bucket(spec.bucket_uri)
     m, opt, sched = make()
-    ckpt = manager(spec, tmp_path)
+    ckpt = manager(spec, tmp_path, m, opt, sched)
     p = TrainProgress()
     run_steps(ckpt, m, opt, sched, p, 2)
     ckpt.wait()
@@ -133,8 +134,8 @@ def test_leftovers_deleted_and_corrupt_newest_falls_back(spec, tmp_path):
     bucket.put_bytes(key, bytes(data))
 
     m2, opt2, sched2 = make(seed=1)
-    ckpt2 = manager(spec, tmp_path)
-    prog = ckpt2.restore(m2, opt2, sched2)
+    ckpt2 = manager(spec, tmp_path, m2, opt2, sched2)
+    prog = ckpt2.restore()
     assert prog.step == 2 and ckpt2.restored_step == 2
     kinds = [e["event"] for e in ckpt2.events]
     assert kinds == ["checkpoint_leftovers_deleted", "checkpoint_fallback", "checkpoint_restored"]
@@ -150,12 +151,12 @@ def test_leftovers_deleted_and_corrupt_newest_falls_back(spec, tmp_path):
 def test_missing_shard_with_no_older_checkpoint_is_an_error(spec, tmp_path):
     bucket = open_bucket(spec.bucket_uri)
     m, opt, sched = make()
-    ckpt = manager(spec, tmp_path)
+    ckpt = manager(spec, tmp_path, m, opt, sched)
     run_steps(ckpt, m, opt, sched, TrainProgress(), 2)
     ckpt.close()
     bucket.delete(f"{step_prefix(spec.run_id, 2)}/__0_0.distcp")
     with pytest.raises(Exception, match="none loads"):
-        manager(spec, tmp_path).restore(*make(seed=3))
+        manager(spec, tmp_path, *make(seed=3)).restore()
     # Never deleted: the user decides what to do with the only checkpoint.
     assert bucket.exists(f"{step_prefix(spec.run_id, 2)}/{COMMIT_NAME}")
 
@@ -163,16 +164,16 @@ def test_missing_shard_with_no_older_checkpoint_is_an_error(spec, tmp_path):
 def test_changed_spec_is_refused(tmp_path):
     spec, _ = tiny_spec(tmp_path, limit=4, checkpoint=CheckpointPolicy(interval_steps=1))
     m, opt, sched = make()
-    ckpt = manager(spec, tmp_path)
+    ckpt = manager(spec, tmp_path, m, opt, sched)
     run_steps(ckpt, m, opt, sched, TrainProgress(), 1)
     ckpt.close()
     changed = spec.model_copy(update={"hyper": spec.hyper.model_copy(update={"learning_rate": 1.0})})
     with pytest.raises(SpecMismatchError, match="different run spec") as e:
-        manager(changed, tmp_path).restore(*make())
+        manager(changed, tmp_path, *make()).restore()
     assert isinstance(e.value, ConfigError)  # python -m train maps it to EXIT_CONFIG
     # Checkpoint cadence is not part of the training hash: allowed to change.
     cadence = spec.model_copy(update={"checkpoint": CheckpointPolicy(interval_seconds=5)})
-    assert manager(cadence, tmp_path).restore(*make()).step == 1
+    assert manager(cadence, tmp_path, *make()).restore().step == 1
 
 
 class FakeWatcher:
@@ -188,11 +189,11 @@ def test_emergency_checkpoint_only_when_it_fits(spec, tmp_path):
     bucket = open_bucket(spec.bucket_uri)
     m, opt, sched = make()
     w = FakeWatcher(window_s=30.0)
-    ckpt = manager(spec, tmp_path, watcher=w)
+    ckpt = manager(spec, tmp_path, m, opt, sched, watcher=w)
     p = TrainProgress()
     run_steps(ckpt, m, opt, sched, p, 3)  # saves step 2
     w.event.set()
-    assert ckpt.maybe_save(p, m, opt, sched) is True
+    assert ckpt.maybe_save(p) is True
     assert ckpt.stop_requested and ckpt.emergency_step == 3
     assert committed_steps(bucket, spec.run_id) == [2, 3]
     assert ckpt.events[-1]["checkpoint"] == "emergency"
@@ -200,13 +201,13 @@ def test_emergency_checkpoint_only_when_it_fits(spec, tmp_path):
     # Measured cost larger than the window: no checkpoint, just stop.
     m, opt, sched = make()
     w2 = FakeWatcher(window_s=30.0)
-    ckpt2 = manager(spec, tmp_path, watcher=w2)
-    p2 = ckpt2.restore(m, opt, sched)
+    ckpt2 = manager(spec, tmp_path, m, opt, sched, watcher=w2)
+    p2 = ckpt2.restore()
     ckpt2.policy.record(stall_s=1.0, total_s=60.0)
     train_step(m, opt, sched)
     p2.step += 1
     w2.event.set()
-    assert ckpt2.maybe_save(p2, m, opt, sched) is False
+    assert ckpt2.maybe_save(p2) is False
     assert ckpt2.stop_requested and ckpt2.emergency_step is None
     assert committed_steps(bucket, spec.run_id) == [2, 3]
     assert ckpt2.events[-1]["checkpoint"] == "none"
@@ -249,13 +250,13 @@ def test_notice_during_a_slow_upload_starts_no_second_save(spec, tmp_path):
     bucket = _HeldUploads(open_bucket(spec.bucket_uri))
     m, opt, sched = make()
     w = FakeWatcher(window_s=0.5)
-    ckpt = manager(spec, tmp_path, watcher=w, bucket=bucket)
+    ckpt = manager(spec, tmp_path, m, opt, sched, watcher=w, bucket=bucket)
     ckpt.policy.record(stall_s=0.01, total_s=0.1)  # an emergency save "fits" the window
     p = TrainProgress()
     run_steps(ckpt, m, opt, sched, p, 3)  # step 2's save is stuck uploading
     w.event.set()
     try:
-        assert ckpt.maybe_save(p, m, opt, sched) is False
+        assert ckpt.maybe_save(p) is False
         assert ckpt.stop_requested and ckpt.emergency_step is None
         assert ckpt.events[-1]["checkpoint"] == "busy"
         assert not [k for k in bucket.put_keys if "step-00000003" in k]

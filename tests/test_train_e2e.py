@@ -177,7 +177,7 @@ def test_a_crash_closes_the_ledger_segment_as_failed(tmp_path, monkeypatch):
     import torch.distributed as dist
 
     from train.checkpoint import CheckpointError
-    from train.loop import LoopOptions, run
+    from train.trainer import TrainerOptions, run
     from vicuna_cloud.ledger import read_ledger
     from vicuna_cloud.runspec import CheckpointPolicy
     from vicuna_cloud.storage import StorageError
@@ -197,10 +197,76 @@ def test_a_crash_closes_the_ledger_segment_as_failed(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     try:
         with pytest.raises(CheckpointError, match="3 checkpoints in a row"):
-            run(uri, LoopOptions(local_root=str(tmp_path / "node")))
+            run(uri, TrainerOptions(local_root=str(tmp_path / "node")))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     seg = read_ledger(open_bucket(spec.bucket_uri), spec.run_id).segments[-1]
     assert seg.end_reason == "failed" and seg.end_time is not None
     assert seg.last_step >= 3
+
+
+def test_a_crash_mid_training_closes_everything_and_commits_nothing(tmp_path, monkeypatch):
+    """The Trainer in this process (world size 1), used as `run` uses it: train() in try,
+    close() in finally. Step 3 raises (the injected crash, as a CUDA OOM would) while step
+    2's checkpoint is still uploading: the bucket holds that upload (a slow store: the
+    outer edge). close() must not wait for it and it must never be committed; the ledger
+    segment ends as 'failed', the metrics buffered in memory (flush interval 1 h) reach
+    the bucket, and the SIGTERM handler the preemption watcher installed is removed."""
+    import signal
+    import threading
+    import time
+
+    import torch.distributed as dist
+
+    from train.checkpoint import list_checkpoints
+    from train.trainer import Trainer, TrainerOptions
+    from vicuna_cloud.ledger import read_ledger
+    from vicuna_cloud.runspec import CheckpointPolicy
+    from vicuna_cloud.storage.local import LocalBucket
+
+    spec, uri = tiny_spec(tmp_path, run_id="crash-mid", limit=64,   # 4 steps of 16
+                          checkpoint=CheckpointPolicy(interval_steps=2, keep=2))
+    release = threading.Event()
+    real_put = LocalBucket.put_file
+
+    def put_file(self, key, path, *a, **kw):
+        if "/checkpoints/step-00000002/" in key:
+            release.wait(60)
+        return real_put(self, key, path, *a, **kw)
+
+    class CrashInStep3(Trainer):
+        def train_step(self):
+            if self.progress.step == 2:
+                raise RuntimeError("injected failure in step 3")
+            return super().train_step()
+
+    monkeypatch.setattr(LocalBucket, "put_file", put_file)
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    sigterm_before = signal.getsignal(signal.SIGTERM)
+    try:
+        trainer = CrashInStep3(uri, TrainerOptions(local_root=str(tmp_path / "node"),
+                                                   metrics_flush_seconds=3600))
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match="injected failure in step 3"):
+            try:
+                trainer.train()
+            finally:
+                trainer.close()
+        assert time.monotonic() - t0 < 30  # close() did not wait for the held upload
+        assert signal.getsignal(signal.SIGTERM) is sigterm_before
+        release.set()
+        assert trainer.checkpointer.wait(timeout=60)  # the abandoned save has finished
+    finally:
+        release.set()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    bucket = open_bucket(spec.bucket_uri)
+    assert list_checkpoints(bucket, spec.run_id) == {2: False}  # uploaded in part, no COMMIT
+    seg = read_ledger(bucket, spec.run_id).segments[-1]
+    assert seg.end_reason == "failed" and seg.end_time is not None and seg.last_step == 2
+    recs = read_metrics(spec.bucket_uri, spec.run_id)
+    assert [m["step"] for m in recs if "loss" in m] == [1, 2]
+    assert recs[-1]["event"] == "failed" and recs[-1]["step"] == 2

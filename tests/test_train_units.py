@@ -16,7 +16,7 @@ from vicuna_cloud.tokenizers import load_tokenizer
 
 from conftest import DUMMY_CONVERSATIONS
 from train import batching, optim
-from train.loop import micro_batch_loss
+from train.loss import micro_batch_loss
 from train.masking import TokenStore, tokenize_conversation
 from train.sampler import GlobalBatchSampler, epoch_permutation, total_steps
 
@@ -104,7 +104,8 @@ def test_rope_scaling_from_run_spec(tmp_path):
     from train.model import build_config
     from train_helpers import tiny_spec
 
-    spec, _ = tiny_spec(tmp_path, limit=4, max_length=1100)   # tiny context is 512
+    # tiny context is 512; packing needs micro_batch_tokens >= max_length (run spec check)
+    spec, _ = tiny_spec(tmp_path, limit=4, max_length=1100, micro_batch_tokens=1100)
     assert spec.rope_scaling_factor == 3.0
     assert build_config(spec, None).rope_parameters["factor"] == 3.0
     spec, _ = tiny_spec(tmp_path / "b", limit=4)

@@ -38,15 +38,14 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no run spec: pass --run URI or set VICUNA_RUN_URI", file=sys.stderr)
         return EXIT_CONFIG
 
-    from train.inputs import ConfigError
-    from train.loop import LoopOptions, run
-    from vicuna_cloud.tokenizers import TokenizerNotFound
+    from train.inputs import CONFIG_ERRORS
+    from train.trainer import TrainerOptions, run
 
     try:
-        return run(a.run, LoopOptions(local_root=a.local_root,
-                                      stop_after_steps=a.stop_after_steps,
-                                      export_shard_bytes=a.export_shard_mb * 1024**2))
-    except (ConfigError, TokenizerNotFound) as e:
+        return run(a.run, TrainerOptions(local_root=a.local_root,
+                                         stop_after_steps=a.stop_after_steps,
+                                         export_shard_bytes=a.export_shard_mb * 1024**2))
+    except CONFIG_ERRORS as e:
         rank = os.environ.get("RANK", "0")
         print(f"error (rank {rank}): {e}", file=sys.stderr)
         return EXIT_CONFIG

@@ -225,17 +225,20 @@ class _Inflight:
 class CheckpointManager:
     """Saves (in the background), commits, retains and restores the run's checkpoints.
 
-    Every rank builds one, in the same order (it creates two gloo process groups). The
-    training loop calls ``maybe_save`` once per optimizer step on every rank (it holds one
+    Every rank builds one, in the same order (it creates two gloo process groups), and
+    hands it the model, optimizer and scheduler once: every save and restore is of those.
+    The trainer calls ``maybe_save`` once per optimizer step on every rank (it holds one
     tiny all-reduce so ranks agree on saving and on preemption notices), and ``close`` at
     the end. After a notice, ``stop_requested`` is True: the loop stops and the process
     exits with EXIT_PREEMPTED.
     """
 
-    def __init__(self, spec: RunSpec, *, rank: int, world_size: int, local_root: str,
-                 watcher=None, bucket: Optional[Bucket] = None,
-                 local_rank: Optional[int] = None, commit_timeout_s: float = 1800.0):
+    def __init__(self, spec: RunSpec, model, optimizer, scheduler, *, rank: int,
+                 world_size: int, local_root: str, watcher=None,
+                 bucket: Optional[Bucket] = None, local_rank: Optional[int] = None,
+                 commit_timeout_s: float = 1800.0):
         self.spec = spec
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.rank, self.world_size = rank, world_size
         self.local_rank = local_rank if local_rank is not None else int(
             os.environ.get("LOCAL_RANK", rank))
@@ -267,6 +270,7 @@ class CheckpointManager:
         self._inflight: Optional[_Inflight] = None
         self._state_bytes: Optional[int] = None
         self._consecutive_failures = 0
+        self._aborted = threading.Event()  # close(abort=True): never commit what is in flight
         kill = os.environ.get("VICUNA_TEST_KILL_AT", "")
         self._kill_at: Optional[tuple[str, int]] = None
         if kill and rank == 0:
@@ -301,7 +305,7 @@ class CheckpointManager:
         return step_prefix(self.run_id, step)
 
     # --- restore ----------------------------------------------------------------------
-    def restore(self, model, optimizer, scheduler) -> Optional[TrainProgress]:
+    def restore(self) -> Optional[TrainProgress]:
         """Load the newest committed checkpoint (falling back to older ones); None = fresh."""
         candidates = None
         if self.local_rank == 0:  # staging left on this node by a killed attempt
@@ -339,7 +343,7 @@ class CheckpointManager:
             bad = self._agree_max([1.0 if error else 0.0])[0] > 0
             if not bad:
                 try:
-                    progress = self._load(dest, model, optimizer, scheduler)
+                    progress = self._load(dest)
                 except Exception as e:  # noqa: BLE001 - any load failure means: try older
                     error = f"loading failed: {type(e).__name__}: {e}"
                 bad = self._agree_max([1.0 if error else 0.0])[0] > 0
@@ -376,7 +380,8 @@ class CheckpointManager:
         if self.distributed:
             dist.barrier(group=self._ctl_pg)
 
-    def _load(self, path: str, model, optimizer, scheduler) -> TrainProgress:
+    def _load(self, path: str) -> TrainProgress:
+        model, optimizer, scheduler = self.model, self.optimizer, self.scheduler
         msd, osd = get_state_dict(model, optimizer) if optimizer is not None else (
             get_state_dict(model, [])[0], None)
         state = {"model": msd} if osd is None else {"model": msd, "optim": osd}
@@ -429,8 +434,7 @@ class CheckpointManager:
         self._reap()
         return self._inflight is None
 
-    def maybe_save(self, progress: TrainProgress, model, optimizer, scheduler, *,
-                   force: bool = False) -> bool:
+    def maybe_save(self, progress: TrainProgress, *, force: bool = False) -> bool:
         """Start a checkpoint if one is due (or forced, or a preemption notice came).
 
         Returns True when a checkpoint was started. Collective: call on every rank.
@@ -447,7 +451,7 @@ class CheckpointManager:
             [float(due), float(busy), float(notice), self._estimate_cost_s(),
              -min(window, 1e12)])
         if notice_f > 0:
-            return self._on_notice(progress, model, optimizer, scheduler, cost, -neg_window)
+            return self._on_notice(progress, cost, -neg_window)
         if due_f == 0 or progress.step == self._last_started_step:
             return False
         if busy_f > 0:
@@ -456,11 +460,10 @@ class CheckpointManager:
             if not force and self.policy.interval_steps is None:
                 return False
             self.wait()
-        self._start_save(progress, model, optimizer, scheduler)
+        self._start_save(progress)
         return True
 
-    def _on_notice(self, progress, model, optimizer, scheduler, cost_s: float,
-                   window_s: float) -> bool:
+    def _on_notice(self, progress, cost_s: float, window_s: float) -> bool:
         self.stop_requested = True
         reason = getattr(self.watcher, "reason", None) or "notice"
         started = time.monotonic()
@@ -479,7 +482,7 @@ class CheckpointManager:
                 self._event("preemption", reason=reason, ckpt_step=progress.step,
                             checkpoint="busy", uploading=self._last_started_step)
                 return False
-            self._start_save(progress, model, optimizer, scheduler, emergency=True)
+            self._start_save(progress, emergency=True)
             left = window_s * margin - (time.monotonic() - started)
             self.wait(timeout=max(left, 0.0))
             if self.last_committed_step == progress.step:
@@ -495,11 +498,11 @@ class CheckpointManager:
                     needed_s=cost_s, window_s=window_s)
         return False
 
-    def _start_save(self, progress, model, optimizer, scheduler, emergency: bool = False) -> None:
-        step = progress.step
+    def _start_save(self, progress, emergency: bool = False) -> None:
+        step, scheduler = progress.step, self.scheduler
         t0 = time.monotonic()
         self._maybe_kill("save", step)
-        msd, osd = get_state_dict(model, optimizer)
+        msd, osd = get_state_dict(self.model, self.optimizer)
         state = {"model": msd, "optim": osd}
         if self._state_bytes is None:
             self._state_bytes = _local_bytes(state) * self.world_size
@@ -543,6 +546,7 @@ class CheckpointManager:
             entries = []
             t_up = time.monotonic()
             for name in names:
+                self._raise_if_aborted(step)
                 path = os.path.join(local_dir, name)
                 entry = {"name": name, "size": os.path.getsize(path), "sha256": sha256_file(path)}
                 self.bucket.put_file(f"{sp}/{name}", path)
@@ -596,6 +600,7 @@ class CheckpointManager:
                      for e in files if objs.get(e["name"]) != e["size"]]
             if short:
                 raise CheckpointError(f"checkpoint step {step}: bad uploads: {', '.join(short)}")
+            self._raise_if_aborted(step)
         except BaseException as e:
             try:
                 self.bucket.put_bytes(f"{sp}/{ABORT_NAME}", json.dumps({"error": str(e)}).encode())
@@ -619,6 +624,11 @@ class CheckpointManager:
         self._maybe_kill("committed", step)
         self._retain(step)
 
+    def _raise_if_aborted(self, step: int) -> None:
+        if self._aborted.is_set():
+            raise CheckpointError(f"checkpoint step {step} abandoned: the trainer stopped "
+                                  "before it was committed")
+
     def _await_commit(self, step: int) -> None:
         self._poll(step, lambda o: COMMIT_NAME in o)
 
@@ -630,13 +640,17 @@ class CheckpointManager:
         for s in sorted(drop):
             delete_checkpoint(self.bucket, self.run_id, s)
 
-    def close(self) -> None:
+    def close(self, *, abort: bool = False) -> None:
         """Wait for the in-flight checkpoint (a failure is logged and kept in ``events``).
 
         After a preemption notice, do not wait: ``maybe_save`` already gave it its share of
         the window, and what is left is for ending the ledger and exiting before the VM
-        goes (an unfinished upload is never committed, so nothing half-written is kept)."""
-        self.wait(0.0 if self.stop_requested else None)
+        goes (an unfinished upload is never committed, so nothing half-written is kept).
+        ``abort`` (the trainer crashed): do not wait either, and the checkpoint in flight is
+        never committed: its ranks may be gone, and the next start deletes its leftovers."""
+        if abort:
+            self._aborted.set()
+        self.wait(0.0 if self.stop_requested or abort else None)
         if self._inflight is None:  # else the background write still reads its buffers
             self._stager.close()
 

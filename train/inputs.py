@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from typing import Callable, Optional, TypeVar
 
 from pydantic import ValidationError
 
@@ -14,16 +15,57 @@ from vicuna_cloud.runs import read_run_spec
 from vicuna_cloud.runspec import RunSpec
 from vicuna_cloud.storage import NotFoundError, StorageError, open_bucket
 from vicuna_cloud.templates import TemplateError, get_template
+from vicuna_cloud.tokenizers import TokenizerNotFound
 
+from train import parallel
 from train.masking import Example, TokenStore, tokenize_batch
 
 MASKING_VERSION = 1  # bump when masking changes, to invalidate token caches
 
 DATASET_FILE = "train.jsonl"
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """Bad run spec or dataset: restarting will not help (exit EXIT_CONFIG)."""
+
+
+# A missing tokenizer is a bad input too.
+CONFIG_ERRORS: tuple[type[Exception], ...] = (ConfigError, TokenizerNotFound)
+
+
+def _collective_ok(d: parallel.Dist, error: Optional[BaseException]) -> None:
+    """Raise on every rank if any rank failed, so no rank waits forever in a collective.
+    A config error anywhere is a config error everywhere (exit 78: do not restart);
+    anything else (a storage outage) is a plain failure (exit 1: the job may retry)."""
+    config = isinstance(error, CONFIG_ERRORS)
+    config_bad, other_bad = parallel.all_reduce_sum(
+        [1.0 if config else 0.0, 1.0 if error is not None and not config else 0.0], d.device)
+    if error is not None:
+        raise error
+    if config_bad:
+        raise ConfigError("another rank found a bad input (see rank 0's error)")
+    if other_bad:
+        raise RuntimeError("another rank failed while preparing inputs (see its log)")
+
+
+def once_per_node(d: parallel.Dist, fn: Callable[..., T]) -> T:
+    """Run ``fn(download=True)`` on each node's first rank, then ``fn(download=False)``
+    on the others once it is done (downloads and caches happen once per node)."""
+    result, err = None, None
+    if d.is_local_main:
+        try:
+            result = fn(download=True)
+        except Exception as e:  # noqa: BLE001 - re-raised below, after telling the others
+            err = e
+    _collective_ok(d, err)
+    if not d.is_local_main:
+        try:
+            result = fn(download=False)
+        except Exception as e:  # noqa: BLE001
+            err = e
+    _collective_ok(d, err)
+    return result
 
 
 def load_spec(uri: str) -> RunSpec:

@@ -55,7 +55,7 @@ def mfu(flops: float, seconds: float, n_gpus: int, peak_tflops: Optional[float])
 
 
 class MetricsLog:
-    """Rank 0's metrics sink. Other ranks never construct one."""
+    """Rank 0's metrics sink. Other ranks hold a NullMetricsLog instead."""
 
     def __init__(self, bucket: Optional[Bucket], run_prefix: str, *, resume_step: int = 0,
                  flush_seconds: float = 10.0, console: bool = True, wandb_config: Optional[dict] = None):
@@ -151,3 +151,22 @@ class MetricsLog:
         self.flush()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+class NullMetricsLog:
+    """What ranks other than 0 log to: the same calls, doing nothing (no branch per call)."""
+
+    def print(self, msg: str) -> None:
+        pass
+
+    def event(self, kind: str, step: int, **fields) -> None:
+        pass
+
+    def log(self, rec: dict, total_steps: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -404,3 +404,21 @@ class LedgerRecorder:
                     time.sleep(self._retry_wait * (2 ** i))
         self._last_write = self.clock()  # next try at the next beat, not every step
         return False
+
+
+class NullLedger:
+    """What ranks other than 0 record to: LedgerRecorder's calls, doing nothing (rank 0
+    writes the ledger for the whole job), so the trainer has no branch per call."""
+
+    def update(self, *, step: int, tokens: int, last_checkpoint_step: Optional[int]) -> None:
+        pass
+
+    def note_checkpoint(self, seconds: float, step: Optional[int] = None) -> None:
+        pass
+
+    def budget_exhausted(self) -> bool:
+        return False
+
+    def end(self, reason: str, *, step: int, tokens: int,
+            last_checkpoint_step: Optional[int]) -> None:
+        pass

@@ -70,6 +70,17 @@ class Hyperparameters(_Strict):
     seed: int = 42
     log_every_steps: int = Field(1, gt=0)
 
+    @model_validator(mode="after")
+    def _conversation_fits_a_micro_batch(self) -> "Hyperparameters":
+        """Packing never splits a conversation, so one of max_length must fit: refused at
+        launch rather than on a paid node."""
+        if self.batching == "packed" and self.micro_batch_tokens < self.max_length:
+            raise ValueError(
+                f"micro_batch_tokens {self.micro_batch_tokens} < max_length {self.max_length}: "
+                "a conversation must fit in one micro-batch; raise micro_batch_tokens"
+            )
+        return self
+
 
 class DatasetRef(_Strict):
     uri: str = Field(description="Directory (local, s3://, gs://) holding train.jsonl.")
