@@ -149,6 +149,20 @@ def test_missing_run_spec_exits_78(tmp_path):
     assert "does not exist" in proc.stderr
 
 
+def test_packed_micro_batch_below_max_length_exits_78_naming_both(tmp_path):
+    """The combination is refused by the run spec's pydantic model (at launch too); a
+    run.json edited by hand still gets the one-line error on the node."""
+    spec, uri = tiny_spec(tmp_path, run_id="bad-mbt", limit=8)
+    raw = json.loads(open_bucket(spec.bucket_uri).get_bytes(f"runs/{spec.run_id}/run.json"))
+    raw["hyper"]["micro_batch_tokens"] = raw["hyper"]["max_length"] - 1
+    open_bucket(spec.bucket_uri).put_bytes(f"runs/{spec.run_id}/run.json",
+                                           json.dumps(raw).encode())
+    proc = _single(uri)
+    assert proc.returncode == 78 and "Traceback" not in proc.stderr, proc.stderr
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
+    assert len(err) == 1 and "micro_batch_tokens 255 < max_length 256" in err[0], err
+
+
 def test_two_nodes_use_hybrid_sharding(tmp_path):
     """Two single-process 'nodes' on this host: the mesh is (replicate 2, shard 1)."""
     spec, uri = tiny_spec(tmp_path, run_id="hsdp", limit=32)

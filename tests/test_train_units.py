@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vicuna_cloud.recipes import TINY
-from vicuna_cloud.runspec import rope_factor_for
+from vicuna_cloud.runspec import Hyperparameters, rope_factor_for
 from vicuna_cloud.templates import TEMPLATES
 from vicuna_cloud.tokenizers import load_tokenizer
 
@@ -232,3 +232,12 @@ def test_metrics_upload_does_not_hold_up_the_step(tmp_path):
     log.close()  # waits for the uploads: everything is in the bucket afterwards
     lines = [json.loads(x) for x in bucket.get_bytes("runs/r/metrics.jsonl").decode().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3, 4, 5]
+
+
+def test_run_spec_refuses_a_packed_micro_batch_smaller_than_max_length():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="micro_batch_tokens 512 < max_length 1024"):
+        Hyperparameters(max_length=1024, micro_batch_tokens=512)
+    # Padded rows never hold more than one conversation: no token budget to fit.
+    assert Hyperparameters(max_length=1024, micro_batch_tokens=512, batching="padded")
