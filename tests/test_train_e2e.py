@@ -284,3 +284,38 @@ def test_a_crash_mid_training_closes_everything_and_commits_nothing(tmp_path, mo
     recs = read_metrics(spec.bucket_uri, spec.run_id)
     assert [m["step"] for m in recs if "loss" in m] == [1, 2]
     assert recs[-1]["event"] == "failed" and recs[-1]["step"] == 2
+
+
+def test_a_failure_while_starting_up_still_stops_the_watcher(tmp_path, monkeypatch):
+    """Construction fails after the preemption watcher started (reading metrics.jsonl
+    hits a storage outage: the outer edge): the Trainer closes what it started before
+    raising, so no SIGTERM handler of a half-built trainer is left behind."""
+    import signal
+
+    import torch.distributed as dist
+
+    from train.trainer import Trainer, TrainerOptions
+    from vicuna_cloud.ledger import read_ledger
+    from vicuna_cloud.storage import StorageError
+    from vicuna_cloud.storage.local import LocalBucket
+
+    spec, uri = tiny_spec(tmp_path, run_id="start-fails", limit=16)
+    real_get = LocalBucket.get_bytes
+
+    def get_bytes(self, key, *a, **kw):
+        if key.endswith("metrics.jsonl"):
+            raise StorageError(f"{key}: injected outage")
+        return real_get(self, key, *a, **kw)
+
+    monkeypatch.setattr(LocalBucket, "get_bytes", get_bytes)
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    sigterm_before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(StorageError, match="injected outage"):
+            Trainer(uri, TrainerOptions(local_root=str(tmp_path / "node")))
+        assert signal.getsignal(signal.SIGTERM) is sigterm_before
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert read_ledger(open_bucket(spec.bucket_uri), spec.run_id).segments == []
