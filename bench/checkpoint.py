@@ -42,7 +42,7 @@ SHAPES = {
 
 def make_spec(bucket_uri: str):
     from vicuna_cloud.recipes import get_preset
-    from vicuna_cloud.runs import spec_from_preset, write_run_spec
+    from vicuna_cloud.run_store import spec_from_preset, write_run_spec
     from vicuna_cloud.runspec import CheckpointPolicy
     from vicuna_cloud.storage import open_bucket
 
@@ -105,7 +105,7 @@ def main_bench(args) -> None:
     server = None
     if args.s3_emulator:  # moto on loopback: the S3 protocol, not S3's bandwidth
         sys.path.insert(0, os.path.join(REPO, "tests"))
-        from cloud_servers import S3Server
+        from helpers.cloud_servers import S3Server
 
         server = S3Server().start()
         os.environ.update(server.env())
@@ -201,7 +201,7 @@ def resume_child(args) -> None:
     import transformers  # noqa: F401
 
     from train.checkpoint import CheckpointManager
-    from vicuna_cloud.runs import read_run_spec
+    from vicuna_cloud.run_store import read_run_spec
 
     t_build = time.time()
     spec = read_run_spec(os.path.join(args.bucket, "runs/bench-ckpt/run.json"))

@@ -223,7 +223,7 @@ def main() -> None:
 
     sys.path.insert(0, REPO)
     from vicuna_cloud.data import synthetic
-    from vicuna_cloud.tokenizers import resolve_tokenizer_path
+    from vicuna_cloud.tokenizer import resolve_tokenizer_path
 
     os.makedirs(args.workdir, exist_ok=True)
     raw = os.path.join(args.workdir, f"raw-{args.n}-{args.seed}.json")

@@ -72,8 +72,8 @@ def main() -> None:
     import logging
 
     logging.getLogger("vicuna_cloud.storage").setLevel(logging.ERROR)  # one line per retry otherwise
-    from cloud_servers import GCSServer, S3Server
-    from fault_proxy import FaultProxy
+    from helpers.cloud_servers import GCSServer, S3Server
+    from helpers.fault_proxy import FaultProxy
 
     from vicuna_cloud.storage import open_bucket
     from vicuna_cloud.storage.retry import retry_stats

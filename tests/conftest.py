@@ -1,12 +1,20 @@
-"""Shared test set-up.
+"""Shared test set-up: every fixture more than one test file uses lives here; helpers
+(plain functions and classes) live in tests/helpers/.
 
 SkyPilot reads its price catalog from $SKY_RUNTIME_DIR/.sky/catalogs/v8; we point it at a
 temporary copy of ../shared/catalog/v8 (read from shared, never copied into the tree)
-before anything imports sky. Files without .meta/*.md5 are never re-downloaded.
+before anything imports sky. Files without .meta/*.md5 are never re-downloaded. The copy
+and the scratch VICUNA_CLOUD_HOME are removed when the session ends.
+
+Markers (``make test-fast`` runs ``-m "not slow and not servers"``):
+- ``slow``: torchrun end to end, or a real model in a subprocess; set by hand.
+- ``servers``: needs the moto S3 or fake-gcs-server servers (seconds to start); set here
+  from the fixtures a test uses, so a new test is marked without anyone remembering to.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -24,10 +32,31 @@ CATALOG_SNAPSHOT = SHARED / "catalog" / "v8"
 _SKY_HOME = tempfile.mkdtemp(prefix="vicuna-sky-")
 shutil.copytree(CATALOG_SNAPSHOT, os.path.join(_SKY_HOME, ".sky", "catalogs", "v8"))
 os.environ["SKY_RUNTIME_DIR"] = _SKY_HOME
+_SCRATCH = [_SKY_HOME]  # removed at session end (pytest_sessionfinish)
 # Keep tests away from the developer's real caches and credentials.
-os.environ.setdefault("VICUNA_CLOUD_HOME", tempfile.mkdtemp(prefix="vicuna-home-"))
+if "VICUNA_CLOUD_HOME" not in os.environ:
+    os.environ["VICUNA_CLOUD_HOME"] = tempfile.mkdtemp(prefix="vicuna-home-")
+    _SCRATCH.append(os.environ["VICUNA_CLOUD_HOME"])
 for _secret in ("HF_TOKEN", "WANDB_API_KEY"):
     os.environ.pop(_secret, None)
+
+_SERVER_FIXTURES = {"s3_server", "gcs_server"}
+_SERVER_BUCKETS = {"s3", "gcs"}  # bucket_uri params that start a server
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that needs an object-store server ``servers``."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if (_SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+                or params.get("bucket_uri") in _SERVER_BUCKETS):
+            item.add_marker(pytest.mark.servers)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the catalog copy and the scratch home this module made."""
+    for path in _SCRATCH:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +97,7 @@ def _serve_exported(server):
 @pytest.fixture(scope="session")
 def s3_server():
     """moto S3 server on 127.0.0.1; AWS_ENDPOINT_URL_S3 etc. set for this process and children."""
-    from cloud_servers import S3Server
+    from helpers.cloud_servers import S3Server
 
     yield from _serve_exported(S3Server())
 
@@ -76,7 +105,7 @@ def s3_server():
 @pytest.fixture(scope="session")
 def gcs_server():
     """fake-gcs-server on 127.0.0.1; STORAGE_EMULATOR_HOST and GOOGLE_CLOUD_PROJECT set."""
-    from cloud_servers import GCSServer
+    from helpers.cloud_servers import GCSServer
 
     yield from _serve_exported(GCSServer())
 
@@ -106,7 +135,7 @@ def bucket_uri(request) -> str:
 def _faulty_bucket_factory(server, monkeypatch, endpoint_var: str, scheme: str):
     """Yield ``make(rate, seed, **kw) -> (uri, proxy)``; each call puts a fresh FaultProxy in
     front of ``server`` and points ``endpoint_var`` at it. Proxies stop at teardown."""
-    from fault_proxy import FaultProxy
+    from helpers.fault_proxy import FaultProxy
 
     proxies = []
 
@@ -137,3 +166,33 @@ def faulty_gcs_bucket_uri(gcs_server, monkeypatch):
     """Factory like ``faulty_s3_bucket_uri``, in front of fake-gcs-server
     (STORAGE_EMULATOR_HOST points at the proxy for the rest of the test)."""
     yield from _faulty_bucket_factory(gcs_server, monkeypatch, "STORAGE_EMULATOR_HOST", "gs")
+
+
+# --- launch tests: the one SkyPilot call we replace, fake GCP credentials -------------
+@pytest.fixture
+def no_submit(monkeypatch):
+    """Sentinel on SkyPilot's submit call: records any call (bad input must make none).
+
+    Patching sky.jobs.launch is the one place an SDK call is replaced: a real submit needs
+    a SkyPilot API server with cloud credentials, which cannot run here.
+    """
+    import sky
+
+    calls = []
+
+    def fake_launch(task, name=None, **kw):
+        calls.append((task, name))
+        raise AssertionError("sky.jobs.launch must not be called")
+
+    monkeypatch.setattr(sky.jobs, "launch", fake_launch)
+    return calls
+
+
+@pytest.fixture
+def fake_gcp_adc(tmp_path, monkeypatch):
+    """Obviously fake application-default credentials (authorized_user: no key, no network)."""
+    path = tmp_path / "fake-adc.json"
+    path.write_text(json.dumps({"type": "authorized_user", "client_id": "fake-client",
+                                "client_secret": "fake-secret", "refresh_token": "fake-token"}))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    return str(path)

@@ -25,7 +25,7 @@ from train.inputs import ConfigError
 from vicuna_cloud.runspec import CheckpointPolicy
 from vicuna_cloud.storage import open_bucket
 
-from train_helpers import tiny_spec
+from helpers.train import tiny_spec
 
 
 class Tiny(torch.nn.Module):

@@ -25,8 +25,8 @@ from train.checkpoint import (
 from vicuna_cloud.runspec import CheckpointPolicy
 from vicuna_cloud.storage import open_bucket
 
-from metadata_server import MetadataServer
-from train_helpers import REPO, read_metrics, tiny_spec, torchrun_train
+from helpers.metadata_server import MetadataServer
+from helpers.train import REPO, read_metrics, tiny_spec, torchrun_train
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from launch_helpers import keys, no_submit, run_cli, upload_dataset  # noqa: F401
+from helpers.cli import keys, run_cli, upload_dataset
 
 
 def _assert_one_line_error(r, *words):
@@ -144,8 +144,8 @@ def test_export_finds_a_cloud_run_by_id_through_the_index(s3_bucket_uri, tmp_pat
                                                           monkeypatch):
     """README step 4: `export <run-id>` after a cloud launch looks in that run's bucket."""
     from vicuna_cloud.recipes import get_preset
-    from vicuna_cloud.runs import spec_from_preset, write_run_spec
-    from vicuna_cloud.skypilot import index
+    from vicuna_cloud.run_store import spec_from_preset, write_run_spec
+    from vicuna_cloud import run_index as index
     from vicuna_cloud.storage import open_bucket
 
     spec = spec_from_preset(get_preset("7b"), run_id="export-index-1",

@@ -8,7 +8,7 @@ import socket
 import pytest
 from typer.testing import CliRunner
 
-from cost_helpers import FakeClock, make_spec
+from helpers.cost import FakeClock, make_spec
 from vicuna_cloud.cli import app
 from vicuna_cloud.cli.common import UserError, console
 from vicuna_cloud.costs import report

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from conftest import DUMMY_CONVERSATIONS
-from launch_helpers import run_cli
+from helpers.cli import run_cli
 
 
 def _one_line_error(r, *words):

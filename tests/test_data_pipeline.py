@@ -70,7 +70,7 @@ def test_manifest_schema_counts_and_output_hash(prepared, raw):
 
 def test_output_is_well_formed_and_fits(prepared):
     from vicuna_cloud.templates import get_template
-    from vicuna_cloud.tokenizers import load_tokenizer
+    from vicuna_cloud.tokenizer import load_tokenizer
 
     res, _ = prepared
     tok, tpl = load_tokenizer("builtin:llama-sp"), get_template("vicuna_v1.1")

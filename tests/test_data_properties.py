@@ -84,7 +84,7 @@ def test_pipeline_accounts_for_every_conversation(items, long_pair):
             rows = [json.loads(x) for x in f]
         assert len(rows) == c["split_pieces"] >= c["kept"]
         from vicuna_cloud.templates import get_template
-        from vicuna_cloud.tokenizers import load_tokenizer
+        from vicuna_cloud.tokenizer import load_tokenizer
 
         tok, tpl = load_tokenizer("builtin:llama-sp"), get_template("vicuna_v1.1")
         over = 0

@@ -11,7 +11,7 @@ from vicuna_cloud.data import synthetic
 from vicuna_cloud.data.filters import FilterOptions, clean_conversation
 from vicuna_cloud.data.split import Splitter, fast_backend
 from vicuna_cloud.templates import get_template
-from vicuna_cloud.tokenizers import load_tokenizer
+from vicuna_cloud.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

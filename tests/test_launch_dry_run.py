@@ -8,8 +8,8 @@ import json
 
 import yaml
 
-from cloud_servers import free_port
-from launch_helpers import fake_gcp_adc, keys, no_submit, run_cli, upload_dataset  # noqa: F401
+from helpers.cloud_servers import free_port
+from helpers.cli import keys, run_cli, upload_dataset
 from vicuna_cloud.runspec import RunSpec
 
 KNOWN_INSTANCES = {"AWS": {"p4de.24xlarge"}, "GCP": {"a2-ultragpu-8g"}}
@@ -115,7 +115,7 @@ def test_launch_writes_spec_then_submits(s3_bucket_uri, capsys, monkeypatch):
         assert b"hf_fake_token_for_test" not in b.get_bytes(k)
     assert "hf_fake_token_for_test" not in r.out + r.err
     # The local index now knows the run: status finds it by id.
-    from vicuna_cloud.skypilot import index
+    from vicuna_cloud import run_index as index
 
     rec = index.lookup("launch-test-1")
     assert rec.job_id == 42 and rec.bucket_uri == s3_bucket_uri
@@ -127,7 +127,7 @@ def test_launch_writes_spec_then_submits(s3_bucket_uri, capsys, monkeypatch):
 
 def test_status_without_api_server_shows_the_bucket(s3_bucket_uri, capsys, monkeypatch):
     from vicuna_cloud.ledger import Segment
-    from vicuna_cloud.skypilot import index
+    from vicuna_cloud import run_index as index
     from vicuna_cloud.storage import open_bucket
 
     monkeypatch.setenv("SKYPILOT_API_SERVER_ENDPOINT", f"http://127.0.0.1:{free_port()}")
@@ -178,7 +178,7 @@ def test_status_reads_progress_from_a_bucket_given_by_flag(s3_bucket_uri, capsys
 def test_status_progress_when_metrics_turn_unreadable(tmp_path):
     """A read that fails after the listing (a storage outage mid-status) is reported in the
     progress column, not raised. Edge fault injection: an outage cannot be caused on demand."""
-    from vicuna_cloud.skypilot.progress import read_progress
+    from vicuna_cloud.run_progress import read_progress
     from vicuna_cloud.storage import StorageError
     from vicuna_cloud.storage.local import LocalBucket
     from vicuna_cloud.storage.uri import parse_bucket_uri

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cost_helpers import FakeClock, make_spec
+from helpers.cost import FakeClock, make_spec
 from vicuna_cloud.costs import report
 from vicuna_cloud.ledger import (
     UNKNOWN_END, LedgerRecorder, Segment, parse_cluster_info, read_boot_time, read_ledger,
@@ -21,7 +21,7 @@ from vicuna_cloud.ledger import (
 from vicuna_cloud.storage import StorageError, open_bucket
 from vicuna_cloud.storage.local import LocalBucket
 
-CHILD = Path(__file__).with_name("ledger_child.py")
+CHILD = Path(__file__).parent / "helpers" / "children" / "ledger_child.py"
 
 
 def _run_child_until(bucket_uri: str, run_id: str, min_step: int) -> int:

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from vicuna_cloud.recipes import get_preset
-from vicuna_cloud.runs import spec_from_preset, write_run_spec
+from vicuna_cloud.run_store import spec_from_preset, write_run_spec
 from vicuna_cloud.storage import open_bucket
 from vicuna_cloud.templates import get_template
 
@@ -27,7 +27,7 @@ def export_dir(tmp_path_factory):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from vicuna_cloud.tokenizers import load_tokenizer
+    from vicuna_cloud.tokenizer import load_tokenizer
 
     out = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
@@ -69,6 +69,7 @@ def cli(*args, env=None):
                           text=True, timeout=300, env=env)
 
 
+@pytest.mark.slow  # a real model generating in a subprocess
 @pytest.mark.parametrize("bucket_uri", ["local", "s3"], indirect=True)
 def test_chat_prompt_matches_greedy_generation(bucket_uri, export_dir, tmp_path):
     publish(bucket_uri, export_dir)
@@ -81,7 +82,7 @@ def test_chat_prompt_matches_greedy_generation(bucket_uri, export_dir, tmp_path)
     if bucket_uri.startswith("s3://"):  # downloaded next to the run's local files
         assert os.path.isfile(tmp_path / "home" / "local" / RUN / "final" / "config.json")
     # Without --bucket, the machine's launch index says where the run lives.
-    from vicuna_cloud.skypilot import index
+    from vicuna_cloud import run_index as index
 
     os.environ["VICUNA_CLOUD_HOME"], saved = str(tmp_path / "home"), os.environ["VICUNA_CLOUD_HOME"]
     try:
@@ -92,6 +93,7 @@ def test_chat_prompt_matches_greedy_generation(bucket_uri, export_dir, tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == expected, r.stderr
 
 
+@pytest.mark.slow  # a real model generating in a subprocess
 def test_chat_interactive_loop_keeps_the_conversation(export_dir):
     r = subprocess.run([sys.executable, "-m", "train.generate", "--model", export_dir,
                         "--max-new-tokens", "4"], input="Hello\nAnd then?\nexit\n",

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from vicuna_cloud.ledger import read_ledger
-from vicuna_cloud.local.models import local_export_dir
+from vicuna_cloud.exported_model import local_export_dir
 from vicuna_cloud.local.supervisor import EXIT_CANCELLED, PreemptionPlan
 from vicuna_cloud.storage import open_bucket
 

@@ -12,7 +12,7 @@ import pytest
 from vicuna_cloud.ledger import LedgerRecorder, read_ledger
 from vicuna_cloud.local.launch import close_cancelled_segment, torchrun_command
 from vicuna_cloud.recipes import get_preset
-from vicuna_cloud.runs import spec_from_preset, write_run_spec
+from vicuna_cloud.run_store import spec_from_preset, write_run_spec
 from vicuna_cloud.storage import open_bucket
 
 
@@ -55,15 +55,15 @@ def test_existing_run_with_other_settings_is_refused(tmp_path):
 
 def test_command_is_the_tasks_torchrun_line():
     cmd = torchrun_command("s3://b/p/runs/r/run.json")
-    assert cmd[-8:] == ["--standalone", "--nnodes", "1", "--nproc_per_node", "2", "-m", "train",
-                        "s3://b/p/runs/r/run.json"]
+    assert cmd[-9:] == ["--standalone", "--nnodes", "1", "--nproc_per_node", "2", "-m", "train",
+                        "--run-uri", "s3://b/p/runs/r/run.json"]
     # torchrun's own parser accepts it and hands the URI to `train` untouched.
     from torch.distributed.run import get_args_parser
 
     i = cmd.index("--standalone")
     a = get_args_parser().parse_args(cmd[i:])
     assert a.module and a.training_script == "train"
-    assert a.training_script_args == ["s3://b/p/runs/r/run.json"]
+    assert a.training_script_args == ["--run-uri", "s3://b/p/runs/r/run.json"]
 
 
 def test_cancel_closes_the_open_segment_of_this_launch_only(local_bucket_uri):

@@ -7,7 +7,7 @@ import json
 
 from rich.console import Console
 
-from vicuna_cloud.local.progress import LiveView, MetricsTail, StdoutProbe, ViewState
+from vicuna_cloud.local.live_view import LiveView, MetricsTail, StdoutProbe, ViewState
 from vicuna_cloud.local.supervisor import Attempt
 from vicuna_cloud.storage import open_bucket
 

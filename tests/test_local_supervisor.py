@@ -1,4 +1,4 @@
-"""Supervisor policy with a small real child program (tests/local_child/worker.py).
+"""Supervisor policy with a small real child program (tests/helpers/children/supervised_worker.py).
 
 No torchrun here: the restart / kill / exit-code policy is independent of what runs.
 """
@@ -15,13 +15,13 @@ from pathlib import Path
 import psutil
 
 from vicuna_cloud.exit_codes import EXIT_CONFIG
-from vicuna_cloud.local.progress import MetricsTail
+from vicuna_cloud.local.live_view import MetricsTail
 from vicuna_cloud.local.supervisor import (
     EXIT_CANCELLED, PreemptionPlan, Supervisor, SupervisorConfig,
 )
 from vicuna_cloud.storage import open_bucket
 
-WORKER = str(Path(__file__).parent / "local_child" / "worker.py")
+WORKER = str(Path(__file__).parent / "helpers" / "children" / "supervised_worker.py")
 
 
 def make(tmp_path, mode="ok", total=20, dt=0.05, **cfg):

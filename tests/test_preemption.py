@@ -13,7 +13,7 @@ from train.preemption import (
     AwsSpotNotice, GcpPreemptedNotice, PreemptionWatcher, sources_for,
 )
 
-from metadata_server import MetadataServer
+from helpers.metadata_server import MetadataServer
 
 
 @pytest.fixture

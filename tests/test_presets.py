@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from launch_helpers import run_cli
+from helpers.cli import run_cli
 from vicuna_cloud.recipes import get_preset
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launch_helpers import run_cli
-from vicuna_cloud.cli.launch import render_task
+from helpers.cli import run_cli
+from vicuna_cloud.sdk import render_task
 from vicuna_cloud.recipes import all_presets
 from vicuna_cloud.skypilot.task import (
     TaskValidationError, check_job_recovery, validate_task_config,

@@ -225,6 +225,7 @@ exit {torchrun_rc}
     assert proc.returncode == expected, proc.stderr
 
 
+@pytest.mark.slow  # the real torchrun
 def test_run_script_with_the_real_torchrun_reaches_the_trainer(tmp_path):
     """The real torchrun parses our argv (it once rejected `--run` as an abbreviation of
     its `--run-path`), starts `python -m train`, and the trainer's own exit code for an

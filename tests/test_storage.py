@@ -295,7 +295,7 @@ def test_no_credentials_message(tmp_path):
 def test_bad_s3_credentials_against_moto_with_auth(tmp_path):
     """moto checks signatures and keys when INITIAL_NO_AUTH_ACTION_COUNT=0 (a process-wide
     setting, so this test runs its own moto server)."""
-    from cloud_servers import FAKE_AWS_ENV, free_port
+    from helpers.cloud_servers import FAKE_AWS_ENV, free_port
 
     port = free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
@@ -486,8 +486,8 @@ def test_failed_resumable_upload_leaves_previous_object(tmp_path, monkeypatch):
     """GCS: every chunk after the first of a resumable upload fails. The upload gives up
     and the object still holds its old bytes (a resumable object appears only when its
     last chunk is in). A server of its own, whose session links point at the proxy."""
-    from cloud_servers import GCSServer, free_port
-    from fault_proxy import FaultProxy
+    from helpers.cloud_servers import GCSServer, free_port
+    from helpers.fault_proxy import FaultProxy
 
     port = free_port()
     server = GCSServer(external_url=f"http://127.0.0.1:{port}").start()
@@ -524,7 +524,7 @@ def test_unreachable_endpoint_gives_up_quickly(monkeypatch):
     retried, but within the bounds, then reported as one clear error."""
     import time
 
-    from cloud_servers import FAKE_AWS_ENV, free_port
+    from helpers.cloud_servers import FAKE_AWS_ENV, free_port
 
     for k, v in FAKE_AWS_ENV.items():
         monkeypatch.setenv(k, v)

@@ -20,7 +20,7 @@ from vicuna_cloud.storage import open_bucket
 from vicuna_cloud.templates import TEMPLATES, to_messages
 
 from conftest import DUMMY_CONVERSATIONS
-from train_helpers import REPO, read_metrics, tiny_spec, torchrun_train
+from helpers.train import REPO, read_metrics, tiny_spec, torchrun_train
 
 N_CONVERSATIONS = 192
 LOSS_DROP = 1.0
@@ -98,7 +98,7 @@ def test_export_round_trip(trained):
 def test_v0_chat_template_round_trip(tmp_path):
     """The other template family, without another training run."""
     from transformers import AutoTokenizer
-    from vicuna_cloud.tokenizers import load_tokenizer
+    from vicuna_cloud.tokenizer import load_tokenizer
     from train.export import save_tokenizer
 
     save_tokenizer(load_tokenizer("builtin:llama-sp"), "vicuna_v0", str(tmp_path))

@@ -13,7 +13,7 @@ import torch
 
 from vicuna_cloud.recipes import TINY
 
-from train_helpers import REPO
+from helpers.train import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def test_sharded_load_matches_the_checkpoint(tmp_path):
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(REPO / "tests" / "train_load_child.py"), str(tmp_path / "base"), str(out)],
+         str(REPO / "tests" / "helpers" / "children" / "train_load_child.py"), str(tmp_path / "base"), str(out)],
         env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = json.loads(out.read_text())

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from vicuna_cloud.templates import TEMPLATES
-from vicuna_cloud.tokenizers import load_tokenizer
+from vicuna_cloud.tokenizer import load_tokenizer
 
 from train.masking import IGNORE, TokenStore, tokenize_batch, tokenize_conversation
 from conftest import DUMMY_CONVERSATIONS
@@ -62,7 +62,7 @@ def legacy_tok():
     "</s>USER" becomes "</s>", "▁US", "ER" -- the Llama-2 tokenizer behaviour that broke
     FastChat's per-turn "-2" arithmetic."""
     from transformers import AutoTokenizer
-    from vicuna_cloud.tokenizers import resolve_tokenizer_path
+    from vicuna_cloud.tokenizer import resolve_tokenizer_path
 
     tok = AutoTokenizer.from_pretrained(resolve_tokenizer_path("builtin:llama-sp"),
                                         legacy=True, from_slow=True)

@@ -12,7 +12,7 @@ import torch
 from vicuna_cloud.recipes import TINY
 from vicuna_cloud.runspec import Hyperparameters, rope_factor_for
 from vicuna_cloud.templates import TEMPLATES
-from vicuna_cloud.tokenizers import load_tokenizer
+from vicuna_cloud.tokenizer import load_tokenizer
 
 from conftest import DUMMY_CONVERSATIONS
 from train import batching, optim
@@ -102,7 +102,7 @@ def test_rope_scaling_rule_and_model():
 
 def test_rope_scaling_from_run_spec(tmp_path):
     from train.model import build_config
-    from train_helpers import tiny_spec
+    from helpers.train import tiny_spec
 
     # tiny context is 512; packing needs micro_batch_tokens >= max_length (run spec check)
     spec, _ = tiny_spec(tmp_path, limit=4, max_length=1100, micro_batch_tokens=1100)

@@ -1,4 +1,4 @@
-"""``python -m train --run URI``: what torchrun starts on every GPU.
+"""``python -m train --run-uri URI``: what torchrun starts on every GPU.
 
 Exit codes (vicuna_cloud/exit_codes.py): 0 completed or budget stop, 75 preempted (the
 managed job recovers), 78 bad run spec or data (restarting will not help), 1 anything else.
@@ -6,7 +6,11 @@ managed job recovers), 78 bad run spec or data (restarting will not help), 1 any
 torchrun does not pass its workers' exit codes on: any failing worker makes it exit 1.
 So when ``$VICUNA_EXIT_CODE_FILE`` is set, each node's local rank 0 also writes its exit
 code there; the wrapper removes the file before torchrun and exits with its content after:
-    rm -f "$F"; torchrun ... -m train "$VICUNA_RUN_URI"; rc=$?; [ -s "$F" ] && rc=$(cat "$F"); exit $rc
+    rm -f "$F"; torchrun ... -m train --run-uri "$VICUNA_RUN_URI"; rc=$?; [ -s "$F" ] && rc=$(cat "$F"); exit $rc
+
+``--run-uri URI`` is the one documented form (the task, the local backend, the docs).
+torchrun's argparse rejects ``--run`` after ``-m train`` (an abbreviation of its own
+``--run-path``); the positional URI, ``--run`` and ``$VICUNA_RUN_URI`` are still accepted.
 """
 
 from __future__ import annotations
@@ -20,11 +24,9 @@ from vicuna_cloud.exit_codes import EXIT_CONFIG, EXIT_FAILED
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0])
-    # torchrun's argparse rejects `--run` after `-m train` (ambiguous with its --run-path),
-    # so under torchrun pass the URI positionally, as --run-uri, or in $VICUNA_RUN_URI.
-    p.add_argument("run_uri", nargs="?", default=None, help="URI of runs/<id>/run.json")
-    p.add_argument("--run", "--run-uri", dest="run", default=None,
-                   help="same as the positional URI (default: $VICUNA_RUN_URI)")
+    p.add_argument("--run-uri", "--run", dest="run", default=None, metavar="URI",
+                   help="URI of runs/<id>/run.json (default: $VICUNA_RUN_URI)")
+    p.add_argument("run_uri", nargs="?", default=None, help=argparse.SUPPRESS)  # older form
     p.add_argument("--local-root", default=None,
                    help="node-local cache and checkpoint staging (default: $VICUNA_LOCAL_ROOT "
                         "or the user cache)")
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     a.run = a.run_uri or a.run or os.environ.get("VICUNA_RUN_URI")
     if not a.run:
-        print("error: no run spec: pass --run URI or set VICUNA_RUN_URI", file=sys.stderr)
+        print("error: no run spec: pass --run-uri URI or set VICUNA_RUN_URI", file=sys.stderr)
         return EXIT_CONFIG
 
     from train.inputs import CONFIG_ERRORS

@@ -25,7 +25,6 @@ step (maybe_save entry after that step, i.e. plain training), save (before stagi
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -47,6 +46,8 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from vicuna_cloud import bucket_keys
+from vicuna_cloud.hashing import sha256_file
 from vicuna_cloud.runspec import RunSpec
 from vicuna_cloud.storage import Bucket, NotFoundError, open_bucket
 from train.ckpt_interval import IntervalPolicy
@@ -54,7 +55,7 @@ from train.inputs import ConfigError
 
 log = logging.getLogger("train.checkpoint")
 
-COMMIT_NAME = "COMMIT.json"
+COMMIT_NAME = bucket_keys.COMMIT_FILE
 ABORT_NAME = "ABORTED.json"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -87,13 +88,9 @@ class CorruptCheckpoint(CheckpointError):
     """A committed checkpoint whose files are missing, short or fail their checksum."""
 
 
-# --- bucket layout helpers (also used by export) ---------------------------------------
-def checkpoints_prefix(run_id: str) -> str:
-    return f"runs/{run_id}/checkpoints"
-
-
-def step_prefix(run_id: str, step: int) -> str:
-    return f"{checkpoints_prefix(run_id)}/step-{step:08d}"
+# --- bucket layout (vicuna_cloud.bucket_keys names every key; also used by export) ---
+checkpoints_prefix = bucket_keys.checkpoints_prefix
+step_prefix = bucket_keys.checkpoint_prefix
 
 
 def list_checkpoints(bucket: Bucket, run_id: str) -> dict[int, bool]:
@@ -123,14 +120,6 @@ def delete_checkpoint(bucket: Bucket, run_id: str, step: int) -> None:
     sp = step_prefix(run_id, step)
     bucket.delete(f"{sp}/{COMMIT_NAME}")
     bucket.delete_prefix(sp + "/")
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def download_checkpoint(bucket: Bucket, run_id: str, step: int, dest: str,

@@ -8,19 +8,13 @@ before the previous one is committed, so the interval is never shorter than that
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
+from vicuna_cloud.runspec import young_daly_seconds  # noqa: F401  (the one formula)
+
 # Before anything is measured: a conservative guess of what one checkpoint costs the loop.
 INITIAL_COST_S = 30.0
-
-
-def young_daly_seconds(cost_s: float, mtbf_s: float) -> float:
-    """sqrt(2 x cost x MTBF); both in seconds."""
-    if cost_s < 0 or mtbf_s <= 0:
-        raise ValueError("checkpoint cost must be >= 0 and MTBF > 0")
-    return math.sqrt(2.0 * cost_s * mtbf_s)
 
 
 @dataclass

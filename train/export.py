@@ -18,10 +18,11 @@ from typing import Mapping, Optional
 
 import torch
 
+from vicuna_cloud import bucket_keys
 from vicuna_cloud.storage import Bucket
 from vicuna_cloud.templates import get_template
 
-FINAL_DIR = "final"
+FINAL_DIR = bucket_keys.FINAL_DIR
 EXPORT_MARKER = "EXPORT.json"  # written last: a final/ without it is incomplete
 DEFAULT_SHARD_BYTES = 5 * 1024**3
 

@@ -1,4 +1,4 @@
-"""``python -m train.export_cli --run URI [--step N] --out DIR``: checkpoint -> HF directory.
+"""``python -m train.export_cli --run-uri URI [--step N] --out DIR``: checkpoint -> HF directory.
 
 Any committed checkpoint (default: the newest) becomes a Hugging Face model directory
 (safetensors, config, tokenizer with the Vicuna chat template), in one process, no GPU and
@@ -39,9 +39,9 @@ def load_model_state(ckpt_dir: str) -> dict:
 def export(run_uri: str, out_dir: str, step: Optional[int] = None,
            work_dir: Optional[str] = None) -> dict:
     """Write the HF directory for ``step`` (None = newest committed); returns a summary."""
-    from vicuna_cloud.runs import read_run_spec
+    from vicuna_cloud.run_store import read_run_spec
     from vicuna_cloud.storage import NotFoundError, StorageError, open_bucket
-    from vicuna_cloud.tokenizers import load_tokenizer
+    from vicuna_cloud.tokenizer import load_tokenizer
 
     from train.checkpoint import CheckpointError, committed_steps, download_checkpoint
     from train.export import save_hf_dir
@@ -95,7 +95,8 @@ def export(run_uri: str, out_dir: str, step: Optional[int] = None,
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.export_cli",
                                 description=__doc__.splitlines()[0])
-    p.add_argument("--run", required=True, help="URI of runs/<id>/run.json")
+    p.add_argument("--run-uri", "--run", dest="run", required=True, metavar="URI",
+                   help="URI of runs/<id>/run.json")
     p.add_argument("--step", type=int, default=None, help="committed step (default: newest)")
     p.add_argument("--out", required=True, help="new directory for the Hugging Face model")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

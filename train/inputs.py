@@ -11,18 +11,20 @@ from typing import Callable, Optional, TypeVar
 
 from pydantic import ValidationError
 
-from vicuna_cloud.runs import read_run_spec
+from vicuna_cloud import bucket_keys
+from vicuna_cloud.hashing import sha256_file
+from vicuna_cloud.run_store import read_run_spec
 from vicuna_cloud.runspec import RunSpec
 from vicuna_cloud.storage import NotFoundError, StorageError, open_bucket
 from vicuna_cloud.templates import TemplateError, get_template
-from vicuna_cloud.tokenizers import TokenizerNotFound
+from vicuna_cloud.tokenizer import TokenizerNotFound
 
 from train import parallel
 from train.masking import Example, TokenStore, tokenize_batch
 
 MASKING_VERSION = 1  # bump when masking changes, to invalidate token caches
 
-DATASET_FILE = "train.jsonl"
+DATASET_FILE = bucket_keys.TRAIN_FILE
 T = TypeVar("T")
 
 
@@ -82,12 +84,7 @@ def load_spec(uri: str) -> RunSpec:
         raise ConfigError(f"cannot read run spec {uri}: {str(e).splitlines()[0]}") from None
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+file_sha256 = sha256_file  # the one helper (vicuna_cloud.hashing)
 
 
 def fetch_dataset(spec: RunSpec, cache_dir: str, *, download: bool = True) -> str:

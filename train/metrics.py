@@ -20,10 +20,11 @@ import threading
 import time
 from typing import Optional, Sequence
 
+from vicuna_cloud import bucket_keys
 from vicuna_cloud.recipes import GPU_SPECS
 from vicuna_cloud.storage import Bucket, NotFoundError, StorageError
 
-METRICS_KEY = "metrics.jsonl"
+METRICS_KEY = bucket_keys.METRICS_FILE
 
 
 def step_flops(matmul_params: int, n_layers: int, hidden: int, seq_lens: Sequence[int],

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from vicuna_cloud.exit_codes import EXIT_BUDGET, EXIT_COMPLETED, EXIT_PREEMPTED
 from vicuna_cloud.ledger import LedgerRecorder, NullLedger
 from vicuna_cloud.storage import open_bucket
-from vicuna_cloud.tokenizers import load_tokenizer
+from vicuna_cloud.tokenizer import load_tokenizer
 
 from train import batching, inputs, metrics, model as model_lib, optim, parallel
 from train.checkpoint import CheckpointManager, TrainProgress

@@ -33,6 +33,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Mapping, Optional
 
+from vicuna_cloud import bucket_keys
 from vicuna_cloud.runspec import RunSpec
 from vicuna_cloud.storage import Bucket, StorageError
 
@@ -46,8 +47,7 @@ CLUSTER_INFO_ENV = "SKYPILOT_CLUSTER_INFO"
 INSTANCE_TYPE_ENV = "VICUNA_INSTANCE_TYPE"  # optional override set by the task
 
 
-def ledger_prefix(run_id: str) -> str:
-    return f"runs/{run_id}/ledger/"
+ledger_prefix = bucket_keys.ledger_prefix
 
 
 @dataclass
@@ -222,7 +222,7 @@ class LedgerRecorder:
     @property
     def key(self) -> str:
         assert self.segment is not None, "begin() first"
-        return f"{ledger_prefix(self.spec.run_id)}{self.segment.segment_id}.json"
+        return bucket_keys.ledger_segment(self.spec.run_id, self.segment.segment_id)
 
     def begin(self, first_step: int, total_steps: Optional[int] = None) -> None:
         now = self.clock()

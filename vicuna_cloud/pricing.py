@@ -26,13 +26,16 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Optional
 
-CLOUDS = ("aws", "gcp")
+from vicuna_cloud.errors import ConfigError
+from vicuna_cloud.runspec import Cloud
+
+CLOUDS = Cloud.priced()
 FLAG_SPOT_ABOVE_ON_DEMAND = "spot price above on-demand in the catalog"
 FLAG_NO_SPOT = "no spot price in the catalog"
 _EPS = 1e-3  # catalog rows carry rounding noise (32.9365 spot vs 32.93646 on-demand)
 
 
-class PricingError(ValueError):
+class PricingError(ConfigError):
     """No price can be found (unknown accelerator, cloud without such nodes, no catalog)."""
 
 

@@ -28,13 +28,16 @@ would cost far more in step time than the second node costs in dollars of wasted
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
+
+from vicuna_cloud.runspec import Hyperparameters, rope_factor_for
+from vicuna_cloud.errors import ConfigError
 
 GIB = 1024**3
 
 
-class RecipeError(ValueError):
+class RecipeError(ConfigError):
     """Unknown preset or version, or an impossible combination."""
 
 
@@ -177,24 +180,20 @@ class Preset:
     template: str
     arch: Architecture
     hardware: Hardware
-    epochs: float = 3
-    global_batch_size: int = 128
-    learning_rate: float = 2e-5
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    max_length: int = 2048
-    micro_batch_tokens: int = 8192
-    micro_batch_size: int = 2
-    dtype: str = "bf16"
+    #: The recipe's training values: a run spec starts from exactly these
+    #: (``run_store.spec_from_preset``: ``hyper.model_copy(update=...)``).
+    hyper: Hyperparameters = Hyperparameters()
     reference_conversations: int = 70_000
     disk_size_gb: int = 512
-    extra: dict = field(default_factory=dict)
+
+    @property
+    def max_length(self) -> int:
+        """Shorthand used by the data pipeline and the estimators."""
+        return self.hyper.max_length
 
     @property
     def rope_scaling_factor(self) -> Optional[float]:
-        if self.max_length <= self.arch.context:
-            return None
-        return float(math.ceil(self.max_length / self.arch.context))
+        return rope_factor_for(self.hyper.max_length, self.arch.context)
 
     @property
     def published_budget_usd(self) -> Optional[float]:
@@ -203,7 +202,7 @@ class Preset:
     def memory_estimate(self, micro_batch_tokens: Optional[int] = None) -> MemoryEstimate:
         """Per-GPU peak estimate (see module docstring for the model)."""
         a = self.arch
-        tokens = micro_batch_tokens or self.micro_batch_tokens
+        tokens = micro_batch_tokens or self.hyper.micro_batch_tokens
         world = self.hardware.world_size
         sharded = 16 * a.n_params / world
         per_layer = (a.n_params - 2 * a.vocab * a.hidden) / max(a.n_layers, 1)
@@ -245,8 +244,10 @@ def get_preset(name: str, version: Optional[str] = None,
             # CPU (2 processes) unless a GPU type is asked for (e.g. --gpus A100-80GB:1).
             hardware=hardware_for("cpu", 2, 1) if accelerator is None
             else hardware_for(accelerator, gpus_per_node, nodes or 1),
-            epochs=1, global_batch_size=16, learning_rate=2e-3, max_length=256,
-            micro_batch_tokens=1024, micro_batch_size=4, dtype="fp32",
+            # A 2-layer model trains in seconds: nothing to gain from recomputing activations.
+            hyper=Hyperparameters(epochs=1, global_batch_size=16, learning_rate=2e-3,
+                                  max_length=256, micro_batch_tokens=1024, micro_batch_size=4,
+                                  dtype="fp32", gradient_checkpointing=False),
             reference_conversations=500, disk_size_gb=64,
         )
     if name not in SIZES:
@@ -271,7 +272,7 @@ def get_preset(name: str, version: Optional[str] = None,
         base_model=base_model or BASE_MODELS[(v.base_family, name)],
         tokenizer=base_model or BASE_MODELS[(v.base_family, name)],
         template=v.template, arch=arch, hardware=hw,
-        max_length=v.max_length, micro_batch_tokens=tokens,
+        hyper=Hyperparameters(max_length=v.max_length, micro_batch_tokens=tokens),
         reference_conversations=v.reference_conversations,
         disk_size_gb=_disk_gb(arch),
     )

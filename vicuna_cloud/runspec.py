@@ -1,7 +1,7 @@
 """The run spec: the single source of truth for one training run.
 
 The CLI writes it to ``runs/<run_id>/run.json`` in the bucket at launch; every node reads
-it back (its URI arrives in ``VICUNA_RUN_URI`` / ``--run``) and validates it with this
+it back (its URI arrives as ``python -m train --run-uri URI``) and validates it with this
 same model, so no hyperparameter lives only in a shell line of a task YAML.
 Torch-free: both planes import it.
 """
@@ -10,14 +10,52 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from datetime import datetime, timezone
+from enum import Enum
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-RUN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+from vicuna_cloud.errors import ConfigError
+
+RUN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # use with fullmatch ($ allows "\n")
+RUN_ID_RULE = "1-63 lowercase letters, digits and '-', starting with a letter or digit"
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+
+
+class Cloud(str, Enum):
+    """Where a run is provisioned: the one list of clouds (the CLI's --cloud, the run
+    spec, the credential check and the price catalog all read it)."""
+
+    AWS = "aws"
+    GCP = "gcp"
+    ANY = "any"      # SkyPilot's optimizer picks the cheapest of the usable clouds
+    LOCAL = "local"  # `launch --local`: this machine's CPU
+
+    @classmethod
+    def priced(cls) -> tuple[str, ...]:
+        """The clouds with a price catalog and credentials to check."""
+        return (cls.AWS.value, cls.GCP.value)
+
+    @classmethod
+    def choosable(cls) -> tuple[str, ...]:
+        """What --cloud accepts."""
+        return (cls.AWS.value, cls.GCP.value, cls.ANY.value)
+
+
+def check_run_id(value: str, flag: Optional[str] = None) -> str:
+    """The one run-id check (every command, the run spec, the local backend)."""
+    if isinstance(value, str) and RUN_ID_PATTERN.fullmatch(value):
+        return value
+    what = f"{flag} {value!r}" if flag else repr(value)
+    raise InvalidRunId(f"{what} is not a run id: use {RUN_ID_RULE} (list runs with "
+                       "`vicuna-cloud status`)")
+
+
+class InvalidRunId(ConfigError):
+    """A run id that does not match RUN_ID_PATTERN."""
 
 
 class _Strict(BaseModel):
@@ -107,11 +145,21 @@ class CheckpointPolicy(_Strict):
     keep: int = Field(2, ge=1, description="Committed checkpoints kept in the bucket.")
 
 
+def young_daly_seconds(cost_s: float, mtbf_s: float) -> float:
+    """The one checkpoint-interval rule, Young (1974) / Daly (2006): sqrt(2 x C x MTBF)
+    minimises expected lost work plus checkpoint overhead (C: what one save costs the
+    loop). Both in seconds. The trainer (train/ckpt_interval.py) and the cost estimator
+    (costs/estimate.py) use it."""
+    if cost_s < 0 or mtbf_s <= 0:
+        raise ValueError("checkpoint cost must be >= 0 and MTBF > 0")
+    return math.sqrt(2.0 * cost_s * mtbf_s)
+
+
 class Resources(_Strict):
     accelerators: str = "A100-80GB:8"
     nodes: int = Field(1, ge=1)
     use_spot: bool = True
-    cloud: Literal["aws", "gcp", "any", "local"] = "any"
+    cloud: Literal["aws", "gcp", "any", "local"] = Cloud.ANY.value  # a Cloud value
 
 
 class Budget(_Strict):
@@ -141,12 +189,7 @@ class RunSpec(_Strict):
     @field_validator("run_id")
     @classmethod
     def _run_id(cls, v: str) -> str:
-        if not RUN_ID_PATTERN.fullmatch(v):
-            raise ValueError(
-                f"run id {v!r} must be 1-63 characters of lowercase letters, digits and "
-                "'-', starting with a letter or digit"
-            )
-        return v
+        return check_run_id(v)
 
     @model_validator(mode="after")
     def _template_known(self) -> "RunSpec":
@@ -161,7 +204,9 @@ class RunSpec(_Strict):
     # --- derived values -------------------------------------------------------------
     @property
     def run_prefix(self) -> str:
-        return f"runs/{self.run_id}"
+        from vicuna_cloud.bucket_keys import run_prefix
+
+        return run_prefix(self.run_id)
 
     @property
     def rope_scaling_factor(self) -> Optional[float]:
@@ -194,6 +239,8 @@ class RunSpec(_Strict):
 
 
 def rope_factor_for(max_length: int, context_length: int) -> Optional[float]:
+    """The one RoPE rule: linear factor ceil(max_length / context) past the base context
+    (v1.5-16k: 16,384 / 4,096 = 4), None within it. Presets and the trainer both use it."""
     if max_length <= context_length:
         return None
     return float(-(-max_length // context_length))

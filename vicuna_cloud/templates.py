@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
+from vicuna_cloud.errors import ConfigError
 
 HUMAN_ROLES = frozenset({"human", "user"})
 ASSISTANT_ROLES = frozenset({"gpt", "assistant", "chatgpt", "bard", "bing"})
 
 
-class TemplateError(ValueError):
+class TemplateError(ConfigError):
     """A conversation that cannot be rendered (unknown role, roles not alternating)."""
 
 

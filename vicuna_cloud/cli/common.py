@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: consoles, the user-error type, and --json output."""
+"""Shared CLI plumbing: consoles, the error type the CLI prints, and --json output."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import sys
 from typing import Any
 
 from rich.console import Console
+
+from vicuna_cloud.errors import VicunaError
 
 
 def _width(stream) -> int | None:
@@ -22,11 +24,9 @@ console = Console(width=_width(sys.stdout))
 err_console = Console(stderr=True, width=_width(sys.stderr))
 
 
-class UserError(Exception):
-    """Bad input or environment. Printed as one line 'error: ...' with exit code 2.
-
-    The message must say what is wrong and how to fix it.
-    """
+#: What `vicuna-cloud` prints as one line 'error: ...' with exit code 2 (cli.main, the one
+#: place): the SDK's domain errors, whose messages say what is wrong and how to fix it.
+UserError = VicunaError
 
 
 def print_json(obj: Any) -> None:

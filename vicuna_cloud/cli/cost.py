@@ -6,7 +6,8 @@
     vicuna-cloud cost --simulate PRESET [--preemptions-per-hour P] [--restart-minutes M]
                       [--checkpoint-minutes I] [--trials N] [--seed S] [--json]
 
-Tables and ``--json`` are built from the same figures (``_money`` rounds both alike).
+The figures come from ``vicuna_cloud.sdk`` (cost_report, cost_overview, estimate,
+simulate); tables and ``--json`` are built from the same figures.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from vicuna_cloud.cli import app
+from vicuna_cloud.cli.app import app
 from vicuna_cloud.cli.common import UserError, console, err_console, print_json
 
 
@@ -60,12 +61,16 @@ def cost(
     if (estimate_preset or simulate_preset) and run:
         raise UserError("--estimate/--simulate take a preset, not a run id: drop RUN")
     if estimate_preset or simulate_preset:
-        ctx = _estimate_context(estimate_preset or simulate_preset, version, data, cloud, mfu,
-                                rate, restart_minutes, checkpoint_minutes)
+        from vicuna_cloud import sdk
+
+        req = sdk.EstimateRequest(
+            preset=estimate_preset or simulate_preset, version=version, data=data,
+            cloud=cloud, mfu=mfu, preemptions_per_hour=rate, restart_minutes=restart_minutes,
+            checkpoint_minutes=checkpoint_minutes)
         if estimate_preset:
-            _show_estimate(ctx, json_out)
+            _show_estimate(sdk.estimate(req), json_out)
         else:
-            _show_simulation(ctx, trials, seed, json_out)
+            _show_simulation(req, trials, seed, json_out)
         return
     if run:
         _show_run(run, bucket, json_out, skypilot=not no_skypilot)
@@ -74,54 +79,10 @@ def cost(
 
 
 # --- actual spend -----------------------------------------------------------------------
-def _open(uri: str):
-    from vicuna_cloud.storage import StorageError, open_bucket
-    from vicuna_cloud.storage.uri import InvalidBucketURI
-
-    try:
-        return open_bucket(uri)
-    except (InvalidBucketURI, StorageError, ValueError) as e:
-        raise UserError(f"--bucket {uri}: {str(e).splitlines()[0]}") from None
-
-
-def _locate(run: str, bucket: Optional[str]):
-    """(Bucket, job name) for a run: --bucket wins, else this machine's launch index."""
-    from vicuna_cloud.runspec import RUN_ID_PATTERN
-    from vicuna_cloud.skypilot import index
-
-    if not RUN_ID_PATTERN.fullmatch(run):
-        raise UserError(f"{run!r} is not a run id (lowercase letters, digits and '-'); "
-                        "list runs with `vicuna-cloud cost`")
-    rec = index.lookup(run)
-    if bucket is None:
-        if rec is None:
-            raise UserError(f"unknown run {run!r} on this machine; pass --bucket URI where it "
-                            "was launched")
-        bucket = rec.bucket_uri
-    return _open(bucket), (rec.job_name if rec and rec.job_name else run), \
-        (rec.backend if rec else None)
-
-
 def _show_run(run: str, bucket_uri: Optional[str], json_out: bool, skypilot: bool) -> None:
-    from vicuna_cloud.costs import report
-    from vicuna_cloud.storage import NotFoundError, StorageError
+    from vicuna_cloud import sdk
 
-    bkt, job_name, backend = _locate(run, bucket_uri)
-    try:
-        rc = report.run_cost(bkt, run)
-    except NotFoundError:
-        raise UserError(f"no ledger for run {run!r} in {bkt.uri}: check the run id and "
-                        "--bucket (the ledger appears once training starts)") from None
-    except StorageError as e:
-        raise UserError(f"cannot read {bkt.uri}: {str(e).splitlines()[0]}") from None
-    if backend == "local" or all(s.where.startswith("local") for s in rc.segments):
-        rc.skypilot = {"reachable": None, "note": "local run: no SkyPilot records"}
-    elif skypilot:
-        rc.skypilot = report.reconcile_with_skypilot(job_name, len(rc.segments))
-        if rc.skypilot.get("reachable") is False:
-            rc.skypilot["note"] += "; figures come from the ledger alone"
-    else:
-        rc.skypilot = {"reachable": None, "note": "SkyPilot not asked (--no-skypilot)"}
+    rc = sdk.cost_report(run, bucket_uri, skypilot=skypilot)
     if json_out:
         print_json(rc.to_dict())
         return
@@ -176,23 +137,11 @@ def render_run(rc) -> None:
 
 
 def _show_all(bucket_uri: Optional[str], json_out: bool) -> None:
-    from vicuna_cloud.costs import report
-    from vicuna_cloud.skypilot import index
-    from vicuna_cloud.storage import StorageError
+    from vicuna_cloud import sdk
 
-    if bucket_uri:
-        buckets = [bucket_uri]
-    else:
-        buckets = sorted({r.bucket_uri for r in index.all_runs()})
-        if not buckets:
-            raise UserError("no runs launched from this machine; pass --bucket URI to list "
-                            "the runs in a bucket")
-    lines = []
-    for uri in buckets:
-        try:
-            lines.extend(report.all_runs(_open(uri)))
-        except StorageError as e:
-            err_console.print(f"[yellow]warning:[/] cannot read {uri}: {str(e).splitlines()[0]}")
+    lines, warnings = sdk.cost_overview(bucket_uri)
+    for w in warnings:
+        err_console.print(f"[yellow]warning:[/] {w}")
     if json_out:
         print_json([line.__dict__ for line in lines])
         return
@@ -212,91 +161,7 @@ def _show_all(bucket_uri: Optional[str], json_out: bool) -> None:
 
 
 # --- estimate and simulation ------------------------------------------------------------
-def _estimate_context(preset_name, version, data, cloud, mfu, rate, restart_minutes,
-                      checkpoint_minutes) -> dict:
-    from vicuna_cloud.costs import estimate as est
-    from vicuna_cloud import pricing
-    from vicuna_cloud.recipes import RecipeError, get_preset
-
-    cloud = (cloud or "any").lower().strip()
-    if cloud not in ("aws", "gcp", "any"):
-        raise UserError(f"unknown --cloud {cloud!r}; use aws, gcp or any")
-    try:
-        preset = get_preset(preset_name, version)
-    except RecipeError as e:
-        raise UserError(str(e)) from None
-    if preset.hardware.bf16_peak_tflops <= 0:
-        raise UserError(f"preset {preset.name} trains on the CPU: nothing to price; estimate "
-                        "7b, 13b or 33b")
-    a = est.Assumptions()
-    kw = {}
-    if mfu is not None:
-        kw["mfu"] = mfu
-    if rate is not None:
-        kw["preemptions_per_hour"] = rate
-    if restart_minutes is not None:
-        kw["restart_minutes"] = restart_minutes
-    if checkpoint_minutes is not None:
-        kw["checkpoint_interval_minutes"] = checkpoint_minutes
-    from dataclasses import replace
-
-    a = replace(a, **kw)
-    try:
-        a.validate()
-        if data:
-            manifest, src = est.load_manifest(data)
-            work = est.workload_from_manifest(manifest, preset, src)
-        else:
-            work = est.reference_workload(preset)
-    except est.EstimateError as e:
-        raise UserError(str(e)) from None
-    try:
-        prices = pricing.summarize(preset.hardware.accelerators, cloud)
-    except pricing.PricingError as e:
-        raise UserError(f"{e}; check --cloud") from None
-    return {"preset": preset, "assumptions": a, "workload": work, "prices": prices,
-            "cloud": cloud}
-
-
-def estimate_payload(ctx: dict) -> dict:
-    from vicuna_cloud.costs import estimate as est
-
-    preset, a, work, prices = ctx["preset"], ctx["assumptions"], ctx["workload"], ctx["prices"]
-    spot = prices.cheapest_spot.spot
-    try:
-        ours = est.estimate(preset, work, spot, a, "packed")
-        fastchat = est.estimate(preset, work, spot, a, "padded")
-    except est.EstimateError as e:
-        raise UserError(str(e)) from None
-    columns = {
-        f"spot min ${spot:.2f}": (spot, True),
-        f"spot median ${prices.spot_median:.2f}": (prices.spot_median, True),
-        f"on-demand min ${prices.cheapest_on_demand.on_demand:.2f}":
-            (prices.cheapest_on_demand.on_demand, False),
-    }
-    return {
-        "preset": preset.name, "version": preset.version,
-        "hardware": {"accelerators": preset.hardware.accelerators,
-                     "nodes": preset.hardware.nodes,
-                     "bf16_peak_tflops_per_gpu": preset.hardware.bf16_peak_tflops},
-        "n_params": preset.arch.n_params, "epochs": preset.epochs,
-        "max_length": preset.max_length,
-        "workload": {"source": work.source, "conversations": work.conversations,
-                     "samples": work.samples, "tokens_per_epoch": work.tokens_per_epoch,
-                     "assistant_tokens_per_epoch": work.assistant_tokens_per_epoch,
-                     "weighted_sample_length": work.weighted_sample_length,
-                     "assumptions": list(work.assumptions)},
-        "assumptions": a.__dict__,
-        "prices": prices.to_dict(),
-        "ours": ours.to_dict(), "fastchat": fastchat.to_dict(),
-        "sensitivity": {"ours": est.sensitivity(preset, work, columns, a, "packed"),
-                        "fastchat": est.sensitivity(preset, work, columns, a, "padded")},
-        "published_budget_usd": preset.published_budget_usd,
-    }
-
-
-def _show_estimate(ctx: dict, json_out: bool) -> None:
-    p = estimate_payload(ctx)
+def _show_estimate(p: dict, json_out: bool) -> None:
     if json_out:
         print_json(p)
         return
@@ -360,41 +225,14 @@ def _show_estimate(ctx: dict, json_out: bool) -> None:
                       "--version v1.1", highlight=False)
 
 
-def simulation_payload(ctx: dict, trials: int, seed: int) -> dict:
-    from vicuna_cloud.costs import estimate as est
-    from vicuna_cloud.costs import simulate as sim
-
-    preset, a, work, prices = ctx["preset"], ctx["assumptions"], ctx["workload"], ctx["prices"]
-    if trials <= 0 or trials > 1_000_000:
-        raise UserError(f"--trials {trials} must be between 1 and 1,000,000")
-    price = prices.cheapest_spot.spot * preset.hardware.nodes
-    e = est.estimate(preset, work, prices.cheapest_spot.spot, a, "packed")
-    common = dict(work_hours=e.compute_hours, restart_hours=a.restart_minutes / 60.0,
-                  stall_hours=e.checkpoint_stall_seconds / 3600.0,
-                  rate_per_hour=a.preemptions_per_hour, price_per_hour=price, trials=trials,
-                  seed=seed, budget=preset.published_budget_usd)
-    chosen_min = round(e.checkpoint_interval_minutes, 1)
-    intervals = sorted(set(sim.DEFAULT_INTERVALS_MIN) | {chosen_min})
-    try:
-        chosen = sim.simulate(interval_hours=chosen_min / 60.0, **common)
-        table = sim.interval_table(intervals_minutes=intervals, **common)
-    except sim.SimulationError as err:
-        raise UserError(str(err)) from None
-    return {"preset": preset.name, "version": preset.version,
-            "price_per_hour_all_nodes": price, "price_source": prices.cheapest_spot.source,
-            "work_hours": e.compute_hours, "restart_minutes": a.restart_minutes,
-            "checkpoint_stall_seconds": e.checkpoint_stall_seconds,
-            "preemptions_per_hour": a.preemptions_per_hour,
-            "closed_form_cost_usd": e.cost_usd, "budget_usd": preset.published_budget_usd,
-            "chosen": chosen.to_dict(), "intervals": [r.to_dict() for r in table]}
-
-
-def _show_simulation(ctx: dict, trials: int, seed: int, json_out: bool) -> None:
+def _show_simulation(req, trials: int, seed: int, json_out: bool) -> None:
     from rich.progress import Progress
+
+    from vicuna_cloud import sdk
 
     with Progress(transient=True, console=err_console) as prog:
         prog.add_task(f"simulating {trials:,} runs", total=None)
-        p = simulation_payload(ctx, trials, seed)
+        p = sdk.simulate(req, trials, seed)
     if json_out:
         print_json(p)
         return

@@ -16,8 +16,8 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from vicuna_cloud.cli import app
-from vicuna_cloud.cli.common import UserError, console, err_console, print_json
+from vicuna_cloud.cli.app import app
+from vicuna_cloud.cli.common import console, err_console, print_json
 
 data_app = typer.Typer(help="Clean raw ShareGPT data, upload it, inspect the loss mask.",
                        no_args_is_help=True)
@@ -49,13 +49,12 @@ def prepare_cmd(
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                TimeRemainingColumn)
 
-    from vicuna_cloud.data.pipeline import PrepareOptions, prepare
-    from vicuna_cloud.data.reader import DataError
+    from vicuna_cloud import sdk
 
     kwargs = {}
     if blocked_words is not None:
         kwargs["blocked_words"] = tuple(w.strip() for w in blocked_words.split(",") if w.strip())
-    opts = PrepareOptions(
+    opts = sdk.PrepareOptions(
         tokenizer=tokenizer, template=template, max_length=max_length, lang=lang,
         skip_lang=tuple(skip_lang), decontaminate=tuple(decontaminate), merge=tuple(merge),
         long_pair=long_pair, workers=workers, **kwargs)
@@ -67,10 +66,7 @@ def prepare_cmd(
         def progress(done: int, total: int, convs: int) -> None:
             prog.update(task, completed=done, total=total, convs=convs)
 
-        try:
-            result = prepare(list(raw), out, opts, force=force, progress=progress)
-        except DataError as e:
-            raise UserError(str(e)) from None
+        result = sdk.prepare_data(raw, out, opts, force=force, progress=progress)
     m = result.manifest
     if as_json:
         print_json(m)
@@ -103,19 +99,14 @@ def upload_cmd(
     """Upload content-addressed to URI/datasets/<sha256>/ (no-op when already there)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    from vicuna_cloud.data.reader import DataError
-    from vicuna_cloud.data.upload import upload_dataset
+    from vicuna_cloud import sdk
 
     with Progress(TextColumn("[bold]upload"), BarColumn(), DownloadColumn(),
                   TransferSpeedColumn(), console=err_console, transient=True,
                   disable=as_json) as prog:
         task = prog.add_task("upload", total=None)
-        try:
-            res = upload_dataset(directory, uri,
-                                 progress=lambda n: prog.advance(task, n),
-                                 on_size=lambda n: prog.update(task, total=n))
-        except DataError as e:
-            raise UserError(str(e)) from None
+        res = sdk.upload_data(directory, uri, progress=lambda n: prog.advance(task, n),
+                              on_size=lambda n: prog.update(task, total=n))
     if as_json:
         print_json({"uri": res.uri, "sha256": res.sha256, "bytes": res.bytes,
                     "uploaded": res.uploaded})
@@ -136,13 +127,9 @@ def inspect_cmd(
     """Show conversations rendered: trained tokens highlighted, masked tokens dim."""
     from rich.text import Text
 
-    from vicuna_cloud.data.inspect import inspect_file
-    from vicuna_cloud.data.reader import DataError
+    from vicuna_cloud import sdk
 
-    try:
-        convs = inspect_file(file, n=n, tokenizer=tokenizer, template=template)
-    except DataError as e:
-        raise UserError(str(e)) from None
+    convs = sdk.inspect_data(file, n=n, tokenizer=tokenizer, template=template)
     if as_json:
         print_json([c.to_json() for c in convs])
         return

@@ -35,7 +35,9 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
+from vicuna_cloud.errors import ConfigError
 from vicuna_cloud.recipes import Preset
+from vicuna_cloud.runspec import young_daly_seconds
 
 DEFAULT_MFU = 0.40
 DEFAULT_RESTART_MINUTES = 10.0
@@ -57,7 +59,7 @@ REFERENCE_OVERHEAD_TOKENS = 40.0
 REFERENCE_WEIGHTED_LENGTH_FACTOR = 1.6
 
 
-class EstimateError(ValueError):
+class EstimateError(ConfigError):
     pass
 
 
@@ -150,11 +152,20 @@ def _int_at(d: dict, *paths: str) -> Optional[int]:
     return None
 
 
-def workload_from_manifest(manifest: dict, preset: Preset, source: str) -> Workload:
-    """Read the data helper's manifest.json (tokens.total, conversations, histogram)."""
-    if not isinstance(manifest, dict):
+def workload_from_manifest(manifest, preset: Preset, source: str) -> Workload:
+    """Tokens, conversations and length histogram from a dataset manifest (a
+    ``data.manifest.Manifest``, or its JSON object as a dict)."""
+    from vicuna_cloud.data.manifest import Manifest, ManifestError, parse_manifest
+
+    if isinstance(manifest, dict):
+        try:
+            manifest = parse_manifest(json.dumps(manifest), source)
+        except ManifestError as e:
+            raise EstimateError(str(e)) from None
+    if not isinstance(manifest, Manifest):
         raise EstimateError(f"{source}: manifest is not a JSON object; give the manifest.json "
                             "written by `vicuna-cloud data prepare`")
+    manifest = manifest.to_dict()
     total = _int_at(manifest, "tokens.total", "tokens_total", "total_tokens")
     if not total:
         raise EstimateError(f"{source}: no token count (tokens.total); re-run "
@@ -182,27 +193,14 @@ def workload_from_manifest(manifest: dict, preset: Preset, source: str) -> Workl
     )
 
 
-def load_manifest(location: str) -> tuple[dict, str]:
-    """A manifest.json path/URI, or the dataset directory/URI holding one."""
-    from vicuna_cloud.storage import NotFoundError, StorageError, open_bucket
+def load_manifest(location: str):
+    """(Manifest, where) for --data: a manifest.json path/URI or the dataset holding one."""
+    from vicuna_cloud.data.manifest import ManifestError, load_manifest as read
 
-    loc = location.rstrip("/")
-    if loc.endswith(".json"):
-        head, _, name = loc.rpartition("/")
-        head = head or "."
-    else:
-        head, name = loc, "manifest.json"
     try:
-        raw = open_bucket(head).get_bytes(name)
-    except NotFoundError:
-        raise EstimateError(f"no manifest at {head}/{name}; give --data a dataset directory "
-                            "(or its manifest.json) written by `vicuna-cloud data prepare`") from None
-    except (StorageError, ValueError) as e:
-        raise EstimateError(f"cannot read {head}/{name}: {e}") from None
-    try:
-        return json.loads(raw), f"{head}/{name}"
-    except ValueError:
-        raise EstimateError(f"{head}/{name} is not valid JSON; re-run `vicuna-cloud data prepare`") from None
+        return read(location)
+    except ManifestError as e:
+        raise EstimateError(str(e).replace("give a dataset", "give --data a dataset")) from None
 
 
 @dataclass(frozen=True)
@@ -240,8 +238,8 @@ def checkpoint_interval_hours(preset: Preset, a: Assumptions) -> float:
         return a.checkpoint_interval_minutes / 60.0
     if a.preemptions_per_hour <= 0:
         return DEFAULT_INTERVAL_MINUTES_NO_PREEMPTION / 60.0
-    c = checkpoint_stall_seconds(preset, a) / 3600.0
-    return math.sqrt(2.0 * c / a.preemptions_per_hour)
+    mtbf_s = 3600.0 / a.preemptions_per_hour
+    return young_daly_seconds(checkpoint_stall_seconds(preset, a), mtbf_s) / 3600.0
 
 
 @dataclass(frozen=True)
@@ -289,7 +287,7 @@ def estimate(preset: Preset, workload: Workload, price_per_node_hour: float,
     a.validate()
     if mode not in ("packed", "padded"):
         raise EstimateError(f"unknown mode {mode!r}")
-    epochs = preset.epochs
+    epochs = preset.hyper.epochs
     trained = epochs * workload.tokens_per_epoch
     if mode == "packed":
         compute_tokens, seq = trained, workload.weighted_sample_length

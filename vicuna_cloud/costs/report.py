@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Optional
 
+from vicuna_cloud import bucket_keys
 from vicuna_cloud.ledger import Ledger, Segment, read_ledger
-from vicuna_cloud.runspec import RunSpec
+from vicuna_cloud.runspec import Cloud, RunSpec
 from vicuna_cloud.storage import Bucket, NotFoundError, StorageError
 
 RUNNING = "running"
@@ -88,14 +89,14 @@ def _round(x: Optional[float], nd: int = 4) -> Optional[float]:
 
 def _read_spec(bucket: Bucket, run_id: str) -> Optional[RunSpec]:
     try:
-        return RunSpec.from_json(bucket.get_bytes(f"runs/{run_id}/run.json"))
+        return RunSpec.from_json(bucket.get_bytes(bucket_keys.run_spec(run_id)))
     except (NotFoundError, ValueError, StorageError):
         return None
 
 
 def _reprice(seg: Segment, notes: list[str]) -> None:
     """A segment whose node could not price itself is priced now, and flagged."""
-    if seg.price_per_hour is not None or seg.cloud not in ("aws", "gcp"):
+    if seg.price_per_hour is not None or seg.cloud not in Cloud.priced():
         return
     try:
         from vicuna_cloud import pricing
@@ -117,7 +118,7 @@ def run_cost(bucket: Bucket, run_id: str, *, now: Optional[float] = None,
     spec = _read_spec(bucket, run_id)
     notes = list(ledger.problems)
     if not ledger.segments:
-        raise NotFoundError(f"{bucket.child_uri(f'runs/{run_id}/ledger/')} holds no segments")
+        raise NotFoundError(f"{bucket.child_uri(bucket_keys.ledger_prefix(run_id))} holds no segments")
     hb = spec.budget.heartbeat_seconds if spec else 60.0
     segs = ledger.segments
     out: list[SegmentCost] = []

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+from vicuna_cloud.errors import ConfigError
 
 MAX_SEGMENTS = 20_000
 
 
-class SimulationError(ValueError):
+class SimulationError(ConfigError):
     pass
 
 

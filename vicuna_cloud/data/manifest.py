@@ -43,12 +43,17 @@ from __future__ import annotations
 import json
 import os
 from array import array
-from typing import Any
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from vicuna_cloud import bucket_keys
+from vicuna_cloud.data.reader import DataError
 
 MANIFEST_VERSION = 1
 PIPELINE_VERSION = "1"
-MANIFEST_FILE = "manifest.json"
-TRAIN_FILE = "train.jsonl"
+MANIFEST_FILE = bucket_keys.MANIFEST_FILE
+TRAIN_FILE = bucket_keys.TRAIN_FILE
 HIST_EDGES = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
@@ -86,19 +91,112 @@ class TokenStats:
         }
 
 
-def read_manifest(directory_or_file: str) -> dict[str, Any]:
-    from vicuna_cloud.data.reader import DataError
+class _Section(BaseModel):
+    """Known fields typed; other keys kept as written (``extra="allow"``), so a manifest
+    read and dumped again is the file that was written."""
 
+    model_config = ConfigDict(extra="allow")
+
+
+class Histogram(_Section):
+    edges: list[Union[int, float]]
+    counts: list[int]
+
+
+class ManifestOutput(_Section):
+    file: str = TRAIN_FILE
+    sha256: Optional[str] = None  # of train.jsonl's bytes; the run spec pins it
+    bytes: Optional[int] = None
+
+
+class ManifestTokens(_Section):
+    total: Optional[int] = None
+    assistant: Optional[int] = None
+    histogram: Optional[Histogram] = None
+
+
+class Manifest(_Section):
+    """``manifest.json`` as every reader sees it: the launch (``output.sha256``), the local
+    backend, the cost estimator (``tokens``, ``conversations``, a histogram) and
+    ``data upload``. Only what a reader needs is typed; a missing section is None."""
+
+    manifest_version: int = MANIFEST_VERSION
+    pipeline_version: Optional[str] = None
+    counts: Optional[dict[str, Union[int, dict[str, int]]]] = None
+    tokens: Optional[ManifestTokens] = None
+    output: Optional[ManifestOutput] = None
+    conversations: Optional[int] = None
+    samples: Optional[int] = None
+    length_histogram: Optional[Histogram] = None  # older manifests: top-level histogram
+
+    @property
+    def sha256(self) -> Optional[str]:
+        return self.output.sha256 if self.output else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class ManifestError(DataError):
+    """A manifest that is missing, not JSON, or not the shape `data prepare` writes."""
+
+
+def parse_manifest(raw: bytes | str, where: str) -> Manifest:
+    """The one parser: JSON text to a Manifest, errors naming ``where`` and the fix."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{where}: corrupt manifest, not valid JSON ({e}); re-run "
+                            "`vicuna-cloud data prepare`") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"{where}: manifest is not a JSON object; re-run "
+                            "`vicuna-cloud data prepare`")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise ManifestError(f"{where}: manifest field {loc}: {first['msg']}; re-run "
+                            "`vicuna-cloud data prepare`") from None
+
+
+def load_manifest(location: str) -> tuple[Manifest, str]:
+    """The one reader: a dataset directory or its manifest.json, local or in a bucket.
+
+    Returns the manifest and where it was read. A missing one raises ManifestError whose
+    message starts "no manifest".
+    """
+    from vicuna_cloud.storage import NotFoundError, StorageError, open_bucket
+
+    loc = location.rstrip("/") or location
+    if loc.endswith(".json"):
+        head, _, name = loc.rpartition("/")
+        head = head or "."
+    else:
+        head, name = loc, MANIFEST_FILE
+    where = f"{head}/{name}"
+    try:
+        raw = open_bucket(head).get_bytes(name)
+    except NotFoundError:
+        raise ManifestError(f"no manifest at {where}; give a dataset directory (or its "
+                            "manifest.json) written by `vicuna-cloud data prepare`") from None
+    except (StorageError, ValueError, OSError) as e:
+        raise ManifestError(f"cannot read {where}: {e}") from None
+    return parse_manifest(raw, where), where
+
+
+def read_manifest(directory_or_file: str) -> dict[str, Any]:
+    """A prepared dataset's manifest as written (a dict), checked complete: what
+    ``data upload`` and a re-run of ``data prepare`` compare against."""
     path = directory_or_file
     if os.path.isdir(path):
         path = os.path.join(path, MANIFEST_FILE)
     try:
-        with open(path, encoding="utf-8") as f:
-            m = json.load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         raise DataError(f"{path}: no manifest; run `vicuna-cloud data prepare` first") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: corrupt manifest ({e}); re-run `vicuna-cloud data prepare`") from None
+    m = parse_manifest(raw, path).to_dict()
     for key in ("pipeline_version", "counts", "tokens", "output"):
         if key not in m:
             raise DataError(f"{path}: manifest lacks {key!r}; re-run `vicuna-cloud data prepare`")

@@ -99,7 +99,7 @@ class _Worker:
 
             tok = Tokenizer.from_str(tok_json)
         else:
-            from vicuna_cloud.data.tok import load_backend
+            from vicuna_cloud.data.tokenizer_cache import load_backend
 
             tok = load_backend(opts.tokenizer)
         self.splitter = Splitter(tok, get_template(opts.template), opts.max_length,
@@ -266,17 +266,14 @@ def _chunks(items: Iterable[tuple[str, bool, Any]], size: int) -> Iterator[list]
         yield buf
 
 
-def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptions(),
-            force: bool = False, progress: Optional[ProgressFn] = None) -> PrepareResult:
-    """Run the whole pipeline. Raises DataError (one line, fix-it) on bad input."""
-    global _STATE
+def _check(inputs: list[str], opts: PrepareOptions):
+    """Every input check, in the parent, before any work: (tokenizer backend, prompts)."""
     from vicuna_cloud.data.decontaminate import load_prompts
-    from vicuna_cloud.templates import get_template, TemplateError
     from vicuna_cloud.data.split import fast_backend
-    from vicuna_cloud.data.tok import load_backend
-    from vicuna_cloud.tokenizers import TokenizerNotFound
+    from vicuna_cloud.data.tokenizer_cache import load_backend
+    from vicuna_cloud.templates import TemplateError, get_template
+    from vicuna_cloud.tokenizer import TokenizerNotFound
 
-    t0 = time.perf_counter()
     if not inputs:
         raise DataError("no input files; give one or more raw .json/.jsonl files")
     for p in list(inputs) + list(opts.merge):
@@ -297,6 +294,94 @@ def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptio
     except TokenizerNotFound as e:
         raise DataError(str(e)) from None
     prompts = load_prompts(list(opts.decontaminate)) if opts.decontaminate else []
+    return tok, prompts
+
+
+def _start_workers(opts: PrepareOptions, prompts: list[str], tok, chunks: Iterator[list]):
+    """(results iterator, pool or None): one process, or opts.workers processes."""
+    global _STATE
+    if opts.workers <= 1:
+        worker = _Worker(opts, prompts, tok=tok)
+        return map(worker.process, chunks), None
+    methods = mp.get_all_start_methods()
+    fork = "fork" in methods
+    ctx = mp.get_context("fork" if fork else "spawn")
+    if not fork:
+        pool = ctx.Pool(opts.workers, initializer=_init_worker,
+                        initargs=(opts, prompts, tok.to_str()))
+        return pool.imap(_run_chunk, chunks), pool
+    _STATE = _Worker(opts, prompts, tok=tok)  # build once here; shared copy-on-write
+    _STATE.warm()
+    # N workers = this process + N-1 children: the parent processes a chunk itself
+    # whenever the children have enough queued, so one process per core and only part
+    # of the data crosses a pipe.
+    pool = ctx.Pool(opts.workers - 1, initializer=_init_worker, initargs=(opts, prompts, None))
+    return _shared_results(pool, _STATE, chunks, 2 * (opts.workers - 1)), pool
+
+
+class _Writer:
+    """Counts, de-duplicates and writes the workers' results to train.jsonl, hashing the
+    bytes as they are written."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, Any] = {
+            "input": 0, "kept": 0, "dropped": {}, "split_pieces": 0, "split_conversations": 0,
+            "truncated": 0, "kept_for_truncation": 0, "dropped_pairs": 0, "merged": 0}
+        self.dropped: dict[str, int] = self.counts["dropped"]
+        self.stats = TokenStats()
+        self.seen_ids: set[str] = set()
+        self.seen_content = ContentDeduper()
+        self.h = hashlib.sha256()
+        self.bytes = 0
+
+    def _take(self, r, buf: list[bytes]) -> None:
+        c = self.counts
+        c["input"] += 1
+        reason = r.reason
+        if reason is None:
+            if r.id in self.seen_ids:
+                reason = "duplicate_id"
+            elif self.seen_content.seen(r.content_key):
+                reason = "duplicate_content"
+        if reason is not None:
+            self.dropped[reason] = self.dropped.get(reason, 0) + 1
+            return
+        self.seen_ids.add(r.id)
+        self.seen_content.add(r.content_key)
+        c["kept"] += 1
+        c["truncated"] += r.truncated
+        c["dropped_pairs"] += r.dropped_pairs
+        c["split_conversations"] += len(r.lines) > 1
+        for line, (tok, asst, over) in zip(r.lines, r.tokens):
+            buf.append(line)
+            self.stats.add(tok, asst)
+            c["split_pieces"] += 1
+            c["kept_for_truncation"] += over
+
+    def write(self, results, path: str, on_batch: Callable[[], None]) -> None:
+        with open(path, "wb") as out:
+            buf: list[bytes] = []
+            for batch in results:
+                for r in batch:
+                    self._take(r, buf)
+                if buf:  # one write and one hash update per batch
+                    buf.append(b"")
+                    data = b"\n".join(buf)
+                    buf.clear()
+                    out.write(data)
+                    self.h.update(data)
+                    self.bytes += len(data)
+                on_batch()
+            out.flush()
+            os.fsync(out.fileno())
+
+
+def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptions(),
+            force: bool = False, progress: Optional[ProgressFn] = None) -> PrepareResult:
+    """Run the whole pipeline. Raises DataError (one line, fix-it) on bad input."""
+    global _STATE
+    t0 = time.perf_counter()
+    tok, prompts = _check(inputs, opts)
     _check_out_dir(out_dir, inputs, opts, force)
     os.makedirs(out_dir, exist_ok=True)
 
@@ -310,105 +395,21 @@ def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptio
         for path, idx, item in merge_reader:
             yield f"{os.path.basename(path)}:{idx}", True, item
 
-    counts: dict[str, Any] = {"input": 0, "kept": 0, "dropped": {}, "split_pieces": 0,
-                              "split_conversations": 0, "truncated": 0,
-                              "kept_for_truncation": 0, "dropped_pairs": 0, "merged": 0}
-    dropped: dict[str, int] = counts["dropped"]
-    stats = TokenStats()
-    seen_ids: set[str] = set()
-    seen_content = ContentDeduper()
+    w = _Writer()
+
+    def on_batch() -> None:
+        if progress:
+            done = sum(f.bytes or 0 for f in reader.files) + \
+                sum(f.bytes or 0 for f in merge_reader.files)
+            progress(min(done, total_bytes), total_bytes, w.counts["input"])
+
     out_path = os.path.join(out_dir, TRAIN_FILE)
     tmp_path = os.path.join(out_dir, f".{TRAIN_FILE}.tmp-{os.getpid()}")
-    h = hashlib.sha256()
-    out_bytes = 0
     pool = None
     try:
-        if opts.workers > 1:
-            methods = mp.get_all_start_methods()
-            fork = "fork" in methods
-            ctx = mp.get_context("fork" if fork else "spawn")
-            if fork:  # build once here; the workers share it copy-on-write
-                _STATE = _Worker(opts, prompts, tok=tok)
-                _STATE.warm()
-                # N workers = this process + N-1 children: the parent processes a chunk
-                # itself whenever the children have enough queued, so one process per
-                # core and only part of the data crosses a pipe.
-                pool = ctx.Pool(opts.workers - 1, initializer=_init_worker,
-                                initargs=(opts, prompts, None))
-                results = _shared_results(pool, _STATE, _chunks(items(), opts.chunk_size),
-                                          2 * (opts.workers - 1))
-            else:
-                pool = ctx.Pool(opts.workers, initializer=_init_worker,
-                                initargs=(opts, prompts, tok.to_str()))
-                results = pool.imap(_run_chunk, _chunks(items(), opts.chunk_size))
-        else:
-            worker = _Worker(opts, prompts, tok=tok)
-            results = map(worker.process, _chunks(items(), opts.chunk_size))
-        n_main = -1
-        with open(tmp_path, "wb") as out:
-            buf: list[bytes] = []
-            for batch in results:
-                for r in batch:
-                    counts["input"] += 1
-                    reason = r.reason
-                    if reason is None:
-                        if r.id in seen_ids:
-                            reason = "duplicate_id"
-                        elif seen_content.seen(r.content_key):
-                            reason = "duplicate_content"
-                    if reason is not None:
-                        dropped[reason] = dropped.get(reason, 0) + 1
-                        continue
-                    seen_ids.add(r.id)
-                    seen_content.add(r.content_key)
-                    counts["kept"] += 1
-                    counts["truncated"] += r.truncated
-                    counts["dropped_pairs"] += r.dropped_pairs
-                    counts["split_conversations"] += len(r.lines) > 1
-                    for line, (tok, asst, over) in zip(r.lines, r.tokens):
-                        buf.append(line)
-                        stats.add(tok, asst)
-                        counts["split_pieces"] += 1
-                        counts["kept_for_truncation"] += over
-                if buf:  # one write and one hash update per batch
-                    buf.append(b"")
-                    data = b"\n".join(buf)
-                    buf.clear()
-                    out.write(data)
-                    h.update(data)
-                    out_bytes += len(data)
-                if progress:
-                    done = sum(f.bytes or 0 for f in reader.files) + \
-                        sum(f.bytes or 0 for f in merge_reader.files)
-                    progress(min(done, total_bytes), total_bytes, counts["input"])
-            out.flush()
-            os.fsync(out.fileno())
-        n_main = sum(f.conversations for f in reader.files)
-        counts["merged"] = counts["input"] - n_main
-        if counts["input"] == 0:
-            raise DataError(f"{', '.join(inputs)}: no conversations in the input")
-        if counts["split_pieces"] == 0:
-            raise DataError(
-                f"no conversation survived cleaning (dropped: {_fmt_dropped(dropped)}); "
-                "check the input format or loosen --lang/--skip-lang/--max-length"
-            )
-        assert counts["input"] == counts["kept"] + sum(dropped.values())
-        manifest = {
-            "manifest_version": MANIFEST_VERSION,
-            "pipeline_version": PIPELINE_VERSION,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "inputs": [_file_entry(f) for f in reader.files],
-            "merged": [_file_entry(f) for f in merge_reader.files],
-            "options": opts.for_manifest(),
-            "tokenizer": opts.tokenizer,
-            "template": opts.template,
-            "max_length": opts.max_length,
-            "counts": counts,
-            "conversations": counts["kept"],
-            "samples": counts["split_pieces"],
-            "tokens": stats.summary(),
-            "output": {"file": TRAIN_FILE, "sha256": h.hexdigest(), "bytes": out_bytes},
-        }
+        results, pool = _start_workers(opts, prompts, tok, _chunks(items(), opts.chunk_size))
+        w.write(results, tmp_path, on_batch)
+        manifest = _manifest(inputs, opts, reader, merge_reader, w)
         mpath = os.path.join(out_dir, MANIFEST_FILE)
         if os.path.exists(mpath):
             os.unlink(mpath)  # no manifest = incomplete directory
@@ -422,6 +423,38 @@ def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptio
         if os.path.exists(tmp_path):
             os.unlink(tmp_path)
     return PrepareResult(out_dir, manifest, time.perf_counter() - t0)
+
+
+def _manifest(inputs: list[str], opts: PrepareOptions, reader: Reader, merge_reader: Reader,
+              w: _Writer) -> dict[str, Any]:
+    """manifest.json (schema in data/manifest.py), after the sanity checks of the counts."""
+    counts = w.counts
+    n_main = sum(f.conversations for f in reader.files)
+    counts["merged"] = counts["input"] - n_main
+    if counts["input"] == 0:
+        raise DataError(f"{', '.join(inputs)}: no conversations in the input")
+    if counts["split_pieces"] == 0:
+        raise DataError(
+            f"no conversation survived cleaning (dropped: {_fmt_dropped(w.dropped)}); "
+            "check the input format or loosen --lang/--skip-lang/--max-length"
+        )
+    assert counts["input"] == counts["kept"] + sum(w.dropped.values())
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "pipeline_version": PIPELINE_VERSION,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "inputs": [_file_entry(f) for f in reader.files],
+        "merged": [_file_entry(f) for f in merge_reader.files],
+        "options": opts.for_manifest(),
+        "tokenizer": opts.tokenizer,
+        "template": opts.template,
+        "max_length": opts.max_length,
+        "counts": counts,
+        "conversations": counts["kept"],
+        "samples": counts["split_pieces"],
+        "tokens": w.stats.summary(),
+        "output": {"file": TRAIN_FILE, "sha256": w.h.hexdigest(), "bytes": w.bytes},
+    }
 
 
 def _file_entry(f: InputFile) -> dict[str, Any]:

@@ -15,9 +15,10 @@ from typing import Any, Iterator
 
 import ijson
 import orjson
+from vicuna_cloud import errors
 
 
-class DataError(ValueError):
+class DataError(errors.DataError):
     """Bad input data: the message says which file, where, and how to fix it."""
 
 
@@ -182,16 +183,6 @@ def _lenient(line: bytes) -> Any:
         return json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return _INVALID
-
-
-def sha256_file(path: str) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
 
 
 @dataclass

@@ -15,8 +15,10 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from vicuna_cloud import bucket_keys
 from vicuna_cloud.data.manifest import MANIFEST_FILE, TRAIN_FILE, read_manifest
-from vicuna_cloud.data.reader import DataError, sha256_file
+from vicuna_cloud.data.reader import DataError
+from vicuna_cloud.hashing import sha256_file
 
 
 @dataclass
@@ -27,8 +29,7 @@ class UploadResult:
     uploaded: bool    # False: it was already there
 
 
-def dataset_key(sha256: str) -> str:
-    return f"datasets/{sha256}"
+dataset_key = bucket_keys.dataset_prefix
 
 
 def check_local(local_dir: str) -> tuple[dict, str, str, int]:
@@ -39,7 +40,7 @@ def check_local(local_dir: str) -> tuple[dict, str, str, int]:
     train = os.path.join(local_dir, manifest["output"].get("file", TRAIN_FILE))
     if not os.path.isfile(train):
         raise DataError(f"{train}: missing; re-run `vicuna-cloud data prepare`")
-    sha, size = sha256_file(train)
+    sha, size = sha256_file(train), os.path.getsize(train)
     if sha != manifest["output"].get("sha256") or size != manifest["output"].get("bytes"):
         raise DataError(
             f"{train} does not match {MANIFEST_FILE} (sha256 {sha[:12]}... vs "
@@ -94,7 +95,7 @@ def _remote_sha256(bucket, key: str, near: str) -> str:
     os.close(fd)
     try:
         bucket.get_file(key, tmp)
-        return sha256_file(tmp)[0]
+        return sha256_file(tmp)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

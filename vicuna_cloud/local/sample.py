@@ -9,6 +9,7 @@ byte for byte (``python -m vicuna_cloud.local.sample``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from importlib import resources
@@ -24,6 +25,35 @@ LONG_BYTES = 9000
 def sample_path() -> str:
     """Filesystem path of the shipped corpus."""
     return str(resources.files("vicuna_cloud").joinpath("sample_data", SAMPLE_NAME))
+
+
+def prepare_sample_dataset(max_length: int, template: str, tokenizer: str):
+    """(directory, Manifest): the shipped corpus through the data pipeline, once; later
+    launches with the same options reuse it (checked against the manifest's sha256)."""
+    from vicuna_cloud import paths
+    from vicuna_cloud.data.manifest import ManifestError, load_manifest, parse_manifest
+    from vicuna_cloud.data.pipeline import PrepareOptions, prepare
+    from vicuna_cloud.data.reader import DataError
+    from vicuna_cloud.hashing import sha256_file
+
+    src = sample_path()
+    opts = PrepareOptions(tokenizer=tokenizer, template=template, max_length=max_length)
+    key = hashlib.sha256((sha256_file(src) + json.dumps(opts.for_manifest(), sort_keys=True))
+                         .encode()).hexdigest()[:16]
+    out = os.path.join(paths.home(), "datasets", f"sample-{key}")
+    train = os.path.join(out, "train.jsonl")
+    if os.path.isfile(os.path.join(out, "manifest.json")) and os.path.isfile(train):
+        try:
+            manifest, _ = load_manifest(out)
+            if manifest.sha256 == sha256_file(train):
+                return out, manifest
+        except ManifestError:
+            pass  # damaged: prepare it again
+    try:
+        result = prepare([src], out, opts, force=True)
+    except DataError as e:
+        raise DataError(f"preparing the sample corpus failed: {e}") from None
+    return out, parse_manifest(json.dumps(result.manifest), out)
 
 
 def select() -> list[dict]:

@@ -1,6 +1,6 @@
 """A local stand-in for SkyPilot managed jobs.
 
-It starts the task's command (``torchrun ... -m train --run URI``) in a session of its
+It starts the task's command (``torchrun ... -m train --run-uri URI``) in a session of its
 own, and restarts it like a managed job's recovery would:
 - exit 0: done; EXIT_CONFIG: the input is wrong, restarting will not help: stop;
 - EXIT_PREEMPTED (clean exit after a notice): recover, not counted as a failure;

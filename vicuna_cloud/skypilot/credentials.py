@@ -6,9 +6,11 @@ a GCE VM's service account).
 """
 
 from __future__ import annotations
+from vicuna_cloud import errors
+from vicuna_cloud.runspec import Cloud
 
 
-class CredentialsError(RuntimeError):
+class CredentialsError(errors.CredentialsError, RuntimeError):
     pass
 
 
@@ -40,7 +42,7 @@ _FIX = {
 
 def check(cloud: str) -> list[str]:
     """Clouds usable for ``--cloud cloud``; raise CredentialsError when there is none."""
-    wanted = ["aws", "gcp"] if cloud == "any" else [cloud]
+    wanted = list(Cloud.priced()) if cloud == Cloud.ANY.value else [cloud]
     have = [c for c in wanted if {"aws": aws_ok, "gcp": gcp_ok}[c]()]
     if have:
         return have

@@ -18,9 +18,11 @@ from __future__ import annotations
 import contextlib
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Optional
+from vicuna_cloud.errors import BackendError
+from vicuna_cloud.runspec import Cloud
 
 
-class OptimizerError(RuntimeError):
+class OptimizerError(BackendError, RuntimeError):
     """No catalog entry satisfies the task."""
 
 
@@ -46,7 +48,7 @@ class OptimizerChoice:
 
 
 @contextlib.contextmanager
-def catalog_only(clouds: tuple[str, ...] = ("aws", "gcp")) -> Iterator[None]:
+def catalog_only(clouds: tuple[str, ...] = Cloud.priced()) -> Iterator[None]:
     """Pretend exactly ``clouds`` are enabled and AWS has no identity (see above)."""
     from unittest import mock
 
@@ -68,7 +70,7 @@ def catalog_only(clouds: tuple[str, ...] = ("aws", "gcp")) -> Iterator[None]:
         yield
 
 
-def choose(task, clouds: tuple[str, ...] = ("aws", "gcp")) -> OptimizerChoice:
+def choose(task, clouds: tuple[str, ...] = Cloud.priced()) -> OptimizerChoice:
     """Cheapest placement for a parsed ``sky.Task`` according to the local catalog.
 
     ``clouds``: those to consider (launch passes the ones with credentials here, which

@@ -10,12 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from vicuna_cloud.errors import BackendError
 
-class ApiUnreachable(RuntimeError):
+
+class ApiUnreachable(BackendError, RuntimeError):
     """SkyPilot's API server could not be reached."""
 
 
-class SubmitError(RuntimeError):
+class SubmitError(BackendError, RuntimeError):
     """SkyPilot refused or failed the request."""
 
 

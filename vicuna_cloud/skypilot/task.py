@@ -28,6 +28,8 @@ from vicuna_cloud import __version__
 from vicuna_cloud.exit_codes import EXIT_PREEMPTED
 from vicuna_cloud.recipes import Preset
 from vicuna_cloud.skypilot.run_script import run_script, setup_script
+from vicuna_cloud.errors import ConfigError
+from vicuna_cloud.runspec import Cloud
 
 #: Where the dataset copy and the run-prefix mount appear on every node.
 DATA_MOUNT = "/vicuna/data"
@@ -44,13 +46,13 @@ JOB_RECOVERY_KEYS = frozenset({"strategy", "max_restarts_on_errors", "recover_on
 JOB_RECOVERY_STRATEGIES = frozenset({"EAGER_NEXT_REGION", "FAILOVER"})
 NEVER_RECOVER_ON = frozenset({137})  # SIGKILL/OOM: the same VM size will be killed again
 
-CLOUDS = ("aws", "gcp", "any")
+CLOUDS = Cloud.choosable()
 #: Job names: SkyPilot 0.14.1's task-name rule (sky/task.py) capped at 63 characters:
 #: letters and digits, joined by at most two of '.', '_', '-'.
 NAME_PATTERN = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9]+(?:[._-]{1,2}[A-Za-z0-9]+)*$")
 
 
-class TaskValidationError(ValueError):
+class TaskValidationError(ConfigError):
     """The task would be rejected (by us or by SkyPilot's parser)."""
 
 
@@ -97,7 +99,7 @@ def _resources(preset: Preset, opts: TaskOptions) -> dict[str, Any]:
         },
     }
     if opts.cloud == "any":
-        res["any_of"] = [{"cloud": "aws"}, {"cloud": "gcp"}]
+        res["any_of"] = [{"cloud": c} for c in Cloud.priced()]
     else:
         res["cloud"] = opts.cloud
     return res

@@ -15,12 +15,11 @@ StorageError (gave up on a transient failure); a malformed URI raises InvalidBuc
 (a ValueError).
 """
 
-from vicuna_cloud.storage.base import (
+from vicuna_cloud.storage.base import Bucket, ObjectInfo
+from vicuna_cloud.storage.errors import (
     AlreadyExistsError,
-    Bucket,
     BucketAccessError,
     NotFoundError,
-    ObjectInfo,
     StorageError,
 )
 from vicuna_cloud.storage.uri import BucketURI, InvalidBucketURI, parse_bucket_uri

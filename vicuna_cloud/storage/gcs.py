@@ -11,10 +11,11 @@ import os
 import threading
 from typing import Optional
 
-from vicuna_cloud.storage.base import (
-    AlreadyExistsError, BucketAccessError, NotFoundError, ObjectInfo, ObjectStoreBucket, ProgressFn,
-    StorageError,
+from vicuna_cloud.storage.base import ObjectInfo, ProgressFn
+from vicuna_cloud.storage.errors import (
+    AlreadyExistsError, BucketAccessError, NotFoundError, StorageError,
 )
+from vicuna_cloud.storage.object_store import ObjectStoreBucket
 from vicuna_cloud.storage.retry import (
     RetryPolicy, _short,
 )

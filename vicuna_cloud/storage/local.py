@@ -8,9 +8,8 @@ import tempfile
 import time
 from typing import Optional
 
-from vicuna_cloud.storage.base import (
-    AlreadyExistsError, Bucket, BucketAccessError, NotFoundError, ObjectInfo, ProgressFn,
-)
+from vicuna_cloud.storage.base import Bucket, ObjectInfo, ProgressFn
+from vicuna_cloud.storage.errors import AlreadyExistsError, BucketAccessError, NotFoundError
 
 
 class LocalBucket(Bucket):

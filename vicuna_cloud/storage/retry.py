@@ -24,7 +24,7 @@ from typing import Callable, Optional, TypeVar
 
 import tenacity
 
-from vicuna_cloud.storage.base import StorageError
+from vicuna_cloud.storage.errors import StorageError
 
 log = logging.getLogger("vicuna_cloud.storage")
 T = TypeVar("T")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from vicuna_cloud.errors import ConfigError
 
 # S3 and GCS bucket naming rules share this core (3-63 chars, lowercase, digits, . and -).
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
 
 
-class InvalidBucketURI(ValueError):
+class InvalidBucketURI(ConfigError):
     pass
 
 

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgres
 from rich.table import Table
 
 from vicuna_cloud.local.supervisor import Attempt, Progress
-from vicuna_cloud.skypilot.progress import jsonl_records
+from vicuna_cloud.run_progress import jsonl_records
 from vicuna_cloud.storage import Bucket, NotFoundError, StorageError
 
 _STEP = ("step", "global_step")

@@ -43,7 +43,7 @@ def _merge_spans(spans: list[tuple[int, int]]) -> list[list[int]]:
 def inspect_file(path: str, n: int = 3, tokenizer: str = "builtin:llama-sp",
                  template: str = "vicuna_v1.1") -> list[InspectedConversation]:
     from vicuna_cloud.templates import TemplateError, get_template
-    from vicuna_cloud.tokenizers import TokenizerNotFound, load_tokenizer
+    from vicuna_cloud.tokenizer import TokenizerNotFound, load_tokenizer
 
     if n < 1:
         raise DataError("--n must be at least 1")

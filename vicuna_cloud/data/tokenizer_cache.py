@@ -1,7 +1,7 @@
 """The Rust tokenizer the pipeline counts with, without importing transformers.
 
 ``load_backend(name)`` returns the ``tokenizers.Tokenizer`` inside
-``vicuna_cloud.tokenizers.load_tokenizer(name)``: the same ids, offsets and BOS handling
+``vicuna_cloud.tokenizer.load_tokenizer(name)``: the same ids, offsets and BOS handling
 the trainer gets. Building it goes through transformers (import ~1 s, SentencePiece to
 BPE conversion ~2 s, ~250 MB); the result is cached on disk, keyed by the sha256 of the
 tokenizer directory's files and the transformers version, so later runs and every
@@ -17,7 +17,7 @@ from importlib import metadata
 
 from platformdirs import user_cache_dir
 
-from vicuna_cloud.tokenizers import TokenizerNotFound, load_tokenizer, resolve_tokenizer_path
+from vicuna_cloud.tokenizer import TokenizerNotFound, load_tokenizer, resolve_tokenizer_path
 
 
 def _dir_key(path: str) -> str:

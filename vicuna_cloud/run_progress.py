@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
+from vicuna_cloud import bucket_keys
 from vicuna_cloud.storage import Bucket, NotFoundError, StorageError
 
 
@@ -62,17 +63,17 @@ def jsonl_records(data: bytes, *, newest_first: bool = False) -> Iterator[dict[s
 
 
 def read_progress(bucket: Bucket, run_id: str) -> BucketProgress:
-    prefix = f"runs/{run_id}/"
+    prefix = f"{bucket_keys.run_prefix(run_id)}/"
     try:
         listing = bucket.list(prefix)
     except StorageError as e:
         return BucketProgress(False, None, 0, None, 0, False, error=str(e).splitlines()[0])
     keys = {o.key for o in listing}
-    has_spec = f"{prefix}run.json" in keys
+    has_spec = bucket_keys.run_spec(run_id) in keys
     metrics = None
-    if f"{prefix}metrics.jsonl" in keys:
+    if bucket_keys.metrics(run_id) in keys:
         try:
-            metrics = next(jsonl_records(bucket.get_bytes(f"{prefix}metrics.jsonl"),
+            metrics = next(jsonl_records(bucket.get_bytes(bucket_keys.metrics(run_id)),
                                          newest_first=True), None)
         except NotFoundError:
             metrics = None
@@ -91,7 +92,6 @@ def read_progress(bucket: Bucket, run_id: str) -> BucketProgress:
                                        else None)) if last else None
     if metrics is None and last is not None and last.last_step:
         metrics = {"step": last.last_step, "total_steps": last.total_steps}
-    ckpts = {k.split("/")[3] for k in keys
-             if k.startswith(f"{prefix}checkpoints/") and k.endswith("/COMMIT.json")}
-    final = any(k.startswith(f"{prefix}final/") for k in keys)
+    ckpts = bucket_keys.committed_steps(run_id, keys)
+    final = any(k.startswith(bucket_keys.final_prefix(run_id)) for k in keys)
     return BucketProgress(has_spec, metrics, len(segs), last_reason, len(ckpts), final)

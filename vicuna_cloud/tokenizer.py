@@ -14,11 +14,12 @@ import shutil
 from functools import lru_cache
 
 from platformdirs import user_cache_dir
+from vicuna_cloud.errors import ConfigError
 
 BUILTIN_LLAMA_SP = "builtin:llama-sp"
 
 
-class TokenizerNotFound(ValueError):
+class TokenizerNotFound(ConfigError):
     pass
 
 

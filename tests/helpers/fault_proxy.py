@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional, Sequence
 from urllib.parse import urlsplit
 
-from local_http import LocalHTTPService
+from helpers.local_http import LocalHTTPService
 
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
                "trailer", "upgrade", "expect", "content-length"}

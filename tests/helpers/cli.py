@@ -1,4 +1,5 @@
-"""Helpers for the control-plane tests: run the real CLI entry point in-process."""
+"""Helpers for the control-plane tests: run the real CLI entry point in-process, and a
+tiny uploaded dataset. (The ``no_submit`` and ``fake_gcp_adc`` fixtures are in conftest.)"""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 import sys
 from dataclasses import dataclass
 
-import pytest
 
 
 @dataclass
@@ -53,32 +53,3 @@ def keys(bucket_uri: str) -> list[str]:
     from vicuna_cloud.storage import open_bucket
 
     return [o.key for o in open_bucket(bucket_uri).list("")]
-
-
-@pytest.fixture
-def no_submit(monkeypatch):
-    """Sentinel on SkyPilot's submit call: records any call (bad input must make none).
-
-    Patching sky.jobs.launch is the one place an SDK call is replaced: a real submit needs
-    a SkyPilot API server with cloud credentials, which cannot run here.
-    """
-    import sky
-
-    calls = []
-
-    def fake_launch(task, name=None, **kw):
-        calls.append((task, name))
-        raise AssertionError("sky.jobs.launch must not be called")
-
-    monkeypatch.setattr(sky.jobs, "launch", fake_launch)
-    return calls
-
-
-@pytest.fixture
-def fake_gcp_adc(tmp_path, monkeypatch):
-    """Obviously fake application-default credentials (authorized_user: no key, no network)."""
-    path = tmp_path / "fake-adc.json"
-    path.write_text(json.dumps({"type": "authorized_user", "client_id": "fake-client",
-                                "client_secret": "fake-secret", "refresh_token": "fake-token"}))
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
-    return str(path)

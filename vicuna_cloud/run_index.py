@@ -1,6 +1,7 @@
-"""A small local index of launched runs, so `status RUN` knows its bucket and job id.
+"""The index of runs launched from this machine (both backends), so `status RUN`,
+`cost RUN`, `chat RUN` and `export RUN` know the run's bucket and SkyPilot job id.
 
-One JSON file per run under ``$VICUNA_CLOUD_HOME/runs/`` (default: the user data dir),
+One JSON file per run under ``paths.run_index_dir()`` (``$VICUNA_CLOUD_HOME/runs/``),
 written atomically. The bucket stays the source of truth; this only remembers where to look.
 """
 
@@ -13,6 +14,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
+
+from vicuna_cloud import paths
 
 
 @dataclass(frozen=True)
@@ -27,16 +30,12 @@ class RunRecord:
 
 
 def home() -> Path:
-    env = os.environ.get("VICUNA_CLOUD_HOME")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("vicuna-cloud"))
+    """Where the index lives (named in messages when it cannot be written)."""
+    return Path(paths.run_index_dir())
 
 
 def _dir() -> Path:
-    return home() / "runs"
+    return home()
 
 
 def record(rec: RunRecord) -> Path:

@@ -8,17 +8,19 @@ import subprocess
 from datetime import datetime, timezone
 from typing import Optional
 
+from vicuna_cloud import bucket_keys
 from vicuna_cloud import __version__
 from vicuna_cloud.recipes import Preset
 from vicuna_cloud.runspec import (
     Budget, CheckpointPolicy, DatasetRef, Hyperparameters, ModelSpec, Resources, RunSpec,
 )
 from vicuna_cloud.storage import Bucket, NotFoundError, open_bucket
+from vicuna_cloud.errors import RunConflict
 
-RUN_SPEC_NAME = "run.json"
+RUN_SPEC_NAME = bucket_keys.RUN_SPEC_FILE
 
 
-class RunSpecConflict(ValueError):
+class RunSpecConflict(RunConflict):
     pass
 
 
@@ -55,20 +57,9 @@ def spec_from_preset(
     checkpoint: Optional[CheckpointPolicy] = None,
     hyper_overrides: Optional[dict] = None,
 ) -> RunSpec:
-    hyper = dict(
-        epochs=preset.epochs,
-        global_batch_size=preset.global_batch_size,
-        micro_batch_size=preset.micro_batch_size,
-        micro_batch_tokens=preset.micro_batch_tokens,
-        learning_rate=preset.learning_rate,
-        warmup_ratio=preset.warmup_ratio,
-        weight_decay=preset.weight_decay,
-        max_length=preset.max_length,
-        dtype=preset.dtype,
-        seed=seed,
-        gradient_checkpointing=preset.name != "tiny",
-    )
-    hyper.update(hyper_overrides or {})
+    hyper = preset.hyper.model_copy(update={"seed": seed})
+    if hyper_overrides:  # checked by the model, as a hand-written run.json would be
+        hyper = Hyperparameters.model_validate({**hyper.model_dump(), **hyper_overrides})
     return RunSpec(
         run_id=run_id,
         preset=preset.name,
@@ -82,7 +73,7 @@ def spec_from_preset(
             architecture=preset.arch.as_llama_config()
             if preset.base_model.startswith("config:") else None,
         ),
-        hyper=Hyperparameters(**hyper),
+        hyper=hyper,
         dataset=DatasetRef(uri=dataset_uri, sha256=dataset_sha256),
         bucket_uri=bucket_uri,
         resources=Resources(
@@ -98,12 +89,12 @@ def spec_from_preset(
 
 
 def run_spec_uri(bucket_uri: str, run_id: str) -> str:
-    return str(open_bucket(bucket_uri).location.child(f"runs/{run_id}/{RUN_SPEC_NAME}"))
+    return str(open_bucket(bucket_uri).location.child(bucket_keys.run_spec(run_id)))
 
 
 def write_run_spec(bucket: Bucket, spec: RunSpec) -> str:
     """Write runs/<id>/run.json. An existing spec is never overwritten by a different one."""
-    key = f"runs/{spec.run_id}/{RUN_SPEC_NAME}"
+    key = bucket_keys.run_spec(spec.run_id)
     try:
         existing = RunSpec.from_json(bucket.get_bytes(key))
     except NotFoundError:

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Optional
 
 from vicuna_cloud.recipes import get_preset
-from vicuna_cloud.runs import spec_from_preset, write_run_spec
+from vicuna_cloud.run_store import spec_from_preset, write_run_spec
 from vicuna_cloud.runspec import CheckpointPolicy, RunSpec
 from vicuna_cloud.storage import open_bucket
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DUMMY_CONVERSATIONS = REPO.parent / "shared" / "data" / "sharegpt" / "dummy_conversation.json"
 
 

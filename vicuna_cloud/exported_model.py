@@ -5,18 +5,19 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from vicuna_cloud.local import paths
+from vicuna_cloud import bucket_keys
+from vicuna_cloud import paths
 from vicuna_cloud.storage import Bucket, NotFoundError
+from vicuna_cloud.errors import RunNotFound
 
-FINAL = "final"
+FINAL = bucket_keys.FINAL_DIR
 
 
-class ExportNotFound(LookupError):
+class ExportNotFound(RunNotFound):
     pass
 
 
-def final_prefix(run_id: str) -> str:
-    return f"runs/{run_id}/{FINAL}/"
+final_prefix = bucket_keys.final_prefix
 
 
 def local_export_dir(bucket: Bucket, run_id: str, dest: Optional[str] = None) -> str:

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler
 from typing import Optional
 
-from local_http import LocalHTTPService
+from helpers.local_http import LocalHTTPService
 
 
 class MetadataServer(LocalHTTPService):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vicuna_cloud.recipes import get_preset
-from vicuna_cloud.runs import spec_from_preset, write_run_spec
+from vicuna_cloud.run_store import spec_from_preset, write_run_spec
 from vicuna_cloud.runspec import Budget, RunSpec
 from vicuna_cloud.storage import open_bucket
 

@@ -1,0 +1,79 @@
+"""`launch --local` on the terminal: ``sdk.launch_local`` with its events drawn as a live
+panel, then the cost report and where the exported model is."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from rich.markup import escape
+
+from vicuna_cloud.cli.common import console, err_console
+
+
+class _Screen:
+    """Turns LocalEvents into what the terminal shows."""
+
+    def __init__(self, preemptions: int):
+        self.preemptions = preemptions
+        self.view = None
+        self.status = None
+
+    def __call__(self, ev) -> None:
+        if self.status is not None and ev.kind != "attempt":
+            self.status.stop()
+            self.status = None
+        if ev.kind == "preparing":
+            self.status = console.status(ev.message)
+            self.status.start()
+        elif ev.kind == "note":
+            console.print(f"[yellow]note:[/] {escape(ev.message)}", highlight=False)
+        elif ev.kind in ("resuming", "data"):
+            console.print(escape(ev.message), highlight=False)
+        elif ev.kind == "started":
+            from vicuna_cloud.local.live_view import LiveView, ViewState
+
+            console.print(escape(ev.message), highlight=False)
+            state = ViewState(run_id=ev.run_id, planned_preemptions=self.preemptions)
+            self.view = LiveView(state, ev.progress, console=console)
+            self.view.__enter__()
+        elif ev.kind == "attempt" and self.view is not None:
+            self.view.on_event(ev.attempt_kind, ev.attempt)
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+        if self.view is not None:
+            self.view.__exit__(None, None, None)
+            self.view = None
+
+
+def run_local(*, preset: str, version: Optional[str], bucket: Optional[str],
+              run_id: Optional[str], preemptions: int, seed: int, price_per_hour: float,
+              max_cost: Optional[float]) -> int:
+    """Run it, show it; returns the process exit code."""
+    from vicuna_cloud import sdk
+
+    req = sdk.LocalLaunchRequest(preset=preset, version=version, bucket=bucket, run_id=run_id,
+                                 preemptions=preemptions, seed=seed,
+                                 price_per_hour=price_per_hour, max_cost=max_cost)
+    screen = _Screen(preemptions)
+    try:
+        res = sdk.launch_local(req, on_event=screen)
+    finally:
+        screen.close()
+    if res.cost is not None:
+        from vicuna_cloud.cli.cost import render_run
+
+        render_run(res.cost)
+    else:
+        err_console.print(f"[yellow]cost report unavailable: {res.cost_error}")
+    bucket_flag = f" --bucket {res.bucket_uri}" if res.bucket_given else ""
+    if res.outcome == "completed" and res.model_dir:
+        console.print(f"[bold green]Exported model:[/] {res.model_dir}\n"
+                      f"Try it: vicuna-cloud chat {res.run_id}{bucket_flag}", highlight=False)
+    elif res.outcome == "cancelled":
+        err_console.print(f"Cancelled. Resume with: vicuna-cloud launch {res.preset} --local "
+                          f"--run-id {res.run_id}{bucket_flag}", highlight=False)
+    elif res.error:
+        err_console.print(f"[bold red]error:[/] {res.error}", highlight=False)
+    return res.exit_code

@@ -1,0 +1,303 @@
+"""Cloud runs: render a task, plan a launch (everything checked, nothing written), launch.
+
+``plan(LaunchRequest)`` checks input, credentials, the bucket and the dataset, builds the
+run spec and the SkyPilot task (parsed by SkyPilot itself) and asks SkyPilot's optimizer
+for its choice. ``launch(plan)`` writes ``runs/<id>/run.json`` and submits the managed job.
+sky, boto3 and google-cloud are imported inside the calls (the CLI's --help stays fast).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import Optional
+
+from vicuna_cloud import __version__, bucket_keys
+from vicuna_cloud.errors import (
+    BackendError, ConfigError, CredentialsError, RunConflict, StorageUnavailable,
+)
+from vicuna_cloud.recipes import Preset
+from vicuna_cloud.sdk import options
+from vicuna_cloud.sdk.models import (
+    EXAMPLE_BUCKET, LaunchPlan, LaunchRequest, LaunchResult, OptimizerPick, RenderRequest,
+)
+
+_DATA_HINT = ("prepare and upload it with `vicuna-cloud data prepare RAW.json --out DIR` and "
+              "`vicuna-cloud data upload DIR s3://BUCKET/...`, then pass the printed URI")
+
+
+# --- render -------------------------------------------------------------------------------
+def render(req: RenderRequest) -> str:
+    """The checked task YAML text, as `vicuna-cloud render` writes it (tasks/*.yaml)."""
+    from vicuna_cloud.skypilot.task import TaskOptions, build_task_config, to_yaml, validate_task_config
+
+    code_version = req.code_version or __version__
+    preset = options.preset(req.preset, req.version, req.base_model, req.gpus, req.nodes)
+    cloud = options.cloud(req.cloud)
+    parsed = options.bucket_uri(req.bucket)
+    run_id = options.run_id(req.run_id) or _example_run_id(preset)
+    data = req.data or str(parsed.child(bucket_keys.example_dataset()))
+    options.bucket_uri(data, "--data")
+    opts = TaskOptions(
+        run_id=run_id, run_uri=str(parsed.child(bucket_keys.run_spec(run_id))),
+        run_prefix_uri=str(parsed.child(bucket_keys.run_prefix(run_id))),
+        data_uri=data, use_spot=req.spot, cloud=cloud, name=options.job_name(req.name),
+        code_version=code_version,
+    )
+    config = build_task_config(preset, opts)
+    validate_task_config(config)
+    return to_yaml(config, _render_header(req, preset, cloud, code_version))
+
+
+def _render_header(req: RenderRequest, preset: Preset, cloud: str, code_version: str) -> str:
+    """The YAML's header: the `render` command that reproduces the file, every non-default
+    option included."""
+    args = [preset.name, "--version", preset.version]
+    if not req.spot:
+        args.append("--no-spot")
+    for flag, value, default in (("--base-model", req.base_model, None), ("--nodes", req.nodes, None),
+                                 ("--gpus", req.gpus, None), ("--cloud", cloud, "any"),
+                                 ("--bucket", req.bucket, EXAMPLE_BUCKET), ("--data", req.data, None),
+                                 ("--run-id", req.run_id, None), ("--name", req.name, None)):
+        if value is not None and value != default:
+            args += [flag, shlex.quote(str(value))]
+    return (
+        f"SkyPilot task for Vicuna {preset.size} {preset.version}, rendered by vicuna-cloud "
+        f"{code_version}.\nDo not edit: `vicuna-cloud render {' '.join(args)}` writes it; "
+        "`vicuna-cloud launch` renders its own\nwith your bucket, dataset and run id, and "
+        "writes runs/<run_id>/run.json (all hyperparameters) first."
+    )
+
+
+def _example_run_id(preset: Preset) -> str:
+    v = re.sub(r"[^a-z0-9]+", "-", preset.version.lower()).strip("-")
+    return f"vicuna-{preset.name}-{v}-example"
+
+
+# --- plan ---------------------------------------------------------------------------------
+def dataset_ref(data_uri: str) -> tuple[str, str]:
+    """(uri, sha256 of train.jsonl) of an uploaded dataset, from its manifest.json (or the
+    content-addressed URI itself)."""
+    from vicuna_cloud.data.manifest import ManifestError, parse_manifest
+    from vicuna_cloud.storage import BucketAccessError, NotFoundError, StorageError, open_bucket
+
+    ds = open_bucket(data_uri)
+    try:
+        names = {o.key for o in ds.list("")}
+    except BucketAccessError as e:
+        raise StorageUnavailable(f"--data {data_uri}: {str(e).splitlines()[0]}") from None
+    except StorageError as e:
+        raise StorageUnavailable(f"--data {data_uri} is unreachable: {str(e).splitlines()[0]}") from None
+    if bucket_keys.TRAIN_FILE not in names:
+        raise ConfigError(f"--data {data_uri} holds no train.jsonl; {_DATA_HINT}")
+    sha = None
+    if bucket_keys.MANIFEST_FILE in names:
+        try:
+            sha = parse_manifest(ds.get_bytes(bucket_keys.MANIFEST_FILE), data_uri).sha256
+        except (NotFoundError, ManifestError):
+            sha = None
+    sha = sha if isinstance(sha, str) else bucket_keys.dataset_sha_from_uri(data_uri)
+    if sha is None:
+        raise ConfigError(f"--data {data_uri} has no manifest.json with the dataset sha256; {_DATA_HINT}")
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise ConfigError(f"--data {data_uri}: manifest.json's sha256 {sha[:70]!r} is not 64 hex "
+                          f"characters (damaged upload?); {_DATA_HINT}")
+    return data_uri.rstrip("/"), sha
+
+
+def _check_inputs(req: LaunchRequest) -> tuple[Preset, str, Optional[str], Optional[str]]:
+    """(preset, cloud, job name, run id): the checks that need no network, in the order
+    the CLI has always reported them."""
+    preset = options.preset(req.preset, req.version, req.base_model, req.gpus, req.nodes)
+    if preset.name == "tiny" and preset.hardware.accelerator == "cpu":
+        raise ConfigError("the tiny preset runs on CPU: use `vicuna-cloud launch tiny --local`, "
+                          "or give --gpus for a cloud run")
+    cloud = options.cloud(req.cloud)
+    name = options.job_name(req.name)
+    run_id = options.run_id(req.run_id)
+    options.positive_cost(req.max_cost)
+    if req.bucket is None and not req.dry_run:
+        raise ConfigError("--bucket is required for a cloud run: give s3://BUCKET[/prefix] or "
+                          "gs://BUCKET[/prefix] (create one with `aws s3 mb` / `gcloud storage "
+                          "buckets create`)")
+    return preset, cloud, name, run_id
+
+
+def _usable_clouds(req: LaunchRequest, cloud: str, notes: dict[str, str]) -> list[str]:
+    """Clouds with credentials here; a dry run without a bucket notes their absence."""
+    from vicuna_cloud.runspec import Cloud
+    from vicuna_cloud.skypilot import credentials
+
+    try:
+        return credentials.check(cloud)
+    except CredentialsError as e:
+        if not req.dry_run or req.bucket is not None:
+            raise
+        notes["credentials"] = f"none found (a launch needs them): {e}"
+        return list(Cloud.priced()) if cloud == Cloud.ANY.value else [cloud]
+
+
+def _check_bucket(bkt, parsed) -> None:
+    from vicuna_cloud.storage import BucketAccessError, StorageError
+
+    try:
+        bkt.check_access()
+    except BucketAccessError as e:
+        raise StorageUnavailable(f"--bucket {parsed}: {str(e).splitlines()[0]}") from None
+    except StorageError as e:
+        raise StorageUnavailable(f"--bucket {parsed} is unreachable: {str(e).splitlines()[0]}") from None
+
+
+def plan(req: LaunchRequest, *, optimize: bool = True) -> LaunchPlan:
+    """Validate everything and build spec and task, writing and submitting nothing.
+
+    A real launch needs --bucket, --data and credentials. A dry run checks whatever it is
+    given and reports what it was not (so a plan works on a fresh machine: it renders,
+    checks the task and shows the optimizer's choice).
+    """
+    from vicuna_cloud.storage import open_bucket
+
+    preset, cloud, name, run_id = _check_inputs(req)
+    notes: dict[str, str] = {}
+    parsed = options.bucket_uri(req.bucket if req.bucket is not None else EXAMPLE_BUCKET)
+    if req.data is None and not req.dry_run:
+        raise ConfigError(
+            "--data is required for a cloud run: run `vicuna-cloud data prepare RAW.json --out "
+            f"DIR` then `vicuna-cloud data upload DIR {parsed}` and pass the "
+            "datasets/<sha256> URI it prints")
+    if req.data is not None:
+        options.bucket_uri(req.data, "--data")
+    usable = _usable_clouds(req, cloud, notes)
+    bkt = open_bucket(str(parsed))
+    if req.bucket is not None:
+        _check_bucket(bkt, parsed)
+    else:
+        notes["bucket"] = f"not given, not checked ({EXAMPLE_BUCKET} shown; launch needs --bucket)"
+    if req.data is not None:
+        data_uri, sha = dataset_ref(req.data)
+    else:
+        data_uri, sha = str(parsed.child(bucket_keys.example_dataset())), None
+        notes["dataset"] = "not given (launch needs --data from `vicuna-cloud data upload`)"
+    p = _build(req, preset, cloud, name, run_id or _new_run_id(preset), bkt, data_uri, sha)
+    p.clouds, p.not_checked = usable, notes
+    if optimize:
+        p.optimizer = choose(p)
+    return p
+
+
+def _new_run_id(preset: Preset) -> str:
+    from vicuna_cloud.run_store import new_run_id
+
+    return new_run_id(preset)
+
+
+def _build(req: LaunchRequest, preset: Preset, cloud: str, name: Optional[str], run_id: str,
+           bkt, data_uri: str, sha: Optional[str]) -> LaunchPlan:
+    """Spec and task, the task parsed by SkyPilot with the secrets from the environment."""
+    from vicuna_cloud.run_store import spec_from_preset
+    from vicuna_cloud.skypilot.task import (
+        SECRET_NAMES, TaskOptions, build_task_config, validate_task_config,
+    )
+
+    spec = spec_from_preset(
+        preset, run_id=run_id, dataset_uri=data_uri, dataset_sha256=sha,
+        bucket_uri=bkt.uri, use_spot=req.spot, cloud=cloud, max_cost_usd=req.max_cost,
+    )
+    opts = TaskOptions(
+        run_id=run_id, run_uri=bkt.child_uri(bucket_keys.run_spec(run_id)),
+        run_prefix_uri=bkt.child_uri(bucket_keys.run_prefix(run_id)),
+        data_uri=data_uri, use_spot=req.spot, cloud=cloud, name=name,
+        code_version=spec.code_version, workdir=_workdir(),
+    )
+    secrets = {k: os.environ[k] for k in SECRET_NAMES if os.environ.get(k)}
+    config = build_task_config(preset, opts)
+    task = validate_task_config(config, secrets=secrets)
+    p = LaunchPlan(preset=preset, spec=spec, task_config=config, job_name=config["name"],
+                   bucket_uri=bkt.uri, run_uri=opts.run_uri, secret_names=sorted(secrets),
+                   clouds=[], not_checked={}, dry_run=req.dry_run)
+    p._task = task
+    return p
+
+
+def _workdir() -> str:
+    """The source tree to sync to the nodes: this checkout (setup installs it)."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "train").is_dir():
+        return str(root)
+    raise ConfigError(
+        "cloud launches sync this source tree to the nodes, but vicuna-cloud is not running "
+        "from a checkout: `git clone` the project and `pip install -e .` it, then launch again"
+    )
+
+
+def choose(p: LaunchPlan) -> OptimizerPick:
+    """SkyPilot's optimizer over the local catalog, for the clouds usable here."""
+    from vicuna_cloud.skypilot.optimizer import choose as sky_choose
+
+    c = sky_choose(p._task, clouds=tuple(p.clouds))
+    return OptimizerPick(cloud=c.cloud, region=c.region, zone=c.zone,
+                         instance_type=c.instance_type, accelerators=c.accelerators,
+                         use_spot=c.use_spot, nodes=c.nodes,
+                         price_per_node_hour=c.price_per_node_hour)
+
+
+def write_dry_run(p: LaunchPlan, out: Path) -> list[str]:
+    """A dry run's files: task.yaml and run.json in ``out``."""
+    from vicuna_cloud.skypilot.task import to_yaml
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "task.yaml").write_text(to_yaml(p.task_config, "dry run: not submitted"))
+        (out / "run.json").write_text(p.spec.to_json())
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot write there ({e.strerror}); "
+                          "give a writable directory") from None
+    return [str(out / "task.yaml"), str(out / "run.json")]
+
+
+# --- launch -------------------------------------------------------------------------------
+def launch(p: LaunchPlan) -> LaunchResult:
+    """Write run.json (never over a different run's), submit the managed job, record the
+    run in this machine's index. Raises before submitting if anything fails."""
+    from vicuna_cloud import run_index
+    from vicuna_cloud.run_store import write_run_spec
+    from vicuna_cloud.skypilot import submit
+    from vicuna_cloud.storage import StorageError, open_bucket
+
+    if p.dry_run:
+        raise ConfigError("this plan is a dry run: plan again without dry_run to launch")
+    rid = p.spec.run_id
+    try:
+        run_uri = write_run_spec(open_bucket(p.bucket_uri), p.spec)
+    except RunConflict:
+        raise
+    except StorageError as e:
+        raise StorageUnavailable(f"cannot write the run spec to {p.bucket_uri}: "
+                                 f"{str(e).splitlines()[0]}; nothing was submitted, launch again "
+                                 f"with --run-id {rid}") from None
+    try:
+        job_id = submit.launch(p._task, p.job_name)
+    except submit.ApiUnreachable as e:
+        raise BackendError(
+            f"SkyPilot API server unreachable ({e}); start it with `sky api start` or set "
+            f"SKYPILOT_API_SERVER_ENDPOINT, then launch again with --run-id {rid}") from None
+    except Exception as e:  # SkyPilot's own launch errors: say which and how to retry
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BackendError(f"SkyPilot refused the job: {first}; fix it and launch again with "
+                           f"--run-id {rid} ({run_uri} is kept)") from None
+    warning = None
+    try:  # the job is submitted: a local bookkeeping failure must not hide its id
+        run_index.record(run_index.RunRecord(run_id=rid, bucket_uri=p.bucket_uri,
+                                             backend="skypilot", job_id=job_id,
+                                             job_name=p.job_name, preset=p.preset.name))
+    except OSError as e:
+        warning = (f"cannot record the run in {run_index.home()} ({e.strerror}); pass "
+                   f"--bucket {p.bucket_uri} to status/cost/logs")
+    return LaunchResult(plan=p, job_id=job_id, run_uri=run_uri, warning=warning)
+
+
+def render_task(preset: str, **fields) -> str:
+    """``render(RenderRequest(preset=preset, **fields))``: the YAML of tasks/<preset>.yaml."""
+    return render(RenderRequest(preset=preset, **fields))

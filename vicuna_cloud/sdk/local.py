@@ -1,0 +1,202 @@
+"""`launch --local` as a call: the whole product on this machine's CPU.
+
+Same run spec, same `train` entry, same checkpoint and ledger code as a cloud run:
+1. bucket: the request's (a directory, s3:// or gs://) or a directory under the user data dir;
+2. data: the shipped sample corpus through the data pipeline (builtin:llama-sp tokenizer),
+   uploaded content-addressed to ``datasets/<sha256>/``;
+3. run spec from the preset (resources.cloud "local"), written to ``runs/<id>/run.json``;
+   an existing run id reuses that spec, and the trainer resumes from the newest committed
+   checkpoint;
+4. the task's command (``torchrun ... -m train --run-uri URI``) under the local supervisor
+   (simulated preemptions, restarts, Ctrl-C);
+5. the cost report (local segments at the request's price) and the exported model's path.
+
+Progress goes to ``on_event`` (``LocalEvent``); nothing here prints.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+from vicuna_cloud import bucket_keys, paths
+from vicuna_cloud.errors import ConfigError, RunConflict, StorageUnavailable
+from vicuna_cloud.recipes import Preset
+from vicuna_cloud.runspec import RunSpec
+from vicuna_cloud.sdk import options
+from vicuna_cloud.sdk.models import LocalEvent, LocalLaunchRequest, LocalLaunchResult
+
+EventFn = Callable[[LocalEvent], None]
+
+
+def _check(req: LocalLaunchRequest) -> Preset:
+    if req.preemptions < 0:
+        raise ConfigError(f"--preemptions {req.preemptions}: give 0 or more")
+    if req.price_per_hour < 0:
+        raise ConfigError(f"--price-per-hour {req.price_per_hour}: give 0 or more (USD)")
+    options.positive_cost(req.max_cost)
+    options.run_id(req.run_id)
+    p = options.preset(req.preset, req.version)
+    if p.hardware.accelerator != "cpu":
+        raise ConfigError(f"--local runs on this machine's CPU: use the tiny preset "
+                          f"(`vicuna-cloud launch tiny --local`), not {req.preset!r}")
+    return p
+
+
+def open_local_bucket(uri: str):
+    """The run's bucket, created when it is a directory, checked readable and writable."""
+    from vicuna_cloud.storage import StorageError, open_bucket
+
+    try:
+        if "://" not in uri or uri.startswith("file://"):
+            os.makedirs(uri[len("file://"):] if uri.startswith("file://") else uri, exist_ok=True)
+        bucket = open_bucket(uri)
+        bucket.check_access()
+        return bucket
+    except ValueError as e:  # InvalidBucketURI and friends
+        raise ConfigError(f"--bucket {uri}: {e}") from None
+    except (StorageError, OSError) as e:
+        raise StorageUnavailable(f"--bucket {uri}: {str(e).splitlines()[0]}") from None
+
+
+def _existing_spec(bkt, run_id: Optional[str]) -> Optional[RunSpec]:
+    from vicuna_cloud.storage import NotFoundError, StorageError
+
+    if run_id is None:
+        return None
+    try:
+        return RunSpec.from_json(bkt.get_bytes(bucket_keys.run_spec(run_id)))
+    except NotFoundError:
+        return None
+    except (StorageError, ValueError) as e:
+        raise RunConflict(f"cannot read runs/{run_id}/run.json in {bkt.uri}: "
+                          f"{str(e).splitlines()[0]}") from None
+
+
+def _resume(spec: RunSpec, p: Preset, req: LocalLaunchRequest, bkt, emit: EventFn) -> None:
+    """An existing run: refuse a different one, say what is kept."""
+    rid = spec.run_id
+    if spec.resources.cloud != "local":
+        raise RunConflict(f"run {rid} in {bkt.uri} is a {spec.resources.cloud} run; manage "
+                          "it with `vicuna-cloud status/cancel`, or choose a new --run-id")
+    if spec.preset != p.name or spec.version != p.version or spec.hyper.seed != req.seed:
+        raise RunConflict(
+            f"run {rid} exists in {bkt.uri} as preset {spec.preset} {spec.version} "
+            f"seed {spec.hyper.seed}; relaunch with those, or choose a new --run-id")
+    emit(LocalEvent(kind="resuming", run_id=rid,
+                    message=f"Resuming run {rid} from {bkt.child_uri(bucket_keys.run_prefix(rid))}"))
+    if (spec.budget.local_price_per_hour, spec.budget.max_cost_usd) != (req.price_per_hour, req.max_cost):
+        emit(LocalEvent(kind="note", run_id=rid, message=(
+            f"the run keeps its own price (${spec.budget.local_price_per_hour}/h) and budget "
+            f"({spec.budget.max_cost_usd or 'none'}) from its run.json")))
+
+
+def _new_spec(p: Preset, req: LocalLaunchRequest, bkt, emit: EventFn) -> RunSpec:
+    """Sample data prepared and uploaded, a new spec written to the bucket."""
+    from vicuna_cloud.data.reader import DataError
+    from vicuna_cloud.data.upload import upload_dataset
+    from vicuna_cloud.local.launch import LOCAL_CHECKPOINT_STEPS, LOCAL_HEARTBEAT_S
+    from vicuna_cloud.local.sample import prepare_sample_dataset
+    from vicuna_cloud.run_store import new_run_id, write_run_spec
+    from vicuna_cloud.runspec import Budget, CheckpointPolicy
+
+    emit(LocalEvent(kind="preparing", message="Preparing the sample corpus (HTML to markdown, "
+                    "filters, language ID, splitting with the LLaMA tokenizer)"))
+    data_dir, manifest = prepare_sample_dataset(p.max_length, p.template, p.tokenizer)
+    try:  # the same content-addressed, verified upload as `vicuna-cloud data upload`
+        up = upload_dataset(data_dir, bkt.uri)
+    except DataError as e:
+        raise DataError(f"uploading the sample dataset failed: {e}") from None
+    counts = manifest.counts or {}
+    tokens = manifest.tokens.total if manifest.tokens else None
+    emit(LocalEvent(kind="data", message=(
+        f"Data: {counts.get('input', '?')} raw conversations -> "
+        f"{counts.get('split_pieces', '?')} training pieces"
+        + (f" ({tokens:,} tokens)" if isinstance(tokens, int) else "") + f", {up.uri}")))
+    spec = _spec_from_preset(p, req, new_run_id(p) if req.run_id is None else req.run_id,
+                             bkt.uri, up.uri, up.sha256,
+                             CheckpointPolicy(interval_steps=LOCAL_CHECKPOINT_STEPS, keep=2))
+    spec = spec.model_copy(update={"budget": Budget(
+        max_cost_usd=req.max_cost, local_price_per_hour=req.price_per_hour,
+        heartbeat_seconds=LOCAL_HEARTBEAT_S)})
+    write_run_spec(bkt, spec)
+    return spec
+
+
+def _spec_from_preset(p, req, run_id, bucket_uri, dataset_uri, sha, checkpoint) -> RunSpec:
+    from vicuna_cloud.run_store import spec_from_preset
+
+    return spec_from_preset(
+        p, run_id=run_id, dataset_uri=dataset_uri, dataset_sha256=sha, bucket_uri=bucket_uri,
+        use_spot=req.preemptions > 0, cloud="local", max_cost_usd=req.max_cost,
+        local_price_per_hour=req.price_per_hour, seed=req.seed, checkpoint=checkpoint)
+
+
+def launch_local(req: LocalLaunchRequest = LocalLaunchRequest(),
+                 on_event: Optional[EventFn] = None) -> LocalLaunchResult:
+    """Run a preset end to end on this machine; a bad request raises before anything runs,
+    how the run itself ended is in the result (``outcome``, ``exit_code``)."""
+    from vicuna_cloud.local.launch import record_local_run, supervise
+
+    emit = on_event or (lambda event: None)
+    p = _check(req)
+    bkt = open_local_bucket(req.bucket or paths.default_bucket_uri())
+    spec = _existing_spec(bkt, req.run_id)
+    if spec is not None:
+        _resume(spec, p, req, bkt, emit)
+    else:
+        spec = _new_spec(p, req, bkt, emit)
+    record_local_run(spec.run_id, bkt.uri, p.name)
+    rid = spec.run_id
+    result, log_path = supervise(
+        bkt, rid, req.preemptions, req.seed,
+        on_start=lambda probe, what: emit(LocalEvent(kind="started", run_id=rid, message=what,
+                                                     progress=probe)),
+        on_event=lambda kind, attempt: emit(LocalEvent(kind="attempt", run_id=rid,
+                                                       attempt_kind=kind, attempt=attempt)))
+    out = LocalLaunchResult(run_id=spec.run_id, preset=p.name, bucket_uri=bkt.uri,
+                            bucket_given=req.bucket is not None, log_path=log_path,
+                            outcome=result.outcome, exit_code=result.exit_code,
+                            attempts=len(result.attempts))
+    _finish(out, bkt)
+    return out
+
+
+def _finish(out: LocalLaunchResult, bkt) -> None:
+    """The end: cost report, exported model, or why it did not complete."""
+    from vicuna_cloud.exit_codes import EXIT_CONFIG
+    from vicuna_cloud.local.supervisor import EXIT_CANCELLED
+
+    out.cost, out.cost_error = _cost(bkt, out.run_id)
+    if out.outcome == "completed":
+        from vicuna_cloud.exported_model import ExportNotFound, local_export_dir
+        from vicuna_cloud.storage import StorageError
+
+        try:
+            out.model_dir = local_export_dir(bkt, out.run_id)
+            out.exit_code = 0
+        except (ExportNotFound, StorageError) as e:
+            out.error, out.exit_code = f"training completed but {e}", 1
+    elif out.outcome == "cancelled":
+        out.exit_code = EXIT_CANCELLED
+    elif out.outcome == "config":
+        out.error = (f"the trainer rejected the run's input (exit {EXIT_CONFIG}); "
+                     f"see {out.log_path}")
+    else:
+        out.error = (f"training {out.outcome} after {out.attempts} attempts (exit "
+                     f"{out.exit_code}); see {out.log_path}")
+        out.exit_code = out.exit_code or 1
+
+
+def _cost(bkt, run_id: str):
+    """(RunCost, None), or (None, why) when the ledger cannot be read: the run's outcome
+    matters more than its bill."""
+    try:
+        from vicuna_cloud.costs import report
+
+        rc = report.run_cost(bkt, run_id)
+    except Exception as e:
+        return None, str(e).splitlines()[0] if str(e) else type(e).__name__
+    rc.skypilot = {"reachable": None,
+                   "note": "local run: segments priced at --price-per-hour, no SkyPilot records"}
+    return rc, None
