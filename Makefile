@@ -1,10 +1,11 @@
-# Two entry points a newcomer needs: `make demo` and `make test`. Each sets itself up.
+# Entry points a newcomer needs: `make demo`, `make test` (CI) and `make test-fast` (the
+# day-to-day loop). Each sets itself up.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast bench clean
 
 # torch first, pinned to the CPU wheel these machines carry (an open range pulls a
 # multi-GB CUDA build), then the project with SkyPilot pinned, in one resolve.
@@ -20,8 +21,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/vicuna-cloud launch tiny --local
 
+# The whole suite: what CI runs.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The day-to-day loop: no torchrun, no object-store servers (markers: see tests/conftest.py).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not servers"
 
 bench: $(STAMP)
 	$(BIN)/python bench/cli_startup.py
