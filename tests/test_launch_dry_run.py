@@ -139,19 +139,19 @@ def test_status_without_api_server_shows_the_bucket(s3_bucket_uri, capsys, monke
     seg = Segment(segment_id="0001", run_id=rid, cloud="aws", region="us-east-1", zone=None,
                   cluster_name=None, instance_type="p4de.24xlarge", accelerators="A100-80GB:8",
                   nodes=1, use_spot=True, price_per_hour=8.0, price_source="catalog",
-                  start_time=1.0, end_time=2.0, end_reason="budget", last_step=10)
+                  start_time=1.0, end_time=2.0, end_reason="budget", last_step=10,
+                  last_checkpoint_step=10)
     b.put_bytes(f"runs/{rid}/ledger/0001.json", seg.to_json().encode())
     b.put_bytes(f"runs/{rid}/checkpoints/step-00000010/COMMIT.json", b"{}")
     index.record(index.RunRecord(run_id=rid, bucket_uri=s3_bucket_uri, backend="skypilot",
                                  job_id=7))
     r = run_cli(capsys, monkeypatch, "status", rid, "--json")
     assert r.code == 0, r.err
-    s = json.loads(r.out)
-    assert "Could not connect" in s["api_error"]
-    (row,) = s["runs"]
+    row = json.loads(r.out)
+    assert "Could not connect" in row["api_error"]
     assert row["state"] == "unknown (API server unreachable); stopped: budget"
-    assert row["progress"] == "stopped: budget" and row["checkpoints"] == 1
-    assert row["last_metrics"]["step"] == 10
+    assert row["phase"] == "stopped: budget" and row["checkpoints"] == 1
+    assert row["step"] == 10 and row["loss"] == 1.25
     r = run_cli(capsys, monkeypatch, "status", rid)
     assert r.code == 0 and "unreachable" in r.err and "stopped: budget" in r.out
     # logs and cancel need the server: one-line error, exit 2.
@@ -171,8 +171,9 @@ def test_status_reads_progress_from_a_bucket_given_by_flag(s3_bucket_uri, capsys
     r = run_cli(capsys, monkeypatch, "status", "elsewhere-1", "--bucket", s3_bucket_uri,
                 "--json")
     assert r.code == 0, r.err
-    (row,) = json.loads(r.out)["runs"]
-    assert row["progress"] == "step 3, loss 2.0000" and row["state"] == "not in SkyPilot's queue"
+    row = json.loads(r.out)
+    assert row["step"] == 3 and row["loss"] == 2.0 and row["spend_usd"] == 0.0
+    assert row["state"] == "not in SkyPilot's queue"
 
 
 def test_status_progress_when_metrics_turn_unreadable(tmp_path):

@@ -73,8 +73,9 @@ def read_progress(bucket: Bucket, run_id: str) -> BucketProgress:
     metrics = None
     if bucket_keys.metrics(run_id) in keys:
         try:
-            metrics = next(jsonl_records(bucket.get_bytes(bucket_keys.metrics(run_id)),
-                                         newest_first=True), None)
+            # The newest step line: events (eval, checkpoint, exported...) come after it.
+            metrics = next((r for r in jsonl_records(bucket.get_bytes(bucket_keys.metrics(run_id)),
+                                                     newest_first=True) if "event" not in r), None)
         except NotFoundError:
             metrics = None
         except StorageError as e:  # listed a moment ago, unreadable now: say so, no traceback
@@ -92,6 +93,9 @@ def read_progress(bucket: Bucket, run_id: str) -> BucketProgress:
                                        else None)) if last else None
     if metrics is None and last is not None and last.last_step:
         metrics = {"step": last.last_step, "total_steps": last.total_steps}
+    elif metrics is not None and not metrics.get("total_steps") and last is not None \
+            and last.total_steps:
+        metrics = {**metrics, "total_steps": last.total_steps}
     ckpts = bucket_keys.committed_steps(run_id, keys)
     final = any(k.startswith(bucket_keys.final_prefix(run_id)) for k in keys)
     return BucketProgress(has_spec, metrics, len(segs), last_reason, len(ckpts), final)

@@ -19,6 +19,7 @@ from vicuna_cloud.errors import VicunaError
 # Registration order is the order `--help` lists them.
 from vicuna_cloud.cli import launch as _launch  # noqa: F401
 from vicuna_cloud.cli import runs as _runs  # noqa: F401
+from vicuna_cloud.cli import plot as _plot  # noqa: F401
 from vicuna_cloud.cli import data as _data  # noqa: F401
 from vicuna_cloud.cli import cost as _cost  # noqa: F401
 from vicuna_cloud.cli import chat as _chat  # noqa: F401

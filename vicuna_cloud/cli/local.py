@@ -68,12 +68,45 @@ def run_local(*, preset: str, version: Optional[str], bucket: Optional[str],
     else:
         err_console.print(f"[yellow]cost report unavailable: {res.cost_error}")
     bucket_flag = f" --bucket {res.bucket_uri}" if res.bucket_given else ""
+    if res.outcome == "completed":
+        _show_plot(res.run_id, res.bucket_uri)
     if res.outcome == "completed" and res.model_dir:
         console.print(f"[bold green]Exported model:[/] {res.model_dir}\n"
-                      f"Try it: vicuna-cloud chat {res.run_id}{bucket_flag}", highlight=False)
+                      f"Try it: {_exe()} chat {res.run_id}{bucket_flag}", highlight=False,
+                      soft_wrap=True)
     elif res.outcome == "cancelled":
         err_console.print(f"Cancelled. Resume with: vicuna-cloud launch {res.preset} --local "
                           f"--run-id {res.run_id}{bucket_flag}", highlight=False)
     elif res.error:
         err_console.print(f"[bold red]error:[/] {res.error}", highlight=False)
     return res.exit_code
+
+
+def _exe() -> str:
+    """How to call this command again: its name when on PATH, else its path (e.g. the
+    project's .venv/bin/vicuna-cloud after `make demo`)."""
+    import os
+    import shutil
+    import sys
+
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0].endswith("vicuna-cloud") else ""
+    if shutil.which("vicuna-cloud") and (not argv0 or os.path.realpath(
+            shutil.which("vicuna-cloud")) == os.path.realpath(argv0)):
+        return "vicuna-cloud"
+    return os.path.relpath(argv0) if argv0 else "vicuna-cloud"
+
+
+def _show_plot(run_id: str, bucket_uri: str) -> None:
+    """The loss curve in the terminal at the end of a local run (as `vicuna-cloud plot`)."""
+    import shutil
+    import sys
+
+    from vicuna_cloud.errors import VicunaError
+    from vicuna_cloud.sdk.plots import plot_run
+
+    cols = shutil.get_terminal_size((100, 30)).columns
+    try:
+        print(plot_run(run_id, bucket_uri, width=max(40, min(cols, 100)), height=20,
+                       color=sys.stdout.isatty()))
+    except (VicunaError, ImportError) as e:
+        err_console.print(f"[yellow]no loss plot: {escape(str(e))}", highlight=False)

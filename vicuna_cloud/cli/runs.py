@@ -11,45 +11,152 @@ from vicuna_cloud.cli.app import app
 from vicuna_cloud.cli.common import console, err_console, print_json
 
 
+def _hms(sec: Optional[float]) -> str:
+    if sec is None:
+        return "-"
+    sec = int(round(sec))
+    h, rem = divmod(sec, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def _money(x: Optional[float]) -> str:
+    return "-" if x is None else f"${x:,.2f}"
+
+
+def detail_table(d) -> Table:
+    """`status RUN`: one run in detail (the --json twin is RunDetail itself)."""
+    t = Table(title=f"run {d.run_id}", show_header=False, pad_edge=False)
+    t.add_column("what", style="dim", no_wrap=True)
+    t.add_column("value", overflow="fold")
+    step = f"{d.step:,}" + (f" / {d.total_steps:,}" if d.total_steps else "")
+    if d.total_steps:
+        step += f" ({100 * d.step / d.total_steps:.0f}%)"
+    spend = _money(d.spend_usd) + (f", projected {_money(d.projected_total_usd)}"
+                                   if d.projected_total_usd is not None else "")
+    hb = "-" if d.last_heartbeat is None else f"{d.last_heartbeat} ({_hms(d.heartbeat_age_seconds)} ago)"
+    rows = [("state", d.state), ("phase", d.phase), ("step", step),
+            ("loss", "-" if d.loss is None else f"{d.loss:.4f}")]
+    if d.eval_loss is not None:
+        rows.append(("eval loss", f"{d.eval_loss:.4f}"))
+    rows.append(("tokens/s", "-" if d.tokens_per_s is None else f"{d.tokens_per_s:,.0f}"))
+    if d.mfu is not None:
+        rows.append(("MFU", f"{100 * d.mfu:.1f}%"))
+    rows += [("ETA", _hms(d.eta_seconds)), ("spend", spend),
+             ("budget", f"{_money(d.budget_usd)} ({d.verdict})"),
+             ("recoveries", str(d.recoveries) + (
+                 f" (SkyPilot: {d.skypilot_recoveries})"
+                 if d.skypilot_recoveries not in (None, d.recoveries) else "")),
+             ("checkpoints", str(d.checkpoints)),
+             ("segments", "; ".join(f"{s.index}: steps {s.steps}, {_money(s.cost_usd)}, {s.end}"
+                                    for s in d.segments)),
+             ("last heartbeat", hb), ("bucket", d.bucket)]
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
+def list_table(rep, width: int) -> Table:
+    """Every run, one line each; at 80 columns ids are ellipsized and columns dropped."""
+    t = Table(title="vicuna-cloud runs", pad_edge=False)
+    wide = width >= 120
+    cols = [("run", None if wide else 24), ("state", None if wide else 16), ("progress", None),
+            ("recov.", 6)]
+    if wide:
+        cols += [("job", 5), ("ckpts", 5), ("bucket", None)]
+    for name, w in cols:
+        t.add_column(name, no_wrap=True, overflow="ellipsis", max_width=w)
+    for r in rep.runs:
+        row = [r.run_id, r.state, r.progress,
+               str(r.segments - 1) if r.segments else "-"]
+        if wide:
+            row += [str(r.job_id if r.job_id is not None else "-"), str(r.checkpoints), r.bucket]
+        t.add_row(*row)
+    return t
+
+
 @app.command()
 def status(
-    run: Optional[str] = typer.Argument(None, help="Run id (default: every run launched here)."),
-    bucket: Optional[str] = typer.Option(None, "--bucket", help="Where the run lives."),
-    json_out: bool = typer.Option(False, "--json"),
+    run: Optional[str] = typer.Argument(None, help="Run id; without it, every run launched "
+                                        "from this machine, one line each."),
+    bucket: Optional[str] = typer.Option(None, "--bucket", metavar="URI",
+                                         help="Bucket the run lives in, when it was launched "
+                                         "from another machine."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output (the same "
+                                  "figures as the table)."),
+    watch: Optional[float] = typer.Option(None, "--watch", "-w", metavar="SECONDS",
+                                          help="Redraw every SECONDS until the run stops "
+                                          "(Ctrl-C to leave; the run keeps going)."),
 ):
-    """Managed-job state, recoveries and progress read from the bucket."""
+    """Where runs are: with RUN, its phase, step, loss, ETA, spend, recoveries, segments
+    and last heartbeat; without, one line per run.
+
+    Example: vicuna-cloud status tiny-20261201-101500 --watch 10
+    """
     from vicuna_cloud import sdk
 
-    rep = sdk.status(run, bucket)
-    if not rep.runs:
+    if run is not None:
+        from vicuna_cloud.sdk.run_detail import run_detail
+
         if json_out:
-            print_json([])
-        else:
-            console.print("no runs launched from this machine yet")
+            print_json(run_detail(run, bucket).model_dump(mode="json"))
+            return
+        if watch:
+            _watch(lambda: detail_table(run_detail(run, bucket)), watch,
+                   done=lambda: run_detail(run, bucket).phase.startswith(("completed", "finished",
+                                                                          "stopped", "not running")))
+            return
+        d = run_detail(run, bucket)
+        if d.api_error:
+            err_console.print(f"[yellow]SkyPilot API server unreachable ({d.api_error}); "
+                              "showing what the bucket knows[/]")
+        console.print(detail_table(d))
         return
+    rep = sdk.status(None, bucket)
     if json_out:
-        print_json(rep.model_dump(mode="json"))
+        print_json(rep.model_dump(mode="json") if rep.runs else [])
+        return
+    if not rep.runs:
+        console.print("no runs launched from this machine yet")
         return
     if rep.api_error:
         err_console.print(f"[yellow]SkyPilot API server unreachable ({rep.api_error}); showing "
                           "what the bucket knows[/]")
-    t = Table(title="vicuna-cloud runs")
-    for col in ("run", "job", "state", "recoveries", "progress", "checkpoints", "bucket"):
-        t.add_column(col, overflow="fold")
-    for r in rep.runs:
-        t.add_row(r.run_id, str(r.job_id if r.job_id is not None else "-"), r.state,
-                  "-" if r.recoveries is None else str(r.recoveries), r.progress,
-                  str(r.checkpoints), r.bucket)
-    console.print(t)
+    if watch:
+        _watch(lambda: list_table(sdk.status(None, bucket), console.width), watch, done=lambda: False)
+        return
+    console.print(list_table(rep, console.width))
+
+
+def _watch(make, every: float, done) -> None:
+    """Redraw ``make()`` in place every ``every`` seconds until ``done()`` or Ctrl-C."""
+    import time
+
+    from rich.live import Live
+
+    try:
+        with Live(make(), console=console, auto_refresh=False) as live:
+            while not done():
+                time.sleep(max(0.5, every))
+                live.update(make(), refresh=True)
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()
 def logs(
     run: str = typer.Argument(..., help="Run id."),
-    follow: bool = typer.Option(True, "--follow/--no-follow"),
-    bucket: Optional[str] = typer.Option(None, "--bucket"),
+    follow: bool = typer.Option(True, "--follow/--no-follow",
+                                help="Keep printing new lines until the run stops."),
+    bucket: Optional[str] = typer.Option(None, "--bucket", metavar="URI",
+                                         help="Bucket the run lives in, when it was launched "
+                                         "from another machine."),
 ):
-    """Stream the run's logs (sky.jobs.tail_logs)."""
+    """Print the run's training log: train.log for a local run, the managed job's log for
+    a cloud run.
+
+    Example: vicuna-cloud logs tiny-20261201-101500 --no-follow
+    """
     from vicuna_cloud import sdk
 
     raise typer.Exit(sdk.logs(run, bucket, follow=follow))
@@ -58,10 +165,22 @@ def logs(
 @app.command()
 def cancel(
     run: str = typer.Argument(..., help="Run id."),
-    bucket: Optional[str] = typer.Option(None, "--bucket"),
+    bucket: Optional[str] = typer.Option(None, "--bucket", metavar="URI",
+                                         help="Bucket the run lives in, when it was launched "
+                                         "from another machine."),
 ):
-    """Cancel the managed job; the trainer checkpoints on SIGTERM and the bucket keeps it."""
+    """Stop a run gracefully: the trainer checkpoints first and the bucket keeps it, so
+    launching the same run id again resumes.
+
+    Example: vicuna-cloud cancel tiny-20261201-101500
+    """
     from vicuna_cloud import sdk
 
-    job_id = sdk.cancel(run, bucket)
-    console.print(f"cancelled job {job_id} (run {run}); its checkpoints stay in the bucket")
+    rec = sdk.find_run(run, bucket)
+    ident = sdk.cancel(run, bucket)
+    if rec.backend == "local":
+        console.print(f"cancelled local run {run} (launcher pid {ident} exited after its "
+                      "checkpoint); resume with the same --run-id", highlight=False)
+    else:
+        console.print(f"cancelled job {ident} (run {run}); its checkpoints stay in the bucket",
+                      highlight=False)

@@ -85,10 +85,26 @@ def job_id(run_id: str, bucket: Optional[str] = None) -> int:
     return rec.job_id
 
 
+def _local(run_id: str, bucket: Optional[str]) -> bool:
+    rec = find_run(run_id, bucket)
+    return rec.backend == "local"
+
+
 def logs(run_id: str, bucket: Optional[str] = None, follow: bool = True) -> int:
-    """Stream the job's logs to stdout (sky.jobs.tail_logs); returns its exit code."""
+    """Stream the run's logs to stdout (train.log for a local run, the managed job's log
+    for a cloud run); returns 0 or the job's exit code."""
     from vicuna_cloud.skypilot import submit
 
+    if _local(run_id, bucket):
+        from vicuna_cloud.local import control
+
+        try:
+            control.follow_log(run_id, follow=follow)
+        except FileNotFoundError:
+            raise RunNotFound(f"no log for local run {run_id!r} at {control.log_path(run_id)}: "
+                              "it was launched on another machine or its files were "
+                              "removed") from None
+        return 0
     jid = job_id(run_id, bucket)
     try:
         return submit.tail_logs(jid, follow=follow) or 0
@@ -96,10 +112,29 @@ def logs(run_id: str, bucket: Optional[str] = None, follow: bool = True) -> int:
         raise BackendError(f"SkyPilot API server unreachable ({e}); {_API_FIX}") from None
 
 
+def cancel_local(run_id: str, timeout: float = 120.0) -> int:
+    """Stop a local run's launcher as Ctrl-C would (checkpoint, segment "cancelled");
+    returns the launcher's pid."""
+    from vicuna_cloud.local import control
+
+    try:
+        pid = control.cancel(run_id, timeout)
+    except TimeoutError as e:
+        raise BackendError(str(e)) from None
+    if pid is None:
+        raise ConfigError(f"local run {run_id!r} is not running on this machine (nothing to "
+                          f"cancel); resume it with `vicuna-cloud launch tiny --local --run-id "
+                          f"{run_id}`")
+    return pid
+
+
 def cancel(run_id: str, bucket: Optional[str] = None) -> int:
-    """Cancel gracefully (the trainer checkpoints on SIGTERM); returns the job id."""
+    """Cancel gracefully (the trainer checkpoints on SIGTERM); returns the job id (the
+    launcher's pid for a local run)."""
     from vicuna_cloud.skypilot import submit
 
+    if _local(run_id, bucket):
+        return cancel_local(run_id)
     jid = job_id(run_id, bucket)
     try:
         submit.cancel(jid)
