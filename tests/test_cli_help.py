@@ -21,7 +21,7 @@ PATHS = list(_command_paths(ROOT))
 def test_all_main_commands_are_registered():
     names = {p[0] for p in PATHS if p}
     for expected in ("presets", "render", "launch", "status", "logs", "cancel", "cost",
-                     "data", "export", "chat"):
+                     "data", "export", "chat", "serve", "eval", "delta"):
         assert expected in names, f"`vicuna-cloud {expected}` is missing"
 
 

@@ -7,6 +7,8 @@
     fault_proxy.py      an HTTP proxy that injects faults in front of either
     metadata_server.py  a fake cloud metadata endpoint (preemption notices)
     local_http.py       the loopback HTTP service both of those build on
+    openai_standin.py   an OpenAI-compatible stand-in (the eval judge) at the HTTP boundary
+    serve.py            a tiny exported model and its run in a bucket (serve/eval tests)
     children/           scripts the tests start as subprocesses
 
 Fixtures live in tests/conftest.py, never here.

@@ -24,6 +24,9 @@ from vicuna_cloud.cli import data as _data  # noqa: F401
 from vicuna_cloud.cli import cost as _cost  # noqa: F401
 from vicuna_cloud.cli import chat as _chat  # noqa: F401
 from vicuna_cloud.cli import export as _export  # noqa: F401
+from vicuna_cloud.cli import serve as _serve  # noqa: F401
+from vicuna_cloud.cli import eval as _eval  # noqa: F401
+from vicuna_cloud.cli import delta as _delta  # noqa: F401
 
 
 def main() -> None:

@@ -23,6 +23,8 @@ from vicuna_cloud.sdk.cloud import launch, plan, render, render_task, write_dry_
 from vicuna_cloud.sdk.costs import (
     EstimateRequest, cost_overview, cost_report, estimate, simulate,
 )
+from vicuna_cloud.sdk.delta import DeltaResult, WrongBase, apply_delta, make_delta
+from vicuna_cloud.sdk.evaluation import EvaluateRequest, evaluate
 from vicuna_cloud.sdk.data import PrepareOptions, inspect_data, prepare_data, upload_data
 from vicuna_cloud.sdk.export import ExportResult, chat_command, chat_model, export
 from vicuna_cloud.sdk.local import launch_local
@@ -32,16 +34,21 @@ from vicuna_cloud.sdk.models import (
 )
 from vicuna_cloud.sdk.presets import presets
 from vicuna_cloud.sdk.runs import cancel, find_run, logs, status
+from vicuna_cloud.sdk.serving import (
+    ServePlan, ServeRequest, ServeResult, local_server_command, plan_serve, serve,
+)
 
 __all__ = [
     # calls
     "cancel", "chat_command", "chat_model", "cost_overview", "cost_report", "estimate",
     "export", "find_run", "inspect_data", "launch", "launch_local", "logs", "plan",
     "prepare_data", "presets", "render", "render_task", "simulate", "status", "upload_data", "write_dry_run",
+    "apply_delta", "evaluate", "local_server_command", "make_delta", "plan_serve", "serve",
     # requests, plans, results
     "EstimateRequest", "ExportResult", "LaunchPlan", "LaunchRequest", "LaunchResult",
     "LocalEvent", "LocalLaunchRequest", "LocalLaunchResult", "OptimizerPick",
     "PrepareOptions", "RenderRequest", "RunStatus", "StatusReport",
+    "DeltaResult", "EvaluateRequest", "ServePlan", "ServeRequest", "ServeResult", "WrongBase",
     # errors
     "BackendError", "ConfigError", "CredentialsError", "DataError", "RunConflict",
     "RunNotFound", "StorageUnavailable", "VicunaError",
