@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from vicuna_cloud import bucket_keys, run_index
 from vicuna_cloud.errors import BackendError, ConfigError, RunNotFound, StorageUnavailable
+from vicuna_cloud.serving.task import ExportInfo
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,10 @@ class ServeRequest:
 class ServePlan:
     run_id: str
     config: dict
-    task: Any  # sky.Task, as SkyPilot's parser returned it
-    secrets: dict = field(repr=False)
-    model_uri: str = ""
-    info: Any = None  # serving.task.ExportInfo
+    task: object  # the parsed sky.Task, as SkyPilot's parser returned it (secrets inside)
+    secrets: dict[str, str] = field(repr=False)
+    model_uri: str
+    info: ExportInfo  # what the export decides: template, stop tokens, context
 
     def yaml(self) -> str:
         from vicuna_cloud.skypilot.task import to_yaml
