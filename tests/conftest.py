@@ -31,6 +31,8 @@ CATALOG_SNAPSHOT = SHARED / "catalog" / "v8"
 
 _SKY_HOME = tempfile.mkdtemp(prefix="vicuna-sky-")
 shutil.copytree(CATALOG_SNAPSHOT, os.path.join(_SKY_HOME, ".sky", "catalogs", "v8"))
+# Its SOURCE.md beside it, as in ../shared: pricing dates prices by the snapshot, not mtime.
+shutil.copy(CATALOG_SNAPSHOT.parent / "SOURCE.md", os.path.join(_SKY_HOME, ".sky", "catalogs"))
 os.environ["SKY_RUNTIME_DIR"] = _SKY_HOME
 _SCRATCH = [_SKY_HOME]  # removed at session end (pytest_sessionfinish)
 # Keep tests away from the developer's real caches and credentials.

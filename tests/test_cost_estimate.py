@@ -101,18 +101,73 @@ def test_cli_estimate_json_and_table(wide):
     assert d["prices"]["cheapest_spot"]["spot"] == pytest.approx(8.0274)  # snapshot
     preset = get_preset("7b", "v1.1")
     e = est.estimate(preset, est.reference_workload(preset), 8.0274)
-    assert d["ours"]["cost_usd"] == pytest.approx(e.cost_usd)
-    assert d["fastchat"]["cost_usd"] > d["ours"]["cost_usd"]
+    assert d["ours"]["node_usd"] == pytest.approx(e.node_usd)
+    # Must hold (issue 13): node, disk, egress and controller lines separately.
+    assert set(d["bill"]) == {"node", "disk", "egress", "controller"}
+    assert all(d["bill"][k] > 0 for k in d["bill"])
+    assert d["ours"]["cost_usd"] == pytest.approx(sum(
+        d["ours"][f"{k}_usd"] for k in ("node", "disk", "egress", "controller")))
+    assert d["padded_ablation"]["cost_usd"] > d["ours"]["cost_usd"]
     sens = d["sensitivity"]["ours"]
     row = next(r for r in sens["rows"] if r["mfu"] == 0.4)
-    assert row[sens["columns"][0]] == pytest.approx(e.cost_usd, abs=0.01)
+    assert row[sens["columns"][0]] == pytest.approx(d["ours"]["cost_usd"], abs=0.01)
     assert len(sens["rows"]) == 4 and len(sens["columns"]) == 3
     table = runner.invoke(app, ["cost", "--estimate", "7b", "--version", "v1.1"])
     assert table.exit_code == 0, table.output
     cost_line = next(ln for ln in table.output.splitlines() if "│ cost" in ln)
     assert f"${d['ours']['cost_usd']:,.2f}" in cost_line
-    assert f"${d['fastchat']['cost_usd']:,.2f}" in cost_line
+    assert f"${d['padded_ablation']['cost_usd']:,.2f}" in cost_line
     assert "within $140" in table.output
+    assert "padding ablation" in table.output and "equal MFU" in table.output
+    assert "LMSYS 2023 as run" in table.output
+
+
+def test_like_with_like_lmsys_row_verdicts_flags_and_snapshot_date():
+    """Issue 13.9: the padded column assumed our MFU for the 2023 recipe, v1.5 was judged
+    against $140, the on-demand minimum was a flagged GCP row, the date was an mtime."""
+    runner = CliRunner()
+    d = json.loads(runner.invoke(app, ["cost", "--estimate", "7b", "--version", "v1.1",
+                                       "--json"]).output)
+    lm = d["lmsys_2023_as_run"]
+    assert lm["published_hours"] == 12.0
+    assert lm["implied_mfu_padded"] == pytest.approx(0.174, abs=0.002)  # near 0.17
+    assert lm["node_usd"]["spot_min"] == pytest.approx(12 * 8.0274, abs=0.01)
+    assert d["budget_reference"] == {"usd": 140.0, "how": "LMSYS 2023 for v1.1, same data size"}
+    assert not d["prices"]["cheapest_on_demand"]["flags"]
+    assert not d["prices"]["cheapest_spot"]["flags"]
+    assert "(snapshot 2026-11-27)" in d["price_source"]
+    v15 = json.loads(runner.invoke(app, ["cost", "--estimate", "7b", "--version", "v1.5",
+                                         "--json"]).output)
+    ref = v15["budget_reference"]
+    assert ref["usd"] == pytest.approx(140 * 125_000 / 70_000, rel=1e-3)  # 1.79x the tokens
+    assert "scaled by tokens" in ref["how"] and "scaled by tokens" in v15["ours"]["verdict"]
+    d13 = json.loads(runner.invoke(app, ["cost", "--estimate", "13b", "--version", "v1.1",
+                                         "--json"]).output)
+    assert d13["lmsys_2023_as_run"]["published_hours"] == 24.0
+    assert d13["budget_reference"]["usd"] == 300.0
+
+
+def test_mfu_from_a_runs_metrics_or_the_gpu_checks_json(tmp_path):
+    m = tmp_path / "metrics.jsonl"
+    lines = [{"step": i, "mfu": 0.9 if i == 1 else 0.31 + 0.001 * (i % 3)} for i in range(1, 41)]
+    lines.insert(5, {"event": "checkpoint", "step": 5})
+    m.write_text("\n".join(json.dumps(x) for x in lines) + "\n{torn")
+    mfu, src = est.mfu_from_file(str(m))
+    assert mfu == pytest.approx(0.311) and "median" in src  # warm-up step dropped
+    g = tmp_path / "gpu_check.json"
+    g.write_text(json.dumps({"gpu": "A100-SXM4-80GB", "mfu": 0.47}))
+    assert est.mfu_from_file(str(g))[0] == 0.47
+    runner = CliRunner()
+    r = runner.invoke(app, ["cost", "--estimate", "7b", "--version", "v1.1", "--json",
+                            "--mfu-from", str(g)])
+    d = json.loads(r.output)
+    assert d["ours"]["mfu"] == 0.47 and "mfu field" in d["assumptions"]["mfu_source"]
+    bad = tmp_path / "cpu.jsonl"
+    bad.write_text(json.dumps({"step": 1, "mfu": None}) + "\n")
+    r = runner.invoke(app, ["cost", "--estimate", "7b", "--mfu-from", str(bad)])
+    assert isinstance(r.exception, UserError) and "no 'mfu' values" in str(r.exception)
+    r = runner.invoke(app, ["cost", "--estimate", "7b", "--mfu-from", str(g), "--mfu", "0.3"])
+    assert isinstance(r.exception, UserError) and "not both" in str(r.exception)
 
 
 @pytest.mark.parametrize("args, message", [

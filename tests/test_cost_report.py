@@ -61,14 +61,16 @@ def test_per_segment_accounting_matches_hand_figures(local_bucket_uri):
     rc = report.run_cost(bucket, spec.run_id, now=clock() + 10_000)
     a, b, c = rc.segments
     assert [s.end_reason for s in rc.segments] == ["preempted", "preempted/unknown", "completed"]
-    # The killed attempt trained to step 70 but its last heartbeat (60 s cadence) said 69:
-    # the ledger knows what was written, no more.
+    # Issue 13.8: the killed attempt trained to step 70; each new step is written at once,
+    # so the ledger knows it (the 60 s heartbeat alone had said 69).
     killed = read_ledger(bucket, spec.run_id).segments[1]
-    assert killed.last_step == 69 and killed.end_time is None
-    assert [s.steps_gained for s in rc.segments] == [47, 29, 40]
+    assert killed.last_step == 70 and killed.end_time is None
+    assert [s.steps_trained for s in rc.segments] == [47, 30, 40]
+    assert [s.steps_gained for s in rc.segments] == [40, 20, 40]  # kept
+    assert [s.attempt for s in rc.segments] == [0, 1, 2]  # as the trainer's log numbers them
     # 47 steps, checkpoint at 40, next attempt resumed from 40: 7 lost.
-    # Killed at 69 (as recorded) with checkpoint 60, next resumed from 60: 9 lost.
-    assert [s.steps_lost for s in rc.segments] == [7, 9, 0]
+    # Killed at 70 with checkpoint 60, next resumed from 60: 10 lost.
+    assert [s.steps_lost for s in rc.segments] == [7, 10, 0]
     assert b.billed_hours == pytest.approx(
         (killed.last_heartbeat - killed.vm_boot_time) / 3600, abs=1e-4)
     # Billed: setup 120 s + steps x 30 s + 5 s per checkpoint.
@@ -82,8 +84,8 @@ def test_per_segment_accounting_matches_hand_figures(local_bucket_uri):
         rc.wasted_lost_work_usd + rc.wasted_setup_usd + rc.wasted_checkpoint_usd, abs=1e-3)
     assert rc.wasted_setup_usd == pytest.approx(3 * 120 / 3600 * 36, abs=0.03)
     assert rc.wasted_checkpoint_usd > 0
-    assert rc.tokens_trained == 47_000 + 29_000 + 40_000
-    assert rc.tokens_useful == round(47_000 * 40 / 47 + 29_000 * 20 / 29 + 40_000)
+    assert rc.tokens_trained == 47_000 + 30_000 + 40_000
+    assert rc.tokens_useful == round(47_000 * 40 / 47 + 30_000 * 20 / 30 + 40_000)
     assert rc.usd_per_million_tokens == pytest.approx(rc.spend_usd / rc.tokens_useful * 1e6,
                                                       rel=1e-3)
     assert rc.step == 100 and rc.total_steps == 100 and rc.status == "completed"
@@ -99,16 +101,17 @@ def test_running_run_is_projected_and_judged_against_its_budget(local_bucket_uri
     rc = report.run_cost(bucket, spec.run_id, now=clock() + 30)
     (seg,) = rc.segments
     assert seg.end_reason == "running" and seg.steps_lost == 0
-    recorded = read_ledger(bucket, spec.run_id).segments[0].last_step  # last heartbeat's
-    assert rc.step == recorded and 28 <= recorded <= 30
+    rec_seg = read_ledger(bucket, spec.run_id).segments[0]
+    recorded = rec_seg.last_step  # every step is written as it happens
+    assert rc.step == recorded == 30
     assert rc.projected_total_usd == pytest.approx(rc.spend_usd / recorded * 200, rel=1e-3)
     assert rc.projected_total_usd > 20.0 > rc.spend_usd
     assert rc.verdict == "projected over budget"
     # Hours later with no heartbeat, the same segment counts as preempted/unknown.
     later = report.run_cost(bucket, spec.run_id, now=clock() + 3600)
     assert later.segments[0].end_reason == "preempted/unknown"
-    # Work after the last recorded checkpoint (step 20) is lost.
-    assert later.segments[0].steps_lost == recorded - 20
+    # Work after the last recorded checkpoint is lost (step 30 was committed: none).
+    assert later.segments[0].steps_lost == recorded - rec_seg.last_checkpoint_step == 0
 
 
 def _table_cells(text: str, key: str) -> list[str]:
@@ -116,6 +119,10 @@ def _table_cells(text: str, key: str) -> list[str]:
         if key in line:
             return [c.strip() for c in line.replace("┃", "│").split("│") if c.strip()]
     raise AssertionError(f"{key} not in table output")
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.replace("┃", "│").split("│") if c.strip()]
 
 
 def test_cli_table_and_json_agree(local_bucket_uri):
@@ -126,12 +133,14 @@ def test_cli_table_and_json_agree(local_bucket_uri):
     data = json.loads(js.output)
     table = runner.invoke(app, ["cost", spec.run_id, "--bucket", local_bucket_uri])
     assert table.exit_code == 0, table.output
-    for i, seg in enumerate(data["segments"], 1):
-        cells = _table_cells(table.output, f"│{i} │")
-        assert cells[0] == str(i)
-        assert f"${seg['cost_usd']:,.2f}" in cells
+    for i, seg in enumerate(data["segments"]):
+        cells = next(c for c in (_cells(ln) for ln in table.output.splitlines())
+                     if c and c[0] == str(i))
+        assert cells[0] == str(i) == str(seg["attempt"])
+        assert f"${seg['node_usd']:,.2f}" in cells
         assert f"${seg['price_per_hour']:,.2f}" in cells
-        assert str(seg["steps_gained"]) in cells and str(seg["steps_lost"]) in cells
+        assert f"{seg['first_step'] + 1}-{seg['last_step']}" in cells
+        assert str(seg["steps_lost"]) in cells
         assert seg["end_reason"] in cells
     for label, key in (("spend", "spend_usd"), ("wasted", "wasted_usd"),
                        ("useful", "useful_usd"), ("projected total", "projected_total_usd"),

@@ -71,10 +71,41 @@ def test_price_at_zone_and_region_fallback():
     z = rows[0]
     p = pricing.price_at("aws", "us-east-1", z["AvailabilityZone"], "A100-80GB:8")
     assert p.spot == pytest.approx(float(z["SpotPrice"]))
-    # A zone name the catalog does not know (AWS zone ids vs names): the region's cheapest.
+    # Issue 13.6: a zone name the catalog does not know (AWS zone ids vs names) was
+    # charged the region's cheapest zone (58% low in ap-southeast-1); now its highest.
     q = pricing.price_at("aws", "us-east-1", "us-east-1x", "A100-80GB:8")
-    assert q.spot == pytest.approx(min(float(r["SpotPrice"]) for r in rows))
-    assert "not in catalog" in q.source
+    assert q.spot == pytest.approx(max(float(r["SpotPrice"]) for r in rows))
+    assert "not in catalog" in q.source and "highest" in q.source
+    # The zone id from the instance metadata is tried first and prices the exact row.
+    zid = rows[-1]["AvailabilityZone"]
+    r = pricing.price_at("aws", "us-east-1", "us-east-1x", "A100-80GB:8", zone_id=zid)
+    assert r.spot == pytest.approx(float(rows[-1]["SpotPrice"]))
+
+
+def test_ap_southeast_1_unknown_zone_is_not_charged_the_cheapest():
+    rows = [r for r in _rows("aws") if r["InstanceType"] == "p4de.24xlarge"
+            and r["Region"] == "ap-southeast-1" and r["SpotPrice"]]
+    if len(rows) < 2:
+        pytest.skip("snapshot has fewer than 2 ap-southeast-1 p4de zones")
+    q = pricing.price_at("aws", "ap-southeast-1", "ap-southeast-1a", "A100-80GB:8")
+    assert q.spot == pytest.approx(max(float(r["SpotPrice"]) for r in rows))
+
+
+def test_headline_minima_skip_flagged_rows_and_source_shows_snapshot_date():
+    s = pricing.summarize("A100-80GB:8", "gcp")
+    assert not s.cheapest_on_demand.flags and not s.cheapest_spot.flags
+    flagged = [p for p in pricing.zone_prices("A100-80GB:8", "gcp") if p.flags]
+    assert flagged, "the snapshot has GCP rows with spot above on-demand"
+    # The snapshot's own date (SOURCE.md, copied beside it by conftest), not the file's mtime.
+    assert "(snapshot 2026-11-27)" in s.cheapest_spot.source
+
+
+def test_highest_price_is_the_priciest_zone_under_a_ceiling():
+    allp = [p.spot for p in pricing.zone_prices("A100-80GB:8", "aws") if p.spot is not None]
+    assert pricing.highest_price("A100-80GB:8", "aws", True).spot == pytest.approx(max(allp))
+    mid = sorted(allp)[len(allp) // 2]
+    capped = pricing.highest_price("A100-80GB:8", "aws", True, ceiling=mid)
+    assert capped.spot == pytest.approx(max(p for p in allp if p <= mid + 1e-3))
 
 
 def test_aws_rows_without_spot_price_are_flagged_not_invented():

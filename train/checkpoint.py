@@ -396,6 +396,11 @@ class CheckpointManager:
             return self.policy.measured_total_s
         return (self._state_bytes or 0) / ASSUMED_BANDWIDTH + 5.0
 
+    def commit_estimate_s(self) -> float:
+        """Public: seconds one more checkpoint takes until committed (the ledger's budget
+        look-ahead keeps room for the final save)."""
+        return self._estimate_cost_s()
+
     def _reap(self) -> None:
         inf = self._inflight
         if inf is None or not inf.done():

@@ -34,6 +34,7 @@ import torch.distributed as dist
 
 from vicuna_cloud.exit_codes import EXIT_BUDGET, EXIT_COMPLETED, EXIT_PREEMPTED
 from vicuna_cloud.ledger import LedgerRecorder, NullLedger
+from vicuna_cloud.storage.base import TRANSFERS
 from vicuna_cloud.storage import open_bucket
 from vicuna_cloud.tokenizer import load_tokenizer
 
@@ -113,6 +114,7 @@ class Trainer:
         self.outcome: Optional[str] = None  # completed / budget / preempted; None = crashed
         self.progress = TrainProgress()
         self.segment_tokens = 0             # trained by this attempt (the ledger's count)
+        self.moved: Optional[tuple[int, int]] = None  # (up, down) bytes, all ranks: egress
         self.log: Union[metrics.MetricsLog, metrics.NullMetricsLog] = metrics.NullMetricsLog()
         self.ledger: Union[LedgerRecorder, NullLedger] = NullLedger()
         self._closed = False
@@ -222,7 +224,12 @@ class Trainer:
         """Steps until the last one, a preemption notice or the budget, then the end.
         Returns why it stopped: 'completed', 'preempted' or 'budget'."""
         reason = "completed"
-        while self.progress.step < self.total_steps:
+        # The budget before the first step: a recovery (or relaunch) of a spent run trains
+        # nothing. Collective: rank 0's ledger decides.
+        self.ledger.set_stop_reserve(self.checkpointer.commit_estimate_s())
+        if parallel.broadcast_flag(self.ledger.budget_exhausted(), self.dist.device):
+            reason = "budget"
+        while reason == "completed" and self.progress.step < self.total_steps:
             record = self.train_step()
             if record.step % self.spec.hyper.log_every_steps == 0 \
                     or record.step == self.total_steps:
@@ -272,19 +279,25 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-        loss_g, tokens_g, slots_g, flops_g = parallel.all_reduce_sum([
+        loss_g, tokens_g, slots_g, flops_g, up_g, down_g = parallel.all_reduce_sum([
             float(loss_sum), sum(mb.n_tokens for mb in mbs), sum(mb.n_slots for mb in mbs),
             metrics.step_flops(self.matmul_params, self.config.num_hidden_layers,
                                self.config.hidden_size, [s for mb in mbs for s in mb.seq_lens],
                                self.head_params,
-                               sum(mb.keep.numel() * mb.input_ids.shape[0] for mb in mbs))],
-            d.device)
+                               sum(mb.keep.numel() * mb.input_ids.shape[0] for mb in mbs)),
+            *TRANSFERS.snapshot()], d.device)
+        self.moved = (int(up_g), int(down_g))
         dt = time.perf_counter() - t0
         p.step += 1
         p.epoch, p.epoch_offset = next_epoch, next_offset
         p.tokens_trained += int(tokens_g)
         p.train_seconds += dt
         self.segment_tokens += int(tokens_g)
+        # On record before anything else this step does (log, checkpoint): a VM that dies
+        # now still has this step in the ledger, as the trainer's log shows it.
+        self.ledger.update(step=p.step, tokens=self.segment_tokens,
+                           last_checkpoint_step=self.checkpointer.last_committed_step,
+                           bytes_moved=self.moved)
         return StepRecord(step=p.step, epoch=p.epoch, loss=loss_g / n_global, lr=lr,
                           grad_norm=grad_norm, tokens=int(tokens_g), trained_tokens=int(n_global),
                           slots=int(slots_g), micro_batches=len(mbs), flops=flops_g, seconds=dt)
@@ -299,7 +312,8 @@ class Trainer:
         if ckpt.stop_requested:
             return "preempted"
         self.ledger.update(step=p.step, tokens=self.segment_tokens,
-                           last_checkpoint_step=ckpt.last_committed_step)
+                           last_checkpoint_step=ckpt.last_committed_step, bytes_moved=self.moved)
+        self.ledger.set_stop_reserve(ckpt.commit_estimate_s())  # the look-ahead's final save
         if parallel.broadcast_flag(self.ledger.budget_exhausted(), self.dist.device):
             return "budget"
         stop_after = self.opts.stop_after_steps
@@ -309,15 +323,21 @@ class Trainer:
 
     def _finish(self, reason: str) -> None:
         """The end: a last checkpoint (after a notice the emergency one is already done or
-        did not fit), the export when the run is complete, and the last commit awaited."""
+        did not fit), the export when the run is complete or stopped for the budget, the last
+        commit awaited, and the bytes every rank moved summed for the ledger."""
         if reason != "preempted":
             self.checkpointer.maybe_save(self.progress, force=True)
-        if reason == "completed":
+        # A budget stop exports its last checkpoint too (one that trained nothing here has
+        # nothing new: an earlier stop exported it).
+        trained_here = self.progress.step > self.first_step
+        if reason == "completed" or (reason == "budget" and trained_here):
             uri = export_final(self.model, self.config, self.tokenizer, self.spec, self.bucket,
                                is_main=self.dist.is_main, step=self.progress.step,
                                max_shard_bytes=self.opts.export_shard_bytes)
             self.log.event("exported", self.progress.step, uri=uri)
         self.checkpointer.close()
+        up, down = parallel.all_reduce_sum(list(TRANSFERS.snapshot()), self.dist.device)
+        self.moved = (int(up), int(down))  # the final save, upload and export included
 
     # --- the end, on every path ----------------------------------------------------------
     def close(self) -> None:
@@ -337,7 +357,8 @@ class Trainer:
                 ("preemption watcher", self.watcher.close),
                 ("ledger", lambda: self.ledger.end(
                     reason, step=self.progress.step, tokens=self.segment_tokens,
-                    last_checkpoint_step=self.checkpointer.last_committed_step)),
+                    last_checkpoint_step=self.checkpointer.last_committed_step,
+                    bytes_moved=self.moved)),
                 ("metrics", lambda: self._close_log(reason))):
             try:
                 part()

@@ -85,8 +85,34 @@ def parse_accelerators(accelerators: str) -> tuple[str, int]:
     return name, n
 
 
+def catalog_date(path: str) -> str:
+    """The date a catalog file's prices are from, and how we know it.
+
+    A snapshot shipped with a SOURCE.md (``read on YYYY-MM-DD``) next to it, or one level
+    up, is dated by it; a catalog SkyPilot downloaded itself is dated by the download (the
+    file's mtime; SkyPilot refreshes it from the clouds every 7 hours)."""
+    import datetime as _dt
+    import re
+
+    d = os.path.dirname(path)
+    for cand in (os.path.join(d, "..", "SOURCE.md"), os.path.join(d, "..", "..", "SOURCE.md"),
+                 os.path.join(d, "SOURCE.md")):
+        try:
+            with open(cand, encoding="utf-8") as f:
+                m = re.search(r"read on (\d{4}-\d{2}-\d{2})", f.read())
+        except OSError:
+            continue
+        if m:
+            return f"snapshot {m.group(1)}"
+    try:
+        day = _dt.datetime.fromtimestamp(os.path.getmtime(path), _dt.timezone.utc).date()
+    except OSError:
+        return "date unknown"
+    return f"downloaded {day} (file date)"
+
+
 def catalog_fingerprint(cloud: str) -> str:
-    """'catalog v8 aws/vms.csv sha256:1a2b3c4d5e6f (2026-11-27)': which file priced it."""
+    """'skypilot catalog v8 aws/vms.csv sha256:1a2b3c4d5e6f (snapshot 2026-11-27)'."""
     from sky.catalog import common as catalog_common
     from sky.skylet import constants
 
@@ -95,10 +121,8 @@ def catalog_fingerprint(cloud: str) -> str:
     try:
         with open(path, "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()[:12]
-        import datetime as _dt
-
-        day = _dt.datetime.fromtimestamp(os.path.getmtime(path), _dt.timezone.utc).date()
-        return f"skypilot catalog {constants.CATALOG_SCHEMA_VERSION} {rel} sha256:{digest} ({day})"
+        return (f"skypilot catalog {constants.CATALOG_SCHEMA_VERSION} {rel} sha256:{digest} "
+                f"({catalog_date(path)})")
     except OSError:
         return f"skypilot catalog {constants.CATALOG_SCHEMA_VERSION} {rel}"
 
@@ -216,28 +240,72 @@ def cheapest(accelerators: str, cloud: str = "any", use_spot: bool = True) -> No
 
 
 def price_at(cloud: str, region: Optional[str], zone: Optional[str], accelerators: str,
-             instance_type: Optional[str] = None) -> NodePrice:
-    """The catalog price of the node a segment runs on (zone, else cheapest in region).
+             instance_type: Optional[str] = None, zone_id: Optional[str] = None) -> NodePrice:
+    """The catalog price of the node a segment runs on.
 
-    When the zone is not in the catalog (AWS zone names vs zone ids without credentials),
-    falls back to the region and says so in the source.
+    AWS's catalog keys zones by zone id (use1-az4); the node reads its own from the
+    instance metadata (``zone_id``), tried first. When neither the zone id nor the zone
+    is in the catalog, the *highest* price in the region is charged, and the source says
+    so: a guess may overcount, never undercount (the cheapest zone was 58% low in
+    ap-southeast-1).
     """
     cloud = cloud.lower()
     if cloud not in CLOUDS:
         raise PricingError(f"cannot price cloud {cloud!r}: only aws and gcp are priced")
     itype = instance_type or instance_type_for(accelerators, cloud)
     fp = catalog_fingerprint(cloud)
-    if zone:
-        try:
-            return _price_row(cloud, region, zone, itype, accelerators, fp)
-        except (PricingError, ValueError):
-            pass
+    for z in (zone_id, zone):
+        if z:
+            try:
+                return _price_row(cloud, region, z, itype, accelerators, fp)
+            except (PricingError, ValueError):
+                pass
     if not region:
         raise PricingError(f"no region given to price {itype} on {cloud}")
-    p = _price_row(cloud, region, None, itype, accelerators, fp)
-    note = f" (zone {zone} not in catalog: cheapest in region)" if zone else " (region price)"
-    return NodePrice(p.cloud, p.region, zone, p.instance_type, p.accelerators, p.on_demand,
-                     p.spot, p.source + note, p.flags)
+    rows = [p for p in zone_prices(accelerators, cloud)
+            if p.region == region and p.instance_type == itype]
+    if not rows:
+        p = _price_row(cloud, region, None, itype, accelerators, fp)
+        rows = [p]
+    od = max(r.on_demand for r in rows)
+    spots = [r.spot for r in rows if r.spot is not None]
+    flags = tuple(sorted({f for r in rows for f in r.flags}))
+    where = zone_id or zone
+    note = (f" (zone {where} not in catalog: highest of {len(rows)} zones in {region})" if where
+            else f" (no zone: highest of {len(rows)} zones in {region})")
+    return NodePrice(cloud, region, zone, itype, accelerators, od,
+                     max(spots) if spots else None, fp + f" rows {itype} {region}" + note, flags)
+
+
+def highest_price(accelerators: str, cloud: str, use_spot: bool,
+                  ceiling: Optional[float] = None) -> NodePrice:
+    """The priciest zone of the instance type (at or under ``ceiling``, SkyPilot's
+    max_hourly_cost): what an unpriced segment is charged, so the cap fails closed."""
+    prices = [p for p in zone_prices(accelerators, cloud)
+              if not use_spot or p.spot is not None]
+    if ceiling is not None:
+        prices = [p for p in prices if p.price(use_spot) <= ceiling + _EPS] or prices
+    if not prices:
+        raise PricingError(f"no {'spot ' if use_spot else ''}price for {accelerators} on {cloud}")
+    return max(prices, key=lambda p: p.price(use_spot))
+
+
+def controller_price(cloud: str) -> NodePrice:
+    """On-demand price of the VM SkyPilot 0.14 makes the managed-jobs controller (its
+    default resources: cpus 4+, memory 4x), cheapest region; raises PricingError."""
+    import sky.catalog
+
+    try:
+        itype = sky.catalog.get_default_instance_type(cpus="4+", memory="4x", clouds=cloud)
+    except Exception as e:  # noqa: BLE001 - sky raises various types
+        raise PricingError(f"no controller instance type on {cloud}: {e}") from None
+    if not itype:
+        raise PricingError(f"no controller instance type on {cloud} in the catalog")
+    cost = _safe_cost(sky.catalog.get_hourly_cost, itype, False, None, None, clouds=cloud)
+    if cost is None:
+        raise PricingError(f"{itype} has no on-demand price on {cloud}")
+    return NodePrice(cloud, "", None, itype, "", cost, None,
+                     f"{catalog_fingerprint(cloud)} row {itype} (cheapest region, on-demand)")
 
 
 @dataclass(frozen=True)
@@ -262,14 +330,18 @@ class PriceSummary:
 
 
 def summarize(accelerators: str, cloud: str = "any") -> PriceSummary:
+    """Spread of prices; the headline minima never come from a flagged row."""
     prices = zone_prices(accelerators, cloud)
     spots = [p.spot for p in prices if p.spot is not None]
     if not spots:
         raise PricingError(f"no spot price for {accelerators} on {cloud} in the catalog")
+    clean = [p for p in prices if not p.flags] or prices
+    clean_spot = [p for p in clean if p.spot is not None] or \
+        [p for p in prices if p.spot is not None]
     return PriceSummary(
         accelerators=accelerators, cloud=cloud,
-        cheapest_spot=min((p for p in prices if p.spot is not None), key=lambda p: p.spot),
-        cheapest_on_demand=min(prices, key=lambda p: p.on_demand),
+        cheapest_spot=min(clean_spot, key=lambda p: p.spot),
+        cheapest_on_demand=min(clean, key=lambda p: p.on_demand),
         spot_median=round(statistics.median(spots), 4), spot_max=max(spots),
         zones=len(prices),
     )

@@ -29,10 +29,11 @@ class BucketProgress:
     def summary(self) -> str:
         if self.error:
             return f"bucket unreadable: {self.error}"
+        if self.last_end_reason == "budget":
+            return "stopped: budget" + (" (last checkpoint exported to final/)"
+                                        if self.final else "")
         if self.final:
             return "finished (final/ exported)"
-        if self.last_end_reason == "budget":
-            return "stopped: budget"
         if self.last_metrics:
             step = self.last_metrics.get("step")
             total = self.last_metrics.get("total_steps")

@@ -168,6 +168,45 @@ class Budget(_Strict):
     local_price_per_hour: float = Field(0.0, ge=0, description="Local runs only.")
 
 
+class DiskBill(_Strict):
+    """One node's disk on one cloud, as SkyPilot provisions the task's disk_tier."""
+
+    disk_type: Optional[str] = None
+    iops: Optional[int] = None
+    price_per_hour: float = Field(0.0, ge=0)
+    source: str = ""
+
+
+class Billing(_Strict):
+    """What launch knew about the bill: read by the node (cap, fallback price) and cost.
+
+    Written once at launch; never part of the training hash. A segment that cannot price
+    itself is charged ``fallback_price_per_hour`` (the higher of the optimizer's launch
+    price and the highest catalog price of the instance type under ``max_hourly_cost``),
+    so the cap fails closed."""
+
+    launched_at: Optional[float] = None
+    launch_cloud: Optional[str] = None
+    launch_region: Optional[str] = None
+    launch_zone: Optional[str] = None
+    launch_instance_type: Optional[str] = None
+    launch_price_per_hour: Optional[float] = Field(None, ge=0)
+    launch_price_source: str = ""
+    fallback_price_per_hour: Optional[float] = Field(None, ge=0)
+    fallback_price_source: str = ""
+    max_hourly_cost: Optional[float] = Field(None, gt=0)
+    disk_size_gb: Optional[int] = Field(None, gt=0)
+    disk_tier: Optional[str] = None
+    disks: dict[str, DiskBill] = Field(default_factory=dict)
+    bucket_cloud: Optional[str] = None
+    bucket_region: Optional[str] = None
+    controller_instance_type: Optional[str] = None
+    controller_price_per_hour: Optional[float] = Field(None, ge=0)
+    controller_disk_price_per_hour: float = Field(0.0, ge=0)
+    controller_source: str = ""
+    controller_idle_minutes: float = Field(10.0, ge=0)
+
+
 class RunSpec(_Strict):
     """Everything a node needs to train (or resume) a run."""
 
@@ -183,6 +222,7 @@ class RunSpec(_Strict):
     resources: Resources = Resources()
     budget: Budget = Budget()
     checkpoint: CheckpointPolicy = CheckpointPolicy()
+    billing: Billing = Billing()
     code_version: str
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 

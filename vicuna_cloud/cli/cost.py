@@ -43,6 +43,9 @@ def cost(
                                        "(default: the version's reference workload)."),
     cloud: str = typer.Option("any", "--cloud", help="aws, gcp or any (cheapest)."),
     mfu: Optional[float] = typer.Option(None, "--mfu", help="Model FLOPs utilisation (0.40)."),
+    mfu_from: Optional[str] = typer.Option(
+        None, "--mfu-from", metavar="FILE", help="Measured MFU: a run's metrics.jsonl or the "
+        "GPU check's JSON (an 'mfu' field)."),
     rate: Optional[float] = typer.Option(None, "--preemptions-per-hour",
                                          help="Spot preemption rate (default 1/6)."),
     restart_minutes: Optional[float] = typer.Option(
@@ -63,10 +66,12 @@ def cost(
     if estimate_preset or simulate_preset:
         from vicuna_cloud import sdk
 
+        if mfu is not None and mfu_from is not None:
+            raise UserError("give either --mfu or --mfu-from, not both")
         req = sdk.EstimateRequest(
             preset=estimate_preset or simulate_preset, version=version, data=data,
-            cloud=cloud, mfu=mfu, preemptions_per_hour=rate, restart_minutes=restart_minutes,
-            checkpoint_minutes=checkpoint_minutes)
+            cloud=cloud, mfu=mfu, mfu_from=mfu_from, preemptions_per_hour=rate,
+            restart_minutes=restart_minutes, checkpoint_minutes=checkpoint_minutes)
         if estimate_preset:
             _show_estimate(sdk.estimate(req), json_out)
         else:
@@ -94,20 +99,32 @@ def render_run(rc) -> None:
               pad_edge=False)
     right = {"justify": "right", "no_wrap": True}
     wrap = {"overflow": "fold", "min_width": 5}
-    for col, kw in (("#", right), ("where", wrap), ("instance", wrap), ("$/h", right),
-                    ("hours", right), ("dollars", right), ("steps", right), ("lost", right),
-                    ("end", {"no_wrap": True})):
+    for col, kw in (("attempt", right), ("where", wrap), ("instance", wrap), ("$/h", right),
+                    ("hours", right), ("node", right), ("disk", right), ("egress", right),
+                    ("steps", right), ("lost", right), ("end", {"no_wrap": True})):
         t.add_column(col, **kw)
-    for i, s in enumerate(rc.segments, 1):
-        price = _money(s.price_per_hour) + ("*" if s.price_flags else "")
+    for s in rc.segments:
+        price = _money(s.price_per_hour) + ("*" if s.price_flags else "") \
+            + ("~" if s.price_source.startswith("fallback") else "")
         inst = (s.instance_type or "?") + (f" x{s.nodes}" if s.nodes > 1 else "") \
             + (" spot" if s.spot and s.where != "local" else "")
-        t.add_row(str(i), s.where, inst, price, _num(s.billed_hours, 3), _money(s.cost_usd),
-                  str(s.steps_gained), str(s.steps_lost), s.end_reason)
+        steps = f"{s.first_step + 1}-{s.last_step}" if s.steps_trained else "-"
+        t.add_row(str(s.attempt), s.where, inst, price, _num(s.billed_hours, 3),
+                  _money(s.node_usd), _money(s.disk_usd), _money(s.egress_usd), steps,
+                  str(s.steps_lost), s.end_reason)
     console.print(t)
+    bill = Table(title="Bill", show_header=True)
+    bill.add_column("line")
+    bill.add_column("dollars", justify="right")
+    bill.add_column("source", overflow="fold")
+    for ln in rc.lines:
+        bill.add_row(ln.line, _money(ln.usd), ln.source)
+    bill.add_row("total", _money(rc.spend_usd), "")
+    console.print(bill)
     tot = Table(title="Totals", show_header=False)
     tot.add_column("what")
     tot.add_column("value", justify="right")
+    sky = rc.skypilot or {}
     rows = [
         ("spend", _money(rc.spend_usd)),
         ("useful", _money(rc.useful_usd)),
@@ -120,19 +137,28 @@ def render_run(rc) -> None:
         ("step", f"{rc.step:,}" + (f" of {rc.total_steps:,}" if rc.total_steps else "")),
         ("projected total", _money(rc.projected_total_usd)),
         ("budget", _money(rc.budget_usd)),
-        ("recoveries", str(rc.recoveries)),
-        ("status", rc.status),
-        ("verdict", rc.verdict),
+        ("recoveries (ledger)", str(rc.recoveries)),
     ]
+    if sky.get("reachable"):
+        rows += [("recoveries (SkyPilot)", str(sky.get("recovery_count", "-"))),
+                 ("job duration (SkyPilot)", f"{sky.get('job_duration_hours') or 0:.3f} h"),
+                 ("VM hours (ledger)", f"{sum(s.billed_hours for s in rc.segments):.3f} h")]
+    rows += [("status", rc.status), ("verdict", rc.verdict)]
     for k, v in rows:
         tot.add_row(k, v)
     console.print(tot)
-    if rc.skypilot.get("note"):
-        console.print(f"SkyPilot: {rc.skypilot['note']}", highlight=False)
+    if sky.get("note"):
+        console.print(f"SkyPilot: {sky['note']}", highlight=False)
+    for s in rc.segments:
+        for n in s.notes:
+            console.print(f"attempt {s.attempt}: {n}", highlight=False)
     for n in rc.notes:
         console.print(f"note: {n}", highlight=False)
     if any(s.price_flags for s in rc.segments):
         console.print("* flagged by the catalog; see --json price_flags and price_source",
+                      highlight=False)
+    if any(s.price_source.startswith("fallback") for s in rc.segments):
+        console.print("~ the node could not price itself: its fail-closed fallback price",
                       highlight=False)
 
 
@@ -161,11 +187,35 @@ def _show_all(bucket_uri: Optional[str], json_out: bool) -> None:
 
 
 # --- estimate and simulation ------------------------------------------------------------
+_EST_ROWS = (
+    ("trained tokens", lambda e: f"{e['trained_tokens'] / 1e6:,.1f} M"),
+    ("computed tokens", lambda e: f"{e['compute_tokens'] / 1e6:,.1f} M"),
+    ("attention length S", lambda e: f"{e['attention_seq']:,.0f}"),
+    ("FLOPs per token (6N + 12LHS)", lambda e: f"{e['flops_per_token'] / 1e9:,.2f} G"),
+    ("total FLOPs", lambda e: f"{e['total_flops'] / 1e18:,.1f} E"),
+    ("MFU", lambda e: f"{e['mfu']:.2f}"),
+    ("compute hours", lambda e: _num(e["compute_hours"])),
+    ("checkpoint every / stall",
+     lambda e: f"{e['checkpoint_interval_minutes']:.0f} min / {e['checkpoint_stall_seconds']:.0f} s"),
+    ("checkpoint hours", lambda e: _num(e["checkpoint_hours"])),
+    ("setup hours", lambda e: _num(e["setup_hours"])),
+    ("preemption loss hours", lambda e: _num(e["preemption_hours"])),
+    ("expected preemptions", lambda e: _num(e["expected_preemptions"], 1)),
+    ("billed node-hours", lambda e: _num(e["billed_hours"])),
+    ("node", lambda e: _money(e["node_usd"])),
+    ("disk", lambda e: _money(e["disk_usd"])),
+    ("egress", lambda e: f"{_money(e['egress_usd'])} ({e['egress_gb']:,.0f} GB)"),
+    ("controller", lambda e: _money(e["controller_usd"])),
+    ("cost", lambda e: _money(e["cost_usd"])),
+    ("verdict", lambda e: e["verdict"]),
+)
+
+
 def _show_estimate(p: dict, json_out: bool) -> None:
     if json_out:
         print_json(p)
         return
-    o, f, pr = p["ours"], p["fastchat"], p["prices"]
+    o, f, pr = p["ours"], p["padded_ablation"], p["prices"]
     cs = pr["cheapest_spot"]
     console.print(
         f"[bold]Vicuna {p['preset']} {p['version']}[/] on {p['hardware']['nodes']} x "
@@ -174,35 +224,19 @@ def _show_estimate(p: dict, json_out: bool) -> None:
     console.print(
         f"price: cheapest spot {_money(cs['spot'])}/node-hour ({cs['cloud']} {cs['region']}"
         f"/{cs['zone']} {cs['instance_type']}); spot median {_money(pr['spot_median'])}, "
-        f"on-demand min {_money(pr['cheapest_on_demand']['on_demand'])} over {pr['zones']} zones",
-        highlight=False)
+        f"on-demand min {_money(pr['cheapest_on_demand']['on_demand'])} over {pr['zones']} "
+        "zones (rows the catalog flags never make these minima)", highlight=False)
     console.print(f"source: {cs['source']}", highlight=False)
-    t = Table(title="Estimate: ours (packed) vs FastChat-faithful (padded, no packing)")
+    t = Table(title="Estimate: ours (packed) vs a padding ablation (FastChat's padding, "
+              "at our MFU)")
     t.add_column("")
     t.add_column("ours (packed)", justify="right")
-    t.add_column(f"FastChat (padded to {p['max_length']:,})", justify="right")
-    rows = [
-        ("trained tokens", lambda e: f"{e['trained_tokens'] / 1e6:,.1f} M"),
-        ("computed tokens", lambda e: f"{e['compute_tokens'] / 1e6:,.1f} M"),
-        ("attention length S", lambda e: f"{e['attention_seq']:,.0f}"),
-        ("FLOPs per token (6N + 12LHS)", lambda e: f"{e['flops_per_token'] / 1e9:,.2f} G"),
-        ("total FLOPs", lambda e: f"{e['total_flops'] / 1e18:,.1f} E"),
-        ("MFU", lambda e: f"{e['mfu']:.2f}"),
-        ("compute hours", lambda e: _num(e["compute_hours"])),
-        ("checkpoint every / stall",
-         lambda e: f"{e['checkpoint_interval_minutes']:.0f} min / {e['checkpoint_stall_seconds']:.0f} s"),
-        ("checkpoint hours", lambda e: _num(e["checkpoint_hours"])),
-        ("setup hours", lambda e: _num(e["setup_hours"])),
-        ("preemption loss hours", lambda e: _num(e["preemption_hours"])),
-        ("expected preemptions", lambda e: _num(e["expected_preemptions"], 1)),
-        ("billed node-hours", lambda e: _num(e["billed_hours"])),
-        ("cost", lambda e: _money(e["cost_usd"])),
-        ("verdict", lambda e: e["verdict"]),
-    ]
-    for label, fmt in rows:
+    t.add_column(f"padding ablation (padded to {p['max_length']:,}, equal MFU)", justify="right")
+    for label, fmt in _EST_ROWS:
         t.add_row(label, fmt(o), fmt(f))
     console.print(t)
-    for key, title in (("ours", "ours"), ("fastchat", "FastChat-faithful")):
+    _show_lmsys(p)
+    for key, title in (("ours", "ours"), ("padded_ablation", "padding ablation")):
         sens = p["sensitivity"][key]
         st = Table(title=f"Sensitivity ({title}): cost by MFU x price")
         st.add_column("MFU", justify="right")
@@ -212,17 +246,32 @@ def _show_estimate(p: dict, json_out: bool) -> None:
             st.add_row(f"{row['mfu']:.2f}", *[_money(row[c]) for c in sens["columns"]])
         console.print(st)
     console.print("assumptions:", highlight=False)
-    for line in p["workload"]["assumptions"]:
+    for line in p["workload"]["assumptions"] + p["bill_rates"]["sources"]:
         console.print(f"  - {line}", highlight=False)
     a = p["assumptions"]
     console.print(
-        f"  - MFU {a['mfu']}, {a['preemptions_per_hour']:.3g} preemptions/hour, "
-        f"{a['restart_minutes']:g} min billed setup per start; formulas in "
+        f"  - MFU {a['mfu']:.3g} ({a['mfu_source']}), {a['preemptions_per_hour']:.3g} "
+        f"preemptions/hour, {a['restart_minutes']:g} min billed setup per start; formulas in "
         "vicuna_cloud/costs/estimate.py", highlight=False)
-    if p["version"] not in ("v0", "v1.1") and p["published_budget_usd"]:
-        console.print(f"  - the published ${p['published_budget_usd']:.0f} was for the 2023 "
-                      "recipe (v0/v1.1: 70K conversations, 2,048 tokens); compare with "
-                      "--version v1.1", highlight=False)
+    ref = p["budget_reference"]
+    if ref["usd"] is not None:
+        console.print(f"  - budget reference: ${ref['usd']:,.0f} ({ref['how']})", highlight=False)
+
+
+def _show_lmsys(p: dict) -> None:
+    lm = p.get("lmsys_2023_as_run")
+    if not lm:
+        return
+    t = Table(title=f"LMSYS 2023 as run: {lm['published_hours']:g} node-hours (padded "
+              f"recipe, implied MFU {lm['implied_mfu_padded']:.2f}), at today's catalog")
+    for col in ("spot min", "spot median", "on-demand min", "+ disk, controller",
+                "published"):
+        t.add_column(col, justify="right")
+    n = lm["node_usd"]
+    t.add_row(_money(n["spot_min"]), _money(n["spot_median"]), _money(n["on_demand_min"]),
+              _money(lm["disk_and_controller_usd"]), _money(lm["published_budget_usd"]))
+    console.print(t)
+    console.print(f"  {lm['note']}", highlight=False)
 
 
 def _show_simulation(req, trials: int, seed: int, json_out: bool) -> None:

@@ -115,7 +115,12 @@ def _launch_table(p, dry_run: bool, extra: dict) -> Table:
             ("$/hour", f"{choice.price_per_hour:.2f} ({choice.nodes} x {choice.price_per_node_hour:.2f})"),
         ]
     if p.spec.budget.max_cost_usd:
-        rows.append(("max cost", f"${p.spec.budget.max_cost_usd:.2f}"))
+        b = p.spec.billing
+        rows.append(("max cost", f"${p.spec.budget.max_cost_usd:.2f}"
+                     + (f"; no node above ${b.max_hourly_cost:.2f}/h (max_hourly_cost)"
+                        if b.max_hourly_cost else "")
+                     + (f"; unpriced VMs counted at ${b.fallback_price_per_hour:.2f}/h"
+                        if b.fallback_price_per_hour else "")))
     if "credentials" in notes:
         rows.append(("credentials", notes["credentials"]))
     secrets = p.secret_names

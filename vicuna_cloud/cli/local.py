@@ -68,9 +68,11 @@ def run_local(*, preset: str, version: Optional[str], bucket: Optional[str],
     else:
         err_console.print(f"[yellow]cost report unavailable: {res.cost_error}")
     bucket_flag = f" --bucket {res.bucket_uri}" if res.bucket_given else ""
-    if res.outcome == "completed":
+    if res.outcome in ("completed", "stopped: budget"):
         _show_plot(res.run_id, res.bucket_uri)
-    if res.outcome == "completed" and res.model_dir:
+    if res.note:
+        console.print(f"[bold yellow]{res.note}[/]", highlight=False)
+    if res.outcome in ("completed", "stopped: budget") and res.model_dir:
         console.print(f"[bold green]Exported model:[/] {res.model_dir}\n"
                       f"Try it: {_exe()} chat {res.run_id}{bucket_flag}", highlight=False,
                       soft_wrap=True)

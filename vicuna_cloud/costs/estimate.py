@@ -25,7 +25,20 @@ The model, every term stated (all hours are node-hours of wall time billed per n
    model load and resume) billed once at the start and again after every preemption.
 7. Preemptions at rate P per billed hour each cost restart + half an interval of lost
    work: billed H = (compute + checkpoints + setup) / (1 - P (restart + interval / 2)).
-8. Dollars = H x node price x nodes; price = cheapest spot in the catalog (pricing.py).
+8. Node dollars = H x node price x nodes; price = cheapest spot in the catalog
+   (pricing.py; never a flagged row).
+9. The other lines of the bill (``BillRates``, README "How cost is counted"): disk = H x
+   the disk's $/hour (SkyPilot's disk for ``disk_tier: best``, vicuna_cloud.billing) x
+   nodes; egress = bytes moved x the inter-region rate for the share of the run after
+   the first preemption (EAGER_NEXT_REGION moves the job away from the bucket's region;
+   before it the node sits in the bucket's region, free): checkpoint uploads (12 N bytes
+   each, plus the final one), one restore download per preemption, the export (2 N); the
+   controller VM = (H + its 10 idle minutes) x its on-demand price.
+10. Like with like: the padded column is a *padding ablation at equal MFU*, not what
+   LMSYS ran. "LMSYS 2023 as run" prices the published hours (7B about 12 h, 13B about
+   24 h on 8 A100s, "in one day") at today's catalog, with the MFU those hours imply
+   for the padded recipe. The $140/$300 reference is for v0/v1.1 (70K conversations,
+   2,048 tokens); other versions are judged against it scaled by their trained tokens.
 """
 
 from __future__ import annotations
@@ -43,6 +56,14 @@ DEFAULT_MFU = 0.40
 DEFAULT_RESTART_MINUTES = 10.0
 CHECKPOINT_WRITE_BYTES_PER_S = 2e9
 DEFAULT_INTERVAL_MINUTES_NO_PREEMPTION = 60.0
+CONTROLLER_IDLE_HOURS = 10.0 / 60.0
+EXPORT_BYTES_PER_PARAM = 2.0       # bf16 safetensors
+CHECKPOINT_BYTES_PER_PARAM = 12.0  # fp32 weights + two Adam moments
+
+#: LMSYS's 2023 blog: 7B for ~$140 and 13B for ~$300 on 8 A100s with spot instances,
+#: "in one day": about 12 and 24 node-hours. Vicuna v0/v1.1 recipe, padded to 2,048.
+LMSYS_2023_HOURS = {"7b": 12.0, "13b": 24.0}
+REFERENCE_VERSIONS = ("v0", "v1.1")  # the data size the $140/$300 were measured on
 
 # Reference workload for the ShareGPT data (used when no manifest is given).
 # Assumption: 3.2 rounds per conversation of 71 prompt + 358 completion LLaMA tokens
@@ -243,6 +264,17 @@ def checkpoint_interval_hours(preset: Preset, a: Assumptions) -> float:
 
 
 @dataclass(frozen=True)
+class BillRates:
+    """The bill's lines beyond the node, per hour or per GB (0 = not counted)."""
+
+    disk_per_node_hour: float = 0.0
+    egress_per_gb: float = 0.0        # inter-region, the node's cloud
+    controller_per_hour: float = 0.0  # VM + its disk
+    dataset_bytes: float = 0.0
+    sources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Estimate:
     mode: str                      # "packed" (ours) | "padded" (FastChat-faithful)
     epochs: float
@@ -264,13 +296,24 @@ class Estimate:
     billed_hours: float
     price_per_node_hour: float
     nodes: int
-    cost_usd: float
+    node_usd: float
+    disk_usd: float
+    egress_usd: float
+    egress_gb: float
+    controller_usd: float
+    cost_usd: float                # every line: node + disk + egress + controller
     budget_usd: Optional[float]
+    budget_label: str = ""
 
     @property
     def verdict(self) -> str:
         if self.budget_usd is None:
             return "no published budget"
+        if self.budget_label:
+            ref = f"${self.budget_usd:,.0f} ({self.budget_label})"
+            if self.cost_usd <= self.budget_usd:
+                return f"within {ref}, ${self.budget_usd - self.cost_usd:,.0f} to spare"
+            return f"over {ref} by ${self.cost_usd - self.budget_usd:,.0f}"
         if self.cost_usd <= self.budget_usd:
             return f"within ${self.budget_usd:,.0f} (${self.budget_usd - self.cost_usd:,.0f} to spare)"
         return f"over ${self.budget_usd:,.0f} by ${self.cost_usd - self.budget_usd:,.0f}"
@@ -281,8 +324,38 @@ class Estimate:
         return d
 
 
+def reference_budget(preset: Preset, workload: Workload) -> tuple[Optional[float], str]:
+    """The published budget this run compares with, and how: as published for v0/v1.1,
+    else scaled by trained tokens against the v1.1 reference workload."""
+    pub = preset.published_budget_usd
+    if pub is None:
+        return None, ""
+    if preset.version in REFERENCE_VERSIONS:
+        return pub, f"LMSYS 2023 for {preset.version}, same data size"
+    from vicuna_cloud.recipes import get_preset
+
+    ref = reference_workload(get_preset(preset.size, "v1.1"))
+    ratio = workload.tokens_per_epoch * preset.hyper.epochs / (ref.tokens_per_epoch * 3.0)
+    return pub * ratio, f"LMSYS 2023 ${pub:,.0f} scaled by tokens x{ratio:.2f}"
+
+
+def _egress(preset: Preset, rates: BillRates, a: Assumptions, compute_h: float,
+            interval_h: float, billed: float, expected_preemptions: float) -> float:
+    """GB moved across regions (see the module docstring, term 9)."""
+    n = preset.arch.n_params
+    ckpt = CHECKPOINT_BYTES_PER_PARAM * n
+    ups = (math.floor(compute_h / interval_h) + 1) * ckpt + EXPORT_BYTES_PER_PARAM * n
+    downs = expected_preemptions * ckpt + expected_preemptions * rates.dataset_bytes
+    # Expected share of the run after the first preemption, which comes at T ~ Exp(P):
+    # E[max(0, H - T)] / H = 1 - (1 - exp(-P H)) / (P H).
+    ph = a.preemptions_per_hour * billed
+    share = 1.0 - (1.0 - math.exp(-ph)) / ph if ph > 0 else 0.0
+    return (ups + downs) * share / 1e9
+
+
 def estimate(preset: Preset, workload: Workload, price_per_node_hour: float,
-             assumptions: Assumptions = Assumptions(), mode: str = "packed") -> Estimate:
+             assumptions: Assumptions = Assumptions(), mode: str = "packed",
+             rates: BillRates = BillRates()) -> Estimate:
     a = assumptions
     a.validate()
     if mode not in ("packed", "padded"):
@@ -314,6 +387,13 @@ def estimate(preset: Preset, workload: Workload, price_per_node_hour: float,
         )
     base = compute_h + ckpt_h + setup_h
     billed = base / (1.0 - frac)
+    node = billed * price_per_node_hour * hw.nodes
+    disk = billed * rates.disk_per_node_hour * hw.nodes
+    gb = _egress(preset, rates, a, compute_h, interval_h, billed, a.preemptions_per_hour * billed)
+    egress = gb * rates.egress_per_gb
+    controller = (billed + CONTROLLER_IDLE_HOURS) * rates.controller_per_hour \
+        if rates.controller_per_hour else 0.0
+    budget, label = reference_budget(preset, workload)
     return Estimate(
         mode=mode, epochs=epochs, trained_tokens=trained, compute_tokens=compute_tokens,
         attention_seq=seq, flops_per_token=fpt, total_flops=total, gpus=hw.world_size,
@@ -321,17 +401,90 @@ def estimate(preset: Preset, workload: Workload, price_per_node_hour: float,
         checkpoint_interval_minutes=interval_h * 60.0, checkpoint_stall_seconds=stall_s,
         checkpoint_hours=ckpt_h, setup_hours=setup_h, preemption_hours=billed - base,
         expected_preemptions=a.preemptions_per_hour * billed, billed_hours=billed,
-        price_per_node_hour=price_per_node_hour, nodes=hw.nodes,
-        cost_usd=billed * price_per_node_hour * hw.nodes,
-        budget_usd=preset.published_budget_usd,
+        price_per_node_hour=price_per_node_hour, nodes=hw.nodes, node_usd=node,
+        disk_usd=disk, egress_usd=egress, egress_gb=gb, controller_usd=controller,
+        cost_usd=node + disk + egress + controller, budget_usd=budget, budget_label=label,
     )
+
+
+def lmsys_as_run(preset: Preset, workload: Workload, prices: dict[str, float],
+                 rates: BillRates = BillRates()) -> Optional[dict]:
+    """The published hours at today's prices, and the MFU they imply for the padded
+    recipe (what LMSYS ran: FastChat, padded to max_length, 8 A100s)."""
+    hours = LMSYS_2023_HOURS.get(preset.size)
+    if hours is None or preset.hardware.bf16_peak_tflops <= 0:
+        return None
+    from vicuna_cloud.recipes import get_preset
+
+    ref = get_preset(preset.size, "v1.1")  # what LMSYS ran in 2023 (v0/v1.1 data)
+    ref_work = reference_workload(ref)
+    hw = ref.hardware
+    padded_flops = flops_per_token(ref, ref.max_length) * ref.hyper.epochs \
+        * ref_work.samples * ref.max_length
+    implied = padded_flops / (hours * 3600.0 * hw.world_size * hw.bf16_peak_tflops * 1e12)
+    extra = hours * (rates.disk_per_node_hour * hw.nodes + rates.controller_per_hour)
+    out = {
+        "published_hours": hours, "implied_mfu_padded": round(implied, 4),
+        "published_budget_usd": preset.published_budget_usd,
+        "node_usd": {k: round(hours * v * hw.nodes, 2) for k, v in prices.items()},
+        "disk_and_controller_usd": round(extra, 2),
+        "note": (f"{hours:g} node-hours as LMSYS reported for {preset.size} in 2023 (8 A100s, "
+                 "'in one day', v0/v1.1 data padded to 2,048), priced at today's catalog"),
+    }
+    if preset.version not in REFERENCE_VERSIONS:
+        _, label = reference_budget(preset, workload)
+        out["note"] += f"; {preset.version} trains more tokens ({label.split('by ')[-1]})"
+    return out
+
+
+def mfu_from_file(path: str) -> tuple[float, str]:
+    """A measured MFU: a run's metrics.jsonl (median of the logged ``mfu`` after the first
+    tenth of the steps: warm-up and compilation) or a JSON object with an ``mfu`` field
+    (bench/gpu_check.py's output; also under "result"/"summary")."""
+    from vicuna_cloud.storage import NotFoundError, StorageError, open_bucket
+
+    head, _, name = path.rstrip("/").rpartition("/")
+    try:
+        raw = open_bucket(head or ".").get_bytes(name)
+    except NotFoundError:
+        raise EstimateError(f"--mfu-from {path}: no such file; give a run's metrics.jsonl or "
+                            "the GPU check's JSON") from None
+    except (StorageError, ValueError) as e:
+        raise EstimateError(f"--mfu-from {path}: cannot read it ({e})") from None
+    text = raw.decode("utf-8", "replace")
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict):
+        for d in (obj, obj.get("result"), obj.get("summary")):
+            v = d.get("mfu") if isinstance(d, dict) else None
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1:
+                return float(v), f"{path} (mfu field)"
+    vals = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        v = rec.get("mfu") if isinstance(rec, dict) else None
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1:
+            vals.append(float(v))
+    if not vals:
+        raise EstimateError(f"--mfu-from {path}: no 'mfu' values between 0 and 1 (a CPU run "
+                            "logs none); give a GPU run's metrics.jsonl or the GPU check's JSON")
+    import statistics
+
+    kept = vals[len(vals) // 10:] or vals
+    return statistics.median(kept), f"{path} (median of {len(kept)} logged steps)"
 
 
 SENSITIVITY_MFU = (0.30, 0.40, 0.50, 0.60)
 
 
 def sensitivity(preset: Preset, workload: Workload, prices: dict[str, tuple[float, bool]],
-                assumptions: Assumptions, mode: str = "packed") -> dict:
+                assumptions: Assumptions, mode: str = "packed",
+                rates: BillRates = BillRates()) -> dict:
     """Cost for each MFU x price column. prices: label -> ($/node-hour, spot?)."""
     mfus = sorted(set(SENSITIVITY_MFU) | {round(assumptions.mfu, 4)})
     rows = []
@@ -340,6 +493,6 @@ def sensitivity(preset: Preset, workload: Workload, prices: dict[str, tuple[floa
         for label, (price, spot) in prices.items():
             a = replace(assumptions, mfu=m,
                         preemptions_per_hour=assumptions.preemptions_per_hour if spot else 0.0)
-            row[label] = round(estimate(preset, workload, price, a, mode).cost_usd, 2)
+            row[label] = round(estimate(preset, workload, price, a, mode, rates).cost_usd, 2)
         rows.append(row)
     return {"columns": list(prices), "rows": rows}

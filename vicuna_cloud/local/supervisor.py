@@ -198,8 +198,10 @@ class Supervisor:
         os.makedirs(self._exit_code_dir, exist_ok=True)  # run() removes it when done
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.exit_code_file)  # a stale code from an earlier attempt
+        env = dict(self.env if self.env is not None else os.environ)
+        env["VICUNA_ATTEMPT"] = str(index)  # the ledger numbers its segment as this log does
         proc = subprocess.Popen(
-            self.command, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+            self.command, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self._proc = proc

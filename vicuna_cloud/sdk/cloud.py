@@ -233,14 +233,21 @@ def _workdir() -> str:
 
 
 def choose(p: LaunchPlan) -> OptimizerPick:
-    """SkyPilot's optimizer over the local catalog, for the clouds usable here."""
+    """SkyPilot's optimizer over the local catalog, for the clouds usable here; also
+    records the bill's launch-time facts in the plan (costs/launch_bill.py)."""
     from vicuna_cloud.skypilot.optimizer import choose as sky_choose
 
+    from vicuna_cloud.costs import launch_bill
+
     c = sky_choose(p._task, clouds=tuple(p.clouds))
-    return OptimizerPick(cloud=c.cloud, region=c.region, zone=c.zone,
+    pick = OptimizerPick(cloud=c.cloud, region=c.region, zone=c.zone,
                          instance_type=c.instance_type, accelerators=c.accelerators,
                          use_spot=c.use_spot, nodes=c.nodes,
                          price_per_node_hour=c.price_per_node_hour)
+    # The launch price is known now: run.json's billing (fail-closed fallback, disks,
+    # bucket, controller) and, with --max-cost, the task's max_hourly_cost.
+    launch_bill.apply(p, pick)
+    return pick
 
 
 def write_dry_run(p: LaunchPlan, out: Path) -> list[str]:

@@ -42,24 +42,32 @@ def cost_report(run_id: str, bucket: Optional[str] = None, *, skypilot: bool = T
                               "it was launched")
         bucket = rec.bucket_uri
     bkt = _open(bucket)
+    from vicuna_cloud.ledger import read_ledger
+
     try:
-        rc = report.run_cost(bkt, run_id)
+        n_segments = len(read_ledger(bkt, run_id).segments)
+        spec = report._read_spec(bkt, run_id)  # noqa: SLF001 - same module family
+    except StorageError as e:
+        raise StorageUnavailable(f"cannot read {bkt.uri}: {str(e).splitlines()[0]}") from None
+    backend = rec.backend if rec else None
+    if backend == "local" or (spec is not None and spec.resources.cloud == "local"):
+        sky = {"reachable": None, "note": "local run: no SkyPilot records"}
+    elif skypilot and n_segments:
+        # Asked first: run_cost puts SkyPilot's job duration and recoveries beside the
+        # ledger's and prices any VM time the ledger lacks as a placeholder line.
+        job_name = rec.job_name if rec and rec.job_name else run_id
+        sky = report.reconcile_with_skypilot(job_name, n_segments)
+        if sky.get("reachable") is False:
+            sky["note"] += "; figures come from the ledger alone"
+    else:
+        sky = {"reachable": None, "note": "SkyPilot not asked (--no-skypilot)"}
+    try:
+        return report.run_cost(bkt, run_id, skypilot=sky)
     except NotFoundError:
         raise RunNotFound(f"no ledger for run {run_id!r} in {bkt.uri}: check the run id and "
                           "--bucket (the ledger appears once training starts)") from None
     except StorageError as e:
         raise StorageUnavailable(f"cannot read {bkt.uri}: {str(e).splitlines()[0]}") from None
-    backend = rec.backend if rec else None
-    if backend == "local" or all(s.where.startswith("local") for s in rc.segments):
-        rc.skypilot = {"reachable": None, "note": "local run: no SkyPilot records"}
-    elif skypilot:
-        job_name = rec.job_name if rec and rec.job_name else run_id
-        rc.skypilot = report.reconcile_with_skypilot(job_name, len(rc.segments))
-        if rc.skypilot.get("reachable") is False:
-            rc.skypilot["note"] += "; figures come from the ledger alone"
-    else:
-        rc.skypilot = {"reachable": None, "note": "SkyPilot not asked (--no-skypilot)"}
-    return rc
 
 
 def cost_overview(bucket: Optional[str] = None) -> tuple[list[report.RunLine], list[str]]:
@@ -93,6 +101,8 @@ class EstimateRequest(BaseModel):
     data: Optional[str] = Field(None, description="dataset dir/URI or its manifest.json")
     cloud: str = "any"
     mfu: Optional[float] = None
+    mfu_from: Optional[str] = Field(None, description="a run's metrics.jsonl or a JSON "
+                                    "with an 'mfu' field (bench/gpu_check.py's output)")
     preemptions_per_hour: Optional[float] = None
     restart_minutes: Optional[float] = None
     checkpoint_minutes: Optional[float] = None
@@ -106,6 +116,7 @@ class EstimateInputs(BaseModel):
     workload: Workload
     prices: PriceSummary
     cloud: str
+    mfu_source: str = "default 0.40"
 
 
 def estimate_inputs(req: EstimateRequest) -> EstimateInputs:
@@ -117,7 +128,12 @@ def estimate_inputs(req: EstimateRequest) -> EstimateInputs:
     if preset.hardware.bf16_peak_tflops <= 0:
         raise ConfigError(f"preset {preset.name} trains on the CPU: nothing to price; estimate "
                           "7b, 13b or 33b")
-    given = {"mfu": req.mfu, "preemptions_per_hour": req.preemptions_per_hour,
+    mfu, mfu_source = req.mfu, ("--mfu" if req.mfu is not None else "default 0.40")
+    if req.mfu_from is not None:
+        if req.mfu is not None:
+            raise ConfigError("give either --mfu or --mfu-from, not both")
+        mfu, mfu_source = est.mfu_from_file(req.mfu_from)
+    given = {"mfu": mfu, "preemptions_per_hour": req.preemptions_per_hour,
              "restart_minutes": req.restart_minutes,
              "checkpoint_interval_minutes": req.checkpoint_minutes}
     a = replace(Assumptions(), **{k: v for k, v in given.items() if v is not None})
@@ -131,25 +147,61 @@ def estimate_inputs(req: EstimateRequest) -> EstimateInputs:
         prices = pricing.summarize(preset.hardware.accelerators, cloud)
     except pricing.PricingError as e:
         raise ConfigError(f"{e}; check --cloud") from None
-    return EstimateInputs(preset=preset, assumptions=a, workload=work, prices=prices, cloud=cloud)
+    return EstimateInputs(preset=preset, assumptions=a, workload=work, prices=prices, cloud=cloud,
+                          mfu_source=mfu_source)
+
+
+DISK_TIER = "best"  # what the task asks SkyPilot for (vicuna_cloud/skypilot/task.py)
+
+
+def bill_rates(preset, prices, work):
+    """Disk, egress and controller rates for the cloud of the headline (cheapest) node."""
+    from vicuna_cloud import billing, pricing
+    from vicuna_cloud.costs import estimate as est
+    from vicuna_cloud.costs.launch_bill import CONTROLLER_DISK, CONTROLLER_DISK_GB, disk_spec
+
+    row = prices.cheapest_spot
+    dtype, iops = disk_spec(row.cloud, DISK_TIER, row.instance_type)
+    disk_h, dsrc = billing.disk_price_per_hour(row.cloud, dtype, preset.disk_size_gb, iops)
+    eg = billing.rate(f"egress {row.cloud} inter-region")
+    try:
+        cp = pricing.controller_price(row.cloud)
+        cdt, ciops = CONTROLLER_DISK[row.cloud]
+        cdisk, _ = billing.disk_price_per_hour(row.cloud, cdt, CONTROLLER_DISK_GB, ciops)
+        ctl = cp.on_demand + cdisk
+        csrc = (f"controller {cp.instance_type} on-demand + {CONTROLLER_DISK_GB} GB {cdt}: "
+                f"{cp.source}")
+    except pricing.PricingError as e:
+        ctl, csrc = 0.0, f"controller not priced ({e})"
+    return est.BillRates(
+        disk_per_node_hour=disk_h, egress_per_gb=eg.usd, controller_per_hour=ctl,
+        dataset_bytes=4.0 * work.tokens_per_epoch,
+        sources=(f"disk: {dsrc}", f"egress: ${eg.usd}/GB {row.cloud} inter-region "
+                 f"({eg.source}, {eg.date}) for the share after the first preemption",
+                 csrc, "dataset bytes assumed 4 per token (JSONL text)"))
 
 
 def estimate(req: EstimateRequest) -> dict[str, JsonValue]:
-    """Ours (packed) beside FastChat-faithful (padded) at the cheapest spot price, with a
-    sensitivity table: the figures `cost --estimate --json` prints."""
+    """Every line of the bill (node, disk, egress, controller) for ours (packed) beside a
+    padding ablation at equal MFU, LMSYS 2023 as run at today's catalog, a sensitivity
+    table: the figures `cost --estimate --json` prints."""
     from vicuna_cloud.costs import estimate as est
 
     ctx = estimate_inputs(req)
     preset, a, work, prices = ctx.preset, ctx.assumptions, ctx.workload, ctx.prices
     spot = prices.cheapest_spot.spot
-    ours = est.estimate(preset, work, spot, a, "packed")
-    fastchat = est.estimate(preset, work, spot, a, "padded")
+    rates = bill_rates(preset, prices, work)
+    ours = est.estimate(preset, work, spot, a, "packed", rates)
+    padded = est.estimate(preset, work, spot, a, "padded", rates)
+    od = prices.cheapest_on_demand.on_demand
     columns = {
         f"spot min ${spot:.2f}": (spot, True),
         f"spot median ${prices.spot_median:.2f}": (prices.spot_median, True),
-        f"on-demand min ${prices.cheapest_on_demand.on_demand:.2f}":
-            (prices.cheapest_on_demand.on_demand, False),
+        f"on-demand min ${od:.2f}": (od, False),
     }
+    lmsys = est.lmsys_as_run(preset, work, {"spot_min": spot, "spot_median": prices.spot_median,
+                                            "on_demand_min": od}, rates)
+    ref, ref_label = est.reference_budget(preset, work)
     return {
         "preset": preset.name, "version": preset.version,
         "hardware": {"accelerators": preset.hardware.accelerators,
@@ -162,18 +214,25 @@ def estimate(req: EstimateRequest) -> dict[str, JsonValue]:
                      "assistant_tokens_per_epoch": work.assistant_tokens_per_epoch,
                      "weighted_sample_length": work.weighted_sample_length,
                      "assumptions": list(work.assumptions)},
-        "assumptions": dict(a.__dict__),
-        "prices": prices.to_dict(),
-        "ours": ours.to_dict(), "fastchat": fastchat.to_dict(),
-        "sensitivity": {"ours": est.sensitivity(preset, work, columns, a, "packed"),
-                        "fastchat": est.sensitivity(preset, work, columns, a, "padded")},
+        "assumptions": {**a.__dict__, "mfu_source": ctx.mfu_source},
+        "prices": prices.to_dict(), "price_source": prices.cheapest_spot.source,
+        "bill_rates": {**rates.__dict__, "sources": list(rates.sources)},
+        "bill": {k: round(getattr(ours, f"{k}_usd"), 2)
+                 for k in ("node", "disk", "egress", "controller")},
+        "ours": ours.to_dict(), "padded_ablation": padded.to_dict(),
+        "lmsys_2023_as_run": lmsys,
+        "sensitivity": {"ours": est.sensitivity(preset, work, columns, a, "packed", rates),
+                        "padded_ablation": est.sensitivity(preset, work, columns, a,
+                                                           "padded", rates)},
         "published_budget_usd": preset.published_budget_usd,
+        "budget_reference": {"usd": None if ref is None else round(ref, 2), "how": ref_label},
     }
 
 
 def simulate(req: EstimateRequest, trials: int = 2000, seed: int = 0) -> dict[str, JsonValue]:
     """Monte Carlo of the preset's spot run: cost and hours p50/p90 at the chosen interval
-    and across a range of intervals (the figures `cost --simulate --json` prints)."""
+    and across a range of intervals (the figures `cost --simulate --json` prints). The
+    hourly price is every hourly line: node and disk per node, plus the controller."""
     from vicuna_cloud.costs import estimate as est
     from vicuna_cloud.costs import simulate as sim
 
@@ -181,8 +240,10 @@ def simulate(req: EstimateRequest, trials: int = 2000, seed: int = 0) -> dict[st
         raise ConfigError(f"--trials {trials} must be between 1 and 1,000,000")
     ctx = estimate_inputs(req)
     preset, a, work, prices = ctx.preset, ctx.assumptions, ctx.workload, ctx.prices
-    price = prices.cheapest_spot.spot * preset.hardware.nodes
-    e = est.estimate(preset, work, prices.cheapest_spot.spot, a, "packed")
+    rates = bill_rates(preset, prices, work)
+    price = (prices.cheapest_spot.spot + rates.disk_per_node_hour) * preset.hardware.nodes \
+        + rates.controller_per_hour
+    e = est.estimate(preset, work, prices.cheapest_spot.spot, a, "packed", rates)
     common = dict(work_hours=e.compute_hours, restart_hours=a.restart_minutes / 60.0,
                   stall_hours=e.checkpoint_stall_seconds / 3600.0,
                   rate_per_hour=a.preemptions_per_hour, price_per_hour=price, trials=trials,
@@ -193,8 +254,10 @@ def simulate(req: EstimateRequest, trials: int = 2000, seed: int = 0) -> dict[st
     table = sim.interval_table(intervals_minutes=intervals, **common)
     return {"preset": preset.name, "version": preset.version,
             "price_per_hour_all_nodes": price, "price_source": prices.cheapest_spot.source,
+            "price_lines": "node + disk per node, plus the controller; egress not simulated",
             "work_hours": e.compute_hours, "restart_minutes": a.restart_minutes,
             "checkpoint_stall_seconds": e.checkpoint_stall_seconds,
             "preemptions_per_hour": a.preemptions_per_hour,
-            "closed_form_cost_usd": e.cost_usd, "budget_usd": preset.published_budget_usd,
+            "closed_form_cost_usd": e.cost_usd - e.egress_usd,
+            "budget_usd": preset.published_budget_usd,
             "chosen": chosen.to_dict(), "intervals": [r.to_dict() for r in table]}

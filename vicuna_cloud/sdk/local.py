@@ -144,6 +144,16 @@ def launch_local(req: LocalLaunchRequest = LocalLaunchRequest(),
     spec = _existing_spec(bkt, req.run_id)
     if spec is not None:
         _resume(spec, p, req, bkt, emit)
+        done = _finished(bkt, spec.run_id)
+        if done is not None:  # relaunching a finished run: a no-op that says so
+            out = LocalLaunchResult(run_id=spec.run_id, preset=p.name, bucket_uri=bkt.uri,
+                                    bucket_given=req.bucket is not None, log_path="",
+                                    outcome="nothing to do", exit_code=0, attempts=0,
+                                    note=(f"run {spec.run_id} {done}; nothing to do (no "
+                                          "segment, no recovery added); start a new run "
+                                          "without --run-id"))
+            out.cost, out.cost_error = _cost(bkt, out.run_id)
+            return out
     else:
         spec = _new_spec(p, req, bkt, emit)
     record_local_run(spec.run_id, bkt.uri, p.name)
@@ -168,7 +178,9 @@ def _finish(out: LocalLaunchResult, bkt) -> None:
     from vicuna_cloud.local.supervisor import EXIT_CANCELLED
 
     out.cost, out.cost_error = _cost(bkt, out.run_id)
-    if out.outcome == "completed":
+    if out.outcome == "completed" and _last_end(bkt, out.run_id) == "budget":
+        _budget_stopped(out, bkt)
+    elif out.outcome == "completed":
         from vicuna_cloud.exported_model import ExportNotFound, local_export_dir
         from vicuna_cloud.storage import StorageError
 
@@ -186,6 +198,48 @@ def _finish(out: LocalLaunchResult, bkt) -> None:
         out.error = (f"training {out.outcome} after {out.attempts} attempts (exit "
                      f"{out.exit_code}); see {out.log_path}")
         out.exit_code = out.exit_code or 1
+
+
+def _ledger(bkt, run_id: str):
+    from vicuna_cloud.ledger import read_ledger
+    from vicuna_cloud.storage import StorageError
+
+    try:
+        return read_ledger(bkt, run_id).segments
+    except StorageError:
+        return []
+
+
+def _last_end(bkt, run_id: str) -> Optional[str]:
+    segs = _ledger(bkt, run_id)
+    return segs[-1].end_reason if segs else None
+
+
+def _finished(bkt, run_id: str) -> Optional[str]:
+    """'already completed at step N' / 'stopped at its budget' when relaunching is moot."""
+    segs = _ledger(bkt, run_id)
+    if not segs:
+        return None
+    last = segs[-1]
+    if last.end_reason == "completed":
+        return f"already completed at step {last.last_step}"
+    if last.end_reason == "budget":
+        return (f"stopped at its budget at step {last.last_step} (run.json's --max-cost "
+                "holds for every relaunch)")
+    return None
+
+
+def _budget_stopped(out: LocalLaunchResult, bkt) -> None:
+    """A budget stop is its own outcome: exit 0, the last checkpoint exported, no error."""
+    from vicuna_cloud.exported_model import ExportNotFound, local_export_dir
+    from vicuna_cloud.storage import StorageError
+
+    out.outcome, out.exit_code = "stopped: budget", 0
+    try:
+        out.model_dir = local_export_dir(bkt, out.run_id)
+        out.note = "stopped: budget; the last committed checkpoint is exported"
+    except (ExportNotFound, StorageError):
+        out.note = "stopped: budget; no step was trained, so nothing was exported"
 
 
 def _cost(bkt, run_id: str):

@@ -119,7 +119,8 @@ class LaunchPlan(BaseModel):
                 "bucket": self.bucket_uri, "run_uri": self.run_uri,
                 "dataset": self.spec.dataset.uri, "dataset_sha256": self.spec.dataset.sha256,
                 "optimizer": self.optimizer.as_dict() if self.optimizer else None,
-                "secrets": sorted(self.secret_names), "not_checked": dict(self.not_checked)}
+                "secrets": sorted(self.secret_names), "not_checked": dict(self.not_checked),
+                "billing": self.spec.billing.model_dump()}
 
 
 class LaunchResult(BaseModel):
@@ -135,6 +136,7 @@ class RunStatus(BaseModel):
     job_id: Optional[int]
     state: str
     recoveries: Optional[int]
+    recoveries_from: Optional[str] = None  # "skypilot" | "ledger"
     progress: str
     checkpoints: int
     segments: int
@@ -179,10 +181,12 @@ class LocalLaunchResult:
     bucket_uri: str
     bucket_given: bool
     log_path: str
-    outcome: str                       # completed | cancelled | config | failed | ...
+    outcome: str                       # completed | stopped: budget | nothing to do |
+                                       # cancelled | config | failed | ...
     exit_code: int
     attempts: int
     model_dir: Optional[str] = None
     error: Optional[str] = None        # why it did not complete, one line
+    note: Optional[str] = None         # a budget stop, a relaunch with nothing to do
     cost: Optional[RunCost] = None
     cost_error: Optional[str] = None

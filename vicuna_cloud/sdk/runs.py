@@ -66,11 +66,15 @@ def status(run_id: Optional[str] = None, bucket: Optional[str] = None) -> Status
         prog = read_progress(open_bucket(rec.bucket_uri), rec.run_id)
         job = jobs.get(rec.job_id) if rec.job_id is not None else None
         state = _state(rec, job, api_error)
-        if prog.last_end_reason == "budget" and not prog.final:
+        if prog.last_end_reason == "budget":  # exported or not, a stop is a stop
             state = f"{state}; stopped: budget"
         rows.append(RunStatus(
             run_id=rec.run_id, job_id=rec.job_id, state=state,
-            recoveries=job.recovery_count if job else None, progress=prog.summary,
+            # SkyPilot's count when it answers, else the ledger's (as `cost` shows it)
+            recoveries=job.recovery_count if job else (
+                prog.segments - 1 if prog.segments else None),
+            recoveries_from="skypilot" if job else ("ledger" if prog.segments else None),
+            progress=prog.summary,
             checkpoints=prog.checkpoints, segments=prog.segments,
             last_end_reason=prog.last_end_reason, last_metrics=prog.last_metrics,
             bucket=rec.bucket_uri))

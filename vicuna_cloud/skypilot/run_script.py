@@ -22,6 +22,11 @@ NODE_HOME = "$HOME/.vicuna-cloud"
 _RUN = """\
 # Rendezvous only; everything else is decided in Python from run.json (DESIGN.md, 3).
 set -euo pipefail
+# Budget spent (setup ended this VM's ledger segment as "budget"): exit 0, so the job
+# succeeds and SkyPilot starts no other VM.
+VC_GATE=0
+python3 -m vicuna_cloud.nodeside gate || VC_GATE=$?
+if [ "$VC_GATE" = "{exit_stop}" ]; then exit 0; fi
 export PATH="{node_home}/venv/bin:$PATH"
 NODE_IPS="${{SKYPILOT_NODE_IPS:-127.0.0.1}}"
 NNODES="${{SKYPILOT_NUM_NODES:-$(printf '%s\\n' "$NODE_IPS" | grep -c .)}}"
@@ -63,6 +68,13 @@ WANT_TORCH={torch_version}
 """
 
 _SETUP_BODY = """\
+# First, before any install: open this VM's ledger segment (billing runs from boot) and
+# check the budget; a VM that starts over budget installs nothing (exit 0, see `run`).
+if [ "${{SKYPILOT_NODE_RANK:-0}}" = "0" ]; then
+  VC_RC=0
+  python3 -m vicuna_cloud.nodeside open || VC_RC=$?
+  if [ "$VC_RC" = "{exit_stop}" ]; then exit 0; fi
+fi
 # Idempotent: on a recovery onto a VM that already has this code version, skip at once.
 set -euo pipefail
 VENV="{node_home}/venv"
@@ -95,7 +107,10 @@ def run_script() -> str:
     """The task's ``run`` text; identical for every preset (the node reads run.json)."""
     from vicuna_cloud.exit_codes import EXIT_CONFIG
 
-    return _RUN.format(node_home=NODE_HOME, port=MASTER_PORT, exit_config=EXIT_CONFIG)
+    from vicuna_cloud.nodeside import EXIT_STOP
+
+    return _RUN.format(node_home=NODE_HOME, port=MASTER_PORT, exit_config=EXIT_CONFIG,
+                       exit_stop=EXIT_STOP)
 
 
 def setup_values(code_version: str, torch_version: str = TORCH_VERSION) -> str:
@@ -109,6 +124,8 @@ def setup_script(code_version: str, torch_version: str = TORCH_VERSION) -> str:
     """The task's ``setup`` text: install torch, then this exact source tree, once per VM."""
     from vicuna_cloud.exit_codes import EXIT_CONFIG
 
+    from vicuna_cloud.nodeside import EXIT_STOP
+
     return setup_values(code_version, torch_version) + _SETUP_BODY.format(
-        node_home=NODE_HOME, exit_config=EXIT_CONFIG
+        node_home=NODE_HOME, exit_config=EXIT_CONFIG, exit_stop=EXIT_STOP
     )
