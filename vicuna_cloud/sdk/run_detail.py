@@ -119,10 +119,11 @@ def run_detail(run_id: str, bucket: Optional[str] = None, *, now: Optional[float
     if rc.status == "running" and rc.total_steps and step_s:
         eta = max(0, rc.total_steps - rc.step) * step_s
     num = lambda k: float(last[k]) if last and isinstance(last.get(k), (int, float)) else None  # noqa: E731
-    lines = [SegmentLine(index=i, where=s.where,
-                         steps=f"{g.first_step}..{g.last_step}", hours=s.billed_hours,
-                         cost_usd=s.cost_usd, end=s.end_reason)
-             for i, (s, g) in enumerate(zip(rc.segments, segs), 1)]
+    # Numbered and counted as cost RUN and the trainer's log do: attempt N, steps a-b.
+    lines = [SegmentLine(index=s.attempt, where=s.where,
+                         steps=f"{s.first_step + 1}-{s.last_step}" if s.steps_trained else "-",
+                         hours=s.billed_hours, cost_usd=s.cost_usd, end=s.end_reason)
+             for s in rc.segments]
     return RunDetail(
         run_id=run_id, backend=rec.backend, state=row.state,
         phase=_phase(rc, prog.final, last is not None), step=rc.step,
