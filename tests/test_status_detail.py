@@ -33,7 +33,9 @@ def test_status_json_and_cost_json_agree_on_steps_recoveries_and_spend(
     assert s["recoveries"] == c["recoveries"] == 1
     assert s["spend_usd"] == c["spend_usd"] and s["spend_usd"] > 0
     assert s["projected_total_usd"] == c["projected_total_usd"]
-    assert [g["steps"] for g in s["segments"]] == ["0..12", "10..20"]
+    # As cost RUN and the trainer's log count them: steps trained, attempt numbers.
+    assert [g["steps"] for g in s["segments"]] == ["1-12", "11-20"]
+    assert [g["index"] for g in s["segments"]] == [seg["attempt"] for seg in c["segments"]]
     assert [g["end"] for g in s["segments"]] == ["preempted", "completed"]
     assert s["phase"] == "completed" and s["eta_seconds"] is None
     assert s["eval_loss"] == pytest.approx(3.2 * 2.718281828 ** (-20 / 9) + 0.7, rel=1e-6)
