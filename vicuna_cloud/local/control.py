@@ -85,9 +85,10 @@ def cancel(run_id: str, timeout: float = 120.0) -> Optional[int]:
     return pid
 
 
-def follow_log(run_id: str, *, follow: bool = True, out: TextIO = sys.stdout,
+def follow_log(run_id: str, *, follow: bool = True, out: Optional[TextIO] = None,
                poll: float = 0.5, sleep: Callable[[float], None] = time.sleep) -> None:
     """Print train.log; with ``follow``, keep printing until the launcher has exited."""
+    out = out or sys.stdout
     path = log_path(run_id)
     with open(path, "r", errors="replace") as f:
         while True:
