@@ -51,3 +51,20 @@ def test_live_view_counts_preemptions_and_shows_the_latest_step():
     text = out.getvalue()
     assert "1 of 2 simulated" in text and "5 / 20" in text and "2.5000" in text
     assert "preempted at step 5" in text
+
+
+def test_stdout_probe_reads_the_trainers_start_line_and_the_view_says_where_it_resumed():
+    probe = StdoutProbe()
+    out = io.StringIO()
+    view = LiveView(ViewState(run_id="r1", planned_preemptions=1), probe,
+                    console=Console(file=out, width=120, force_terminal=False))
+    with view:
+        probe.feed("step 12/21 loss 2.5000 lr 1e-3 gnorm 1.0 tok/s 900 trained 0.5 pad 0.0 mfu -")
+        view.on_event("preempted", Attempt(index=0, pid=1, started=0.0, last_step=12))
+        view.on_event("started", Attempt(index=1, pid=2, started=0.0))
+        probe.feed("r1: 336 conversations (130 truncated, 0 misaligned, 0 dropped), 21 steps, "
+                   "world 2, mesh {'dp': 2}, resuming at step 9")
+        view.refresh()
+    lines = out.getvalue().splitlines()
+    assert "resuming from step 9 (3 steps lost)" in lines
+    assert probe.start_text == "336 conversations tokenized, 21 steps"

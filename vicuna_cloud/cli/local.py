@@ -13,7 +13,8 @@ from vicuna_cloud.cli.common import console, err_console
 class _Screen:
     """Turns LocalEvents into what the terminal shows."""
 
-    def __init__(self, preemptions: int):
+    def __init__(self, preemptions: int, price_per_hour: float = 0.0):
+        self.price_per_hour = price_per_hour
         self.preemptions = preemptions
         self.view = None
         self.status = None
@@ -28,12 +29,13 @@ class _Screen:
         elif ev.kind == "note":
             console.print(f"[yellow]note:[/] {escape(ev.message)}", highlight=False)
         elif ev.kind in ("resuming", "data"):
-            console.print(escape(ev.message), highlight=False)
+            console.print(escape(ev.message), highlight=False, soft_wrap=True)
         elif ev.kind == "started":
             from vicuna_cloud.local.live_view import LiveView, ViewState
 
-            console.print(escape(ev.message), highlight=False)
-            state = ViewState(run_id=ev.run_id, planned_preemptions=self.preemptions)
+            console.print(escape(ev.message), highlight=False, soft_wrap=True)  # path unbroken
+            state = ViewState(run_id=ev.run_id, planned_preemptions=self.preemptions,
+                              price_per_hour=self.price_per_hour)
             self.view = LiveView(state, ev.progress, console=console)
             self.view.__enter__()
         elif ev.kind == "attempt" and self.view is not None:
@@ -56,7 +58,7 @@ def run_local(*, preset: str, version: Optional[str], bucket: Optional[str],
     req = sdk.LocalLaunchRequest(preset=preset, version=version, bucket=bucket, run_id=run_id,
                                  preemptions=preemptions, seed=seed,
                                  price_per_hour=price_per_hour, max_cost=max_cost)
-    screen = _Screen(preemptions)
+    screen = _Screen(preemptions, price_per_hour)
     try:
         res = sdk.launch_local(req, on_event=screen)
     finally:

@@ -97,7 +97,7 @@ def supervise(bkt, run_id: str, preemptions: int, seed: int, *,
         probe=probe, env=_node_env(local_dir), log_path=log_path, on_line=probe.feed,
         on_event=on_event, on_cancel=lambda: close_cancelled_segment(bkt, run_id, started),
     )
-    on_start(probe, f"Run {run_id}: torchrun {' '.join(cmd[-9:])}")
+    on_start(probe, f"Run {run_id}: torchrun {' '.join(cmd[-9:])} (log: {log_path})")
     from vicuna_cloud.local import control
 
     control.write_pid(run_id)  # `vicuna-cloud cancel/logs RUN` find this launcher

@@ -1,7 +1,7 @@
 """A tiny stand-in for `torchrun -m train` used by the supervisor tests.
 
 It "trains" TOTAL steps, one every DT seconds, appending a metrics record per step to
-METRICS and "checkpointing" its step to STATE after each one, so a restart resumes.
+METRICS and "checkpointing" its step to STATE every CKPT_EVERY steps (default 1), so a restart resumes.
 MODE changes the exit policy: ok | fail | config | config-via-launcher | notice-once (exit 75 once) |
 spawn (start a grandchild in its own session, as torchrun does with its workers) |
 stubborn (ignores SIGTERM).
@@ -49,14 +49,18 @@ if mode == "spawn" and os.environ.get("GRANDCHILD") != "1":
     sys.exit(child.wait())
 
 step = int(open(state).read()) if os.path.exists(state) else 0
+if os.environ.get("START_EVENTS") == "1":  # as the trainer does: where this attempt starts
+    with open(metrics, "a") as f:
+        f.write(json.dumps({"event": "start", "step": step, "total_steps": total}) + "\n")
 while step < total:
     time.sleep(dt)
     step += 1
     with open(metrics, "a") as f:
         f.write(json.dumps({"step": step, "total_steps": total, "loss": 1.0 / step}) + "\n")
-    tmp = state + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(str(step))
-    os.replace(tmp, state)
+    if step % int(os.environ.get("CKPT_EVERY", "1")) == 0:
+        tmp = state + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(str(step))
+        os.replace(tmp, state)
     print(f"step {step}", flush=True)
 sys.exit(0)
