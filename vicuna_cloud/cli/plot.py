@@ -22,8 +22,9 @@ def plot(
         None, "--bucket", metavar="URI",
         help="Bucket the run lives in, when it was launched from another machine."),
 ):
-    """Loss curves of a run: train and eval loss, lr, tokens/s; preemptions as vertical
-    lines, segments (one per VM) shaded.
+    """Loss curves of a run: train and eval loss, lr, tokens/s, preemptions marked.
+
+    In the terminal without --out; a PNG with --out (segments, one per VM, shaded).
 
     Example: vicuna-cloud plot tiny-20261201-101500 --out loss.png
     """

@@ -88,8 +88,10 @@ def status(
                                           help="Redraw every SECONDS until the run stops "
                                           "(Ctrl-C to leave; the run keeps going)."),
 ):
-    """Where runs are: with RUN, its phase, step, loss, ETA, spend, recoveries, segments
-    and last heartbeat; without, one line per run.
+    """Where runs are: one run in detail (phase, step, loss, ETA, spend), or one line per run.
+
+    With RUN: phase, step, loss, eval loss, tokens/s, ETA, spend and projection, budget,
+    recoveries (as `cost RUN` counts them), segments and the last heartbeat.
 
     Example: vicuna-cloud status tiny-20261201-101500 --watch 10
     """
@@ -152,8 +154,7 @@ def logs(
                                          help="Bucket the run lives in, when it was launched "
                                          "from another machine."),
 ):
-    """Print the run's training log: train.log for a local run, the managed job's log for
-    a cloud run.
+    """Print the run's training log (train.log of a local run, the cloud job's log).
 
     Example: vicuna-cloud logs tiny-20261201-101500 --no-follow
     """
@@ -169,8 +170,7 @@ def cancel(
                                          help="Bucket the run lives in, when it was launched "
                                          "from another machine."),
 ):
-    """Stop a run gracefully: the trainer checkpoints first and the bucket keeps it, so
-    launching the same run id again resumes.
+    """Stop a run gracefully: it checkpoints first, and relaunching the run id resumes.
 
     Example: vicuna-cloud cancel tiny-20261201-101500
     """
