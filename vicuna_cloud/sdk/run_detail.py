@@ -85,7 +85,7 @@ def _phase(rc, final: bool, has_step: bool) -> str:
         return "completed"
     if rc.status == "running":
         return "training" if has_step else "starting (loading data and model)"
-    if rc.status == "budget":
+    if rc.stopped_budget or rc.status in ("budget", "stopped: budget"):
         return "stopped: budget"
     return f"not running (last attempt ended: {rc.status})"
 
