@@ -74,3 +74,4 @@ def test_help_does_not_import_the_plotting_libraries():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
