@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from train import attention
 from train.batching import MicroBatch
 from train.masking import IGNORE
 
@@ -26,8 +27,8 @@ def micro_batch_loss(model, mb: MicroBatch) -> torch.Tensor:
     column indices): the prompt is ~60% of a Vicuna conversation, and a [tokens x 32000]
     fp32 logit tensor is the largest activation of the step. (A filler micro-batch keeps
     one untrained column, so the LM head stays in the graph.)"""
-    out = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask,
-                position_ids=mb.position_ids, use_cache=False, logits_to_keep=mb.keep)
+    out = model(input_ids=mb.input_ids, position_ids=mb.position_ids, use_cache=False,
+                logits_to_keep=mb.keep, **attention.model_kwargs(model, mb))
     logits = out.logits.float()
     targets = mb.targets[:, mb.keep]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),

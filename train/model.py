@@ -9,7 +9,6 @@ measures it against the naive full load.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from typing import Optional
@@ -22,11 +21,13 @@ from train.inputs import ConfigError
 
 
 def attn_implementation(device: torch.device) -> str:
-    """flash-attention varlen on GPU when installed (packed rows use position_ids), else
-    SDPA (packed rows get a block-diagonal causal mask from transformers)."""
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+    """The registered packed-row attention (train/attention.py) on every device: flash
+    varlen over host-built cu_seqlens on CUDA (FlexAttention for fp32), the same op's CPU
+    kernel on CPU. Never transformers' dense [T, T] packed mask."""
+    from train import attention
+
+    attention.register()
+    return attention.IMPL
 
 
 def apply_rope_scaling(config, factor: Optional[float]) -> None:
