@@ -1,7 +1,9 @@
 """``python -m train --run-uri URI``: what torchrun starts on every GPU.
 
 Exit codes (vicuna_cloud/exit_codes.py): 0 completed or budget stop, 75 preempted (the
-managed job recovers), 78 bad run spec or data (restarting will not help), 1 anything else.
+managed job recovers), 78 bad run spec or data, or CUDA that cannot work with this torch
+build (restarting will not help), 69 fewer usable GPUs than processes on this VM (a new VM
+may help), 1 anything else.
 
 torchrun does not pass its workers' exit codes on: any failing worker makes it exit 1.
 So when ``$VICUNA_EXIT_CODE_FILE`` is set, each node's local rank 0 also writes its exit
@@ -19,7 +21,7 @@ import argparse
 import os
 import sys
 
-from vicuna_cloud.exit_codes import EXIT_CONFIG, EXIT_FAILED
+from vicuna_cloud.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_GPU_UNAVAILABLE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
 
     from train.inputs import CONFIG_ERRORS
+    from train.parallel import GPUUnavailable
     from train.trainer import TrainerOptions, run
 
     try:
@@ -51,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         rank = os.environ.get("RANK", "0")
         print(f"error (rank {rank}): {e}", file=sys.stderr)
         return EXIT_CONFIG
+    except GPUUnavailable as e:
+        print(f"error (rank {os.environ.get('RANK', '0')}): {e}", file=sys.stderr)
+        return EXIT_GPU_UNAVAILABLE
     except KeyboardInterrupt:
         return EXIT_FAILED
 

@@ -33,7 +33,8 @@ class ConfigError(ValueError):
 
 
 # A missing tokenizer is a bad input too.
-CONFIG_ERRORS: tuple[type[Exception], ...] = (ConfigError, TokenizerNotFound)
+CONFIG_ERRORS: tuple[type[Exception], ...] = (ConfigError, TokenizerNotFound,
+                                               parallel.GPUConfigError)
 
 
 def _collective_ok(d: parallel.Dist, error: Optional[BaseException]) -> None:

@@ -40,15 +40,15 @@ def apply_rope_scaling(config, factor: Optional[float]) -> None:
     config.rope_parameters = params
 
 
-def resolve_model_dir(name: str, *, download: bool) -> str:
-    """A local directory for a Hugging Face id or path (download only on one rank)."""
+def resolve_model_dir(name: str, *, download: bool, weights: bool = True) -> str:
+    """A local directory for a Hugging Face id or path (download only on one rank);
+    ``weights=False`` (a resume) fetches the config and tokenizer files only."""
     if os.path.isdir(name):
         return name
     from huggingface_hub import snapshot_download
+    patterns = ["*.json", "tokenizer*"] + (["*.safetensors"] if weights else [])
     try:
-        return snapshot_download(
-            name, allow_patterns=["*.safetensors", "*.json", "tokenizer*"],
-            local_files_only=not download)
+        return snapshot_download(name, allow_patterns=patterns, local_files_only=not download)
     except Exception as e:  # noqa: BLE001 - hub errors are many; all mean "cannot get it"
         raise ConfigError(f"cannot fetch base model {name!r}: {str(e).splitlines()[0]}; give "
                           "a local directory or a Hugging Face id (set HF_TOKEN for gated "

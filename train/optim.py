@@ -22,8 +22,15 @@ def build_optimizer(model, h: Hyperparameters) -> torch.optim.Optimizer:
             (plain if no_decay(name, p) else decay).append(p)
     groups = [{"params": decay, "weight_decay": h.weight_decay},
               {"params": plain, "weight_decay": 0.0}]
+    device = next((p.device.type for g in groups for p in g["params"]), "cpu")
     return torch.optim.AdamW(groups, lr=h.learning_rate, betas=(h.adam_beta1, h.adam_beta2),
-                             eps=h.adam_eps, foreach=True)
+                             eps=h.adam_eps, **adamw_impl(device))
+
+
+def adamw_impl(device_type: str) -> dict:
+    """fused on CUDA (one kernel for the whole update, DTensor shards included), foreach
+    elsewhere (the CPU runs stay as they were, bit for bit)."""
+    return {"fused": True} if device_type == "cuda" else {"foreach": True}
 
 
 def warmup_steps(total_steps: int, warmup_ratio: float) -> int:

@@ -39,7 +39,7 @@ from vicuna_cloud.storage import open_bucket
 from vicuna_cloud.tokenizer import load_tokenizer
 
 from train import batching, inputs, metrics, model as model_lib, optim, parallel
-from train.checkpoint import CheckpointManager, TrainProgress
+from train.checkpoint import CheckpointManager, TrainProgress, committed_steps
 from train.export import export_final
 from train.loss import micro_batch_loss
 from train.preemption import PreemptionWatcher, sources_for
@@ -107,7 +107,8 @@ class Trainer:
     def __init__(self, run_uri: str, opts: Optional[TrainerOptions] = None):
         self.opts = opts or TrainerOptions()
         self.spec = inputs.load_spec(run_uri)
-        self.dist = parallel.init_distributed()
+        self.dist = parallel.init_distributed(
+            want_gpus=parallel.gpus_requested(self.spec.resources.accelerators))
         self.local_root = os.path.join(self.opts.local_root or default_local_root(),
                                        self.spec.run_id)
         self.bucket = open_bucket(self.spec.bucket_uri)
@@ -151,20 +152,28 @@ class Trainer:
         mesh, then each rank reads only its rows of the base weights."""
         spec, h, d = self.spec, self.spec.hyper, self.dist
         from_config = spec.model.base_model.startswith("config:")
+        # A resume overwrites every weight from the checkpoint: fetch only the base model's
+        # config then, and never read (or download) its weights.
+        self.resuming = parallel.broadcast_flag(
+            d.is_main and bool(committed_steps(self.bucket, spec.run_id)), d.device)
         model_dir = None if from_config else inputs.once_per_node(
-            d, lambda download: model_lib.resolve_model_dir(spec.model.base_model,
-                                                            download=download))
+            d, lambda download: model_lib.resolve_model_dir(
+                spec.model.base_model, download=download, weights=not self.resuming))
         self.config = model_lib.build_config(spec, model_dir)
         model = model_lib.build_model(self.config, seed=h.seed, meta=not from_config,
                                       device=d.device)
-        self.mesh = parallel.build_mesh(d)
+        self.mesh = parallel.build_mesh(d, parallel.shard_size(spec, self.config, d))
         parallel.apply_fsdp(model, self.mesh, dtype=h.dtype,
                             activation_checkpointing=h.gradient_checkpointing)
         if from_config:
             model.to(d.device)
         else:
             model.to_empty(device=d.device)
-            model_lib.load_sharded_weights(model, model_dir, d.device)
+            if self.resuming:
+                model_lib.reset_rotary(model, d.device)
+            else:
+                model_lib.load_sharded_weights(model, model_dir, d.device)
+        self.weights_from_checkpoint_only = self.resuming and not from_config
         model.train()
         self.model = model
         # For MFU: FLOPs per token and the GPU's peak.
@@ -189,7 +198,12 @@ class Trainer:
         self.watcher.start()
 
     def _resume(self) -> None:
-        self.progress = self.checkpointer.restore() or TrainProgress()
+        progress = self.checkpointer.restore()
+        if progress is None and self.weights_from_checkpoint_only:
+            raise RuntimeError("the committed checkpoint seen at start-up is gone; its weights "
+                               "were not loaded from the base model, so this attempt stops "
+                               "(retry)")
+        self.progress = progress or TrainProgress()
         self.first_step = self.progress.step
 
     def _start_observers(self) -> None:
@@ -260,7 +274,8 @@ class Trainer:
         """Accumulate d(sum CE / trained tokens of the global batch); see train/loss.py."""
         d = self.dist
         loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
-        for mb in mbs:
+        for i, mb in enumerate(mbs):
+            parallel.set_micro_batch(self.model, last=i == len(mbs) - 1)
             ce = micro_batch_loss(self.model, mb.to(d.device))
             (ce * (d.world_size / n_global)).backward()
             loss_sum += ce.detach()  # stays on the device: no sync per micro-batch

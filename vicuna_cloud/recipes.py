@@ -23,6 +23,11 @@ activations and overhead the estimate is ~75 GiB of an 80 GB card, under 5 GiB o
 too thin for allocator fragmentation and the longest packed micro-batches. The 33B preset
 therefore uses 2 nodes (16 GPUs: ~45 GiB per GPU) rather than CPU optimizer offload, which
 would cost far more in step time than the second node costs in dollars of wasted memory.
+
+Shard size (``shard_size_for``, the estimate's divisor and the trainer's FSDP mesh alike):
+the smallest group of whole nodes whose per-GPU estimate leaves ``SHARD_HEADROOM`` of the
+card free; the other nodes hold replicas (HSDP). 7B and 13B shard over their node's 8 GPUs;
+33B on 2 nodes shards over all 16 (8 would leave under 5 GiB free).
 """
 
 from __future__ import annotations
@@ -199,25 +204,52 @@ class Preset:
     def published_budget_usd(self) -> Optional[float]:
         return PUBLISHED_BUDGET_USD.get(self.size)
 
+    @property
+    def shard_size(self) -> int:
+        """GPUs the training state is sharded over (the trainer's FSDP mesh uses the same)."""
+        return shard_size_for(self.arch, self.hardware, self.hyper.micro_batch_tokens)
+
     def memory_estimate(self, micro_batch_tokens: Optional[int] = None) -> MemoryEstimate:
         """Per-GPU peak estimate (see module docstring for the model)."""
-        a = self.arch
         tokens = micro_batch_tokens or self.hyper.micro_batch_tokens
-        world = self.hardware.world_size
-        sharded = 16 * a.n_params / world
-        per_layer = (a.n_params - 2 * a.vocab * a.hidden) / max(a.n_layers, 1)
-        gathered = 2 * 2 * per_layer  # bf16, current + prefetched layer
-        # Checkpointed inputs of every layer + one layer's recomputed activations
-        # (~34 bytes x hidden per token, Korthikanti et al. with flash attention),
-        # plus fp32 logits for the micro-batch.
-        acts = tokens * a.hidden * 2 * a.n_layers + tokens * a.hidden * 34 + tokens * a.vocab * 4
-        overhead = 4 * GIB
-        return MemoryEstimate(sharded / GIB, gathered / GIB, acts / GIB, overhead / GIB)
+        return memory_per_gpu(self.arch, self.shard_size, tokens)
 
     def fits(self) -> bool:
         if self.hardware.gpu_memory_gib == 0:
             return True
         return self.memory_estimate().total_gib <= 0.95 * self.hardware.gpu_memory_gib
+
+
+#: Fraction of a card the planner may fill: the rest is for allocator fragmentation and
+#: the longest packed micro-batches (the estimate is a model, not a measurement).
+SHARD_HEADROOM = 0.85
+
+
+def memory_per_gpu(a: Architecture, shard: int, tokens: int) -> MemoryEstimate:
+    """Per-GPU peak with the 16N bytes of training state split over ``shard`` GPUs."""
+    sharded = 16 * a.n_params / shard
+    per_layer = (a.n_params - 2 * a.vocab * a.hidden) / max(a.n_layers, 1)
+    gathered = 2 * 2 * per_layer  # bf16, current + prefetched layer
+    # Checkpointed inputs of every layer + one layer's recomputed activations
+    # (~34 bytes x hidden per token, Korthikanti et al. with flash attention),
+    # plus fp32 logits for the micro-batch.
+    acts = tokens * a.hidden * 2 * a.n_layers + tokens * a.hidden * 34 + tokens * a.vocab * 4
+    overhead = 4 * GIB
+    return MemoryEstimate(sharded / GIB, gathered / GIB, acts / GIB, overhead / GIB)
+
+
+def shard_size_for(a: Architecture, hw: Hardware, tokens: int) -> int:
+    """The smallest whole-node shard group (a divisor of the node count, times the GPUs
+    per node) whose estimate leaves SHARD_HEADROOM free; the whole world if none does.
+    Without a known card memory (CPU), one node: replicas across nodes, as HSDP does."""
+    if hw.gpu_memory_gib <= 0:
+        return hw.gpus_per_node
+    for k in range(1, hw.nodes + 1):
+        if hw.nodes % k == 0:
+            shard = k * hw.gpus_per_node
+            if memory_per_gpu(a, shard, tokens).total_gib <= SHARD_HEADROOM * hw.gpu_memory_gib:
+                return shard
+    return hw.world_size
 
 
 def _disk_gb(arch: Architecture, keep: int = 2) -> int:

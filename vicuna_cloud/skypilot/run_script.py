@@ -47,6 +47,9 @@ echo "vicuna-cloud: node $NODE_RANK/$NNODES, $NPROC_PER_NODE procs, master $MAST
 # (75 after a preemption notice, 78 for a bad spec) to this file so that SkyPilot's
 # recover_on_exit_codes sees the real one.
 export VICUNA_EXIT_CODE_FILE="${{VICUNA_EXIT_CODE_FILE:-/tmp/vicuna-exit-code}}"
+# Every packed micro-batch has its own shape: expandable segments let the CUDA caching
+# allocator grow blocks in place instead of fragmenting into ones no later shape fits.
+export PYTORCH_CUDA_ALLOC_CONF="${{PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}}"
 rm -f "$VICUNA_EXIT_CODE_FILE"
 rc=0
 torchrun \\
