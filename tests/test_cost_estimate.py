@@ -28,11 +28,13 @@ def test_reference_7b_v11_matches_hand_calculation():
     assert e.compute_tokens == trained                           # packed: no padding
     seq = min(1412.8 * 1.6, 2048)                                # 2,048 (capped)
     assert e.attention_seq == seq == 2048
-    fpt = 6 * 6_738_415_616 + 12 * 32 * 4096 * 2048              # 43,651,719,168
-    assert e.flops_per_token == fpt == 43_651_719_168
-    compute_h = fpt * trained / (8 * 312e12 * 0.40) / 3600       # ~3.60 h
+    # Attention as the causal varlen kernel computes it: (S + 1) / 2 keys per query.
+    assert e.attention_kernel == "varlen"
+    fpt = 6 * 6_738_415_616 + 12 * 32 * 4096 * (2048 + 1) / 2    # 42,041,892,864
+    assert e.flops_per_token == fpt == 42_041_892_864
+    compute_h = fpt * trained / (8 * 312e12 * 0.40) / 3600       # ~3.47 h
     assert e.compute_hours == pytest.approx(compute_h, rel=1e-12)
-    assert compute_h == pytest.approx(3.6032, abs=1e-4)
+    assert compute_h == pytest.approx(3.4704, abs=1e-4)
     stall_s = 12 * 6_738_415_616 / 2e9                           # 40.43 s
     interval_h = math.sqrt(2 * (stall_s / 3600) / (1 / 6))       # Young: ~0.3671 h
     assert e.checkpoint_interval_minutes == pytest.approx(interval_h * 60)
@@ -66,7 +68,7 @@ def test_manifest_drives_tokens_and_attention_length(tmp_path):
     assert work.weighted_sample_length == pytest.approx(1250)
     e = est.estimate(preset, work, 10.0, est.Assumptions(preemptions_per_hour=0))
     assert e.compute_tokens == 3_000_000
-    assert e.flops_per_token == 6 * 13_015_864_320 + 12 * 40 * 5120 * 1250
+    assert e.flops_per_token == 6 * 13_015_864_320 + 12 * 40 * 5120 * (1250 + 1) / 2
     assert e.preemption_hours == 0 and e.checkpoint_interval_minutes == 60
     p = est.estimate(preset, work, 10.0, est.Assumptions(preemptions_per_hour=0), "padded")
     assert p.compute_tokens == 3 * 1000 * 2048

@@ -76,11 +76,7 @@ def test_export_round_trip(trained):
     tpl = TEMPLATES[spec.template]
     convs = [r["conversations"] for r in json.loads(DUMMY_CONVERSATIONS.read_text())]
     multi = [c for c in convs if len(c) >= 4][:5]
-    for conv in multi:
-        msgs = to_messages(conv)
-        assert tok.apply_chat_template(msgs, tokenize=False) == tpl.render(conv).text
-        prompt = tok.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
-        assert prompt == tpl.prompt(conv[:-1])
+    assert_serves_training_ids(tok, tpl, multi)
 
     model = AutoModelForCausalLM.from_pretrained(final)
     model.eval()
@@ -105,8 +101,26 @@ def test_v0_chat_template_round_trip(tmp_path):
     tok = AutoTokenizer.from_pretrained(tmp_path)
     tpl = TEMPLATES["vicuna_v0"]
     convs = [r["conversations"] for r in json.loads(DUMMY_CONVERSATIONS.read_text())]
-    for conv in [c for c in convs if len(c) >= 4][:5]:
-        assert tok.apply_chat_template(to_messages(conv), tokenize=False) == tpl.render(conv).text
+    assert_serves_training_ids(tok, tpl, [c for c in convs if len(c) >= 4][:5])
+
+
+def assert_serves_training_ids(tok, tpl, convs) -> None:
+    """The exported tokenizer's apply_chat_template(tokenize=True), which adds no special
+    tokens of its own (as vLLM's chat endpoint renders), gives exactly the training ids,
+    BOS included; so does the generation prompt."""
+    from vicuna_cloud.tokenizers import load_tokenizer
+    from train.masking import tokenize_conversation
+
+    train_tok = load_tokenizer("builtin:llama-sp")
+    assert tok.chat_template.startswith("{{ bos_token")
+    for conv in convs:
+        msgs = to_messages(conv)
+        trained = list(tokenize_conversation(train_tok, tpl, conv, 10**6).input_ids)
+        served = tok.apply_chat_template(msgs, tokenize=True)["input_ids"]
+        assert served == trained and served[0] == tok.bos_token_id
+        assert tok.apply_chat_template(msgs, tokenize=False).startswith(tok.bos_token)
+        prompt = tok.apply_chat_template(msgs[:-1], tokenize=True, add_generation_prompt=True)
+        assert prompt["input_ids"] == train_tok(tpl.prompt(conv[:-1])).input_ids
 
 
 def _free_port() -> int:

@@ -160,11 +160,15 @@ def test_mfu_figures_and_gpu_peaks():
     assert metrics.gpu_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
     assert metrics.gpu_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert metrics.gpu_peak_tflops(None) is None and metrics.gpu_peak_tflops("Tesla T4") is None
-    # 6N per token plus 12·L·H·s per token of a length-s sample.
-    assert metrics.step_flops(100, 2, 8, [3, 5]) == 6 * 100 * 8 + 12 * 2 * 8 * (9 + 25)
+    # 6N per token plus 12·L·H·(s+1)/2 per token of a length-s sample (the causal
+    # per-document varlen kernel computes (s+1)/2 keys per query on average).
+    attn = 12 * 2 * 8 * (3 * 2 + 5 * 3)
+    assert metrics.step_flops(100, 2, 8, [3, 5]) == 6 * 100 * 8 + attn
     # LM head (40 of the 100 params) only at 3 trained positions.
-    assert metrics.step_flops(100, 2, 8, [3, 5], 40, 3) == \
-        6 * 60 * 8 + 6 * 40 * 3 + 12 * 2 * 8 * (9 + 25)
+    assert metrics.step_flops(100, 2, 8, [3, 5], 40, 3) == 6 * 60 * 8 + 6 * 40 * 3 + attn
+    # The dense-mask path computes every key of its 8-token row for every token.
+    assert metrics.step_flops(100, 2, 8, [3, 5], kernel="dense", row_tokens=8) == \
+        6 * 100 * 8 + 12 * 2 * 8 * 8 * 8
     assert metrics.mfu(1e15, 1.0, 2, 1000.0) == pytest.approx(0.5)
     assert metrics.mfu(1e15, 1.0, 2, None) is None
 

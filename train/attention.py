@@ -31,6 +31,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from vicuna_cloud.costs.flops import kernel_for
+
 #: Name under which the attention function is registered with transformers.
 IMPL = "vicuna_packed"
 #: The comparison path of the benchmarks: transformers' SDPA with its dense packed mask.
@@ -43,10 +45,13 @@ BLOCK = 128
 def select_kernel(device: torch.device, dtype: torch.dtype) -> str:
     """The kernel the trainer uses for a compute dtype on a device (never a dense mask).
     Flash varlen needs bf16/fp16 on CUDA; CUDA fp32 takes FlexAttention; CPU takes varlen
-    through the CPU kernel registered below."""
-    if device.type == "cuda" and dtype == torch.float32:
-        return "flex"
-    return "varlen"
+    through the CPU kernel registered below. (One rule, with the cost estimate's.)"""
+    return kernel_for(device.type, "fp32" if dtype == torch.float32 else "bf16")
+
+
+def kernel_name(device: torch.device, run_dtype: str) -> str:
+    """The kernel for a run spec's ``hyper.dtype`` ("bf16" computes in bf16 under FSDP)."""
+    return kernel_for(device.type, run_dtype)
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 
 from vicuna_cloud import bucket_keys
 from vicuna_cloud.storage import Bucket
-from vicuna_cloud.templates import get_template
+from vicuna_cloud.templates import BOS_PREFIXES, get_template, to_messages, with_bos_prefix
 
 FINAL_DIR = bucket_keys.FINAL_DIR
 EXPORT_MARKER = "EXPORT.json"  # written last: a final/ without it is incomplete
@@ -74,6 +74,12 @@ def save_hf_dir(state_dict: Mapping[str, torch.Tensor], config, tokenizer, templ
     if getattr(cfg, "_attn_implementation", None) not in (None, "sdpa", "eager"):
         cfg._attn_implementation = "sdpa"
     cfg.save_pretrained(out_dir)
+    cfg_path = os.path.join(out_dir, "config.json")
+    with open(cfg_path) as f:
+        saved = json.load(f)
+    saved.update(legacy_config_fields(saved))
+    with open(cfg_path, "w") as f:
+        json.dump(saved, f, indent=2, sort_keys=True)
     GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                      pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
                      else tokenizer.unk_token_id).save_pretrained(out_dir)
@@ -81,15 +87,80 @@ def save_hf_dir(state_dict: Mapping[str, torch.Tensor], config, tokenizer, templ
     return sorted(os.listdir(out_dir))
 
 
-def save_tokenizer(tokenizer, template_name: str, out_dir: str) -> None:
-    """Tokenizer files with the template's Jinja in tokenizer_config.json (one source)."""
+#: Conversations the export renders both ways (training's tokenizer(text) and the served
+#: apply_chat_template(tokenize=True)) to pick the template's start (templates.BOS_PREFIXES).
+PROBES = (
+    [{"from": "human", "value": "Hello!"}, {"from": "gpt", "value": "Hi. How can I help?"}],
+    [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"},
+     {"from": "human", "value": "Why?\nSay more."}, {"from": "gpt", "value": "  Counting."}],
+)
+
+
+def _chat_ids(tok, messages) -> list[int]:
+    out = tok.apply_chat_template(messages, tokenize=True)
+    return list(out["input_ids"] if not isinstance(out, list) else out)
+
+
+def serving_template(tokenizer, template_name: str) -> str:
+    """The template's Jinja with the start (BOS, BOS + space, nothing) under which
+    ``apply_chat_template(tokenize=True)``, i.e. a server rendering without adding special
+    tokens, yields exactly the ids training saw."""
+    tpl = get_template(template_name)
     tok = copy.deepcopy(tokenizer)
-    tok.chat_template = get_template(template_name).hf_jinja
+    for prefix in BOS_PREFIXES:
+        tok.chat_template = with_bos_prefix(tpl.hf_jinja, prefix)
+        if all(_chat_ids(tok, to_messages(c)) == list(tokenizer(tpl.render(c).text).input_ids)
+               for c in PROBES):
+            return tok.chat_template
+    raise ValueError(f"no chat template start makes this tokenizer's apply_chat_template ids "
+                     f"equal the training ids ({template_name}); cannot export a template "
+                     "that serves what was trained")
+
+
+def _content(token) -> Optional[str]:
+    return token.get("content") if isinstance(token, dict) else token
+
+
+def legacy_config_fields(config: dict) -> dict:
+    """config.json keys transformers 4.x (and the serving stacks pinned to it) read, beside
+    5.x's ``rope_parameters`` / ``dtype``: without ``rope_scaling`` an older vLLM drops
+    v1.5-16k's x4 linear scaling and serves garbage past 4K."""
+    rope = config.get("rope_parameters") or {}
+    kind = rope.get("rope_type", "default")
+    extra = {"rope_theta": float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))}
+    if kind == "default":
+        extra["rope_scaling"] = None
+    else:
+        extra["rope_scaling"] = {"type": kind, "rope_type": kind,
+                                 **{k: v for k, v in rope.items()
+                                    if k not in ("rope_type", "rope_theta")}}
+    if config.get("dtype"):
+        extra["torch_dtype"] = config["dtype"]
+    return extra
+
+
+def save_tokenizer(tokenizer, template_name: str, out_dir: str) -> None:
+    """Tokenizer files with the template's Jinja in tokenizer_config.json (one source),
+    readable by transformers 4.x too (``extra_special_tokens`` as a mapping, not a list)."""
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = serving_template(tokenizer, template_name)
     tok.save_pretrained(out_dir)
     cfg_path = os.path.join(out_dir, "tokenizer_config.json")
     with open(cfg_path) as f:
         cfg = json.load(f)
     cfg["chat_template"] = tok.chat_template
+    extra = cfg.get("extra_special_tokens")
+    if isinstance(extra, list):
+        # transformers 4.x reads a mapping (name -> token) and fails on a list
+        # ("'list' object has no attribute 'keys'"); tokens that are already the named
+        # ones (bos/eos/unk/pad) need no entry, the rest stay special via added_tokens.
+        named = {_content(cfg.get(k)) for k in ("bos_token", "eos_token", "unk_token",
+                                                 "pad_token")}
+        rest = [t for t in extra if t not in named]
+        if rest:
+            cfg["additional_special_tokens"] = sorted(set(cfg.get("additional_special_tokens")
+                                                          or []) | set(rest))
+        del cfg["extra_special_tokens"]
     with open(cfg_path, "w") as f:
         json.dump(cfg, f, indent=2, ensure_ascii=False)
     jinja = os.path.join(out_dir, "chat_template.jinja")

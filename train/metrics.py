@@ -6,10 +6,11 @@ slow object store never holds up a step (the other ranks would wait for rank 0 i
 collective); a resumed run keeps the earlier
 lines up to its resume step and drops the ones of work that was lost.
 
-MFU follows PaLM's convention: FLOPs per token = 6N (N = parameters in matmuls: all but
-the input embedding; the LM head's share only where logits are computed) + 12·L·H·s, where s is the token's own
-conversation length (packed rows do not attend across conversations), over the GPUs'
-dense bf16 peak from vicuna_cloud.recipes.GPU_SPECS. On CPU there is no peak: mfu = null.
+MFU: FLOPs per token = 6N (N = parameters in matmuls: all but the input embedding; the LM
+head's share only where logits are computed) + the attention the kernel in use computes,
+12·L·H·c, c = (s + 1) / 2 keys per query for the causal per-document varlen kernel (s =
+the token's own conversation length; vicuna_cloud/costs/flops.py), over the GPUs' dense
+bf16 peak from vicuna_cloud.recipes.GPU_SPECS. On CPU there is no peak: mfu = null.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from typing import Optional, Sequence
 
 from vicuna_cloud import bucket_keys
+from vicuna_cloud.costs.flops import attention_flops_per_token
 from vicuna_cloud.recipes import GPU_SPECS
 from vicuna_cloud.storage import Bucket, NotFoundError, StorageError
 
@@ -28,13 +30,16 @@ METRICS_KEY = bucket_keys.METRICS_FILE
 
 
 def step_flops(matmul_params: int, n_layers: int, hidden: int, seq_lens: Sequence[int],
-               head_params: int = 0, head_tokens: Optional[int] = None) -> float:
+               head_params: int = 0, head_tokens: Optional[int] = None, *,
+               kernel: str = "varlen", row_tokens: Optional[int] = None) -> float:
     """Model FLOPs of a step. The LM head (``head_params``) runs only on ``head_tokens``
-    positions (the trainer computes logits where it trains), the rest on every token."""
+    positions (the trainer computes logits where it trains), the rest on every token;
+    attention as ``kernel`` computes it (vicuna_cloud.costs.flops)."""
     tokens = sum(seq_lens)
     head_tokens = tokens if head_tokens is None else head_tokens
-    return (6.0 * (matmul_params - head_params) * tokens + 6.0 * head_params * head_tokens
-            + 12.0 * n_layers * hidden * sum(s * s for s in seq_lens))
+    attn = sum(s * attention_flops_per_token(kernel, n_layers, hidden, s, row_tokens)
+               for s in seq_lens)
+    return 6.0 * (matmul_params - head_params) * tokens + 6.0 * head_params * head_tokens + attn
 
 
 def gpu_peak_tflops(device_name: Optional[str]) -> Optional[float]:

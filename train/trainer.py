@@ -38,7 +38,7 @@ from vicuna_cloud.storage.base import TRANSFERS
 from vicuna_cloud.storage import open_bucket
 from vicuna_cloud.tokenizer import load_tokenizer
 
-from train import batching, inputs, metrics, model as model_lib, optim, parallel
+from train import attention, batching, inputs, metrics, model as model_lib, optim, parallel
 from train.checkpoint import CheckpointManager, TrainProgress, committed_steps
 from train.export import export_final
 from train.loss import micro_batch_loss
@@ -299,7 +299,8 @@ class Trainer:
             metrics.step_flops(self.matmul_params, self.config.num_hidden_layers,
                                self.config.hidden_size, [s for mb in mbs for s in mb.seq_lens],
                                self.head_params,
-                               sum(mb.keep.numel() * mb.input_ids.shape[0] for mb in mbs)),
+                               sum(mb.keep.numel() * mb.input_ids.shape[0] for mb in mbs),
+                               kernel=attention.kernel_name(d.device, self.spec.hyper.dtype)),
             *TRANSFERS.snapshot()], d.device)
         self.moved = (int(up_g), int(down_g))
         dt = time.perf_counter() - t0

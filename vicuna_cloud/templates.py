@@ -127,10 +127,28 @@ VICUNA_V0_SYSTEM = (
 )
 
 
+#: How a template may start, in order of preference: BOS then the text (LLaMA tokenizers
+#: whose training ids are [<s>, ...]); BOS and a space (SentencePiece tokenizers that put
+#: no word-start marker after a special token: the space becomes the "▁" that training's
+#: ``tokenizer(text)`` prepends); nothing (tokenizers that add no BOS). The export keeps
+#: the first whose ``apply_chat_template(tokenize=True)`` ids equal the training ids.
+BOS_PREFIXES = ("{{ bos_token }}", "{{ bos_token ~ ' ' }}", "")
+
+
+def with_bos_prefix(jinja: str, prefix: str) -> str:
+    """``jinja`` (one of TEMPLATES' ``hf_jinja``) starting with ``prefix`` instead."""
+    if not jinja.startswith(BOS_PREFIXES[0]) or prefix not in BOS_PREFIXES:
+        raise ValueError("with_bos_prefix takes a TEMPLATES hf_jinja and one of BOS_PREFIXES")
+    return prefix + jinja[len(BOS_PREFIXES[0]):]
+
+
 def _jinja(system: str, user: str, assistant: str, sep: str, sep2: str) -> str:
-    # No BOS in the template: the tokenizer adds it, exactly as in training.
-    # A leading "system" message replaces the default system prompt.
+    # BOS first: serving stacks (vLLM's chat endpoint, apply_chat_template(tokenize=True))
+    # tokenize the rendered text without adding special tokens ("the template adds them"),
+    # and training ids start with <s>. A leading "system" message replaces the default
+    # system prompt.
     return (
+        f"{BOS_PREFIXES[0]}"
         "{%- if messages and messages[0]['role'] == 'system' -%}"
         "{%- set system = messages[0]['content'] -%}{%- set msgs = messages[1:] -%}"
         "{%- else -%}"

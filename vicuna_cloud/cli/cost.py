@@ -191,7 +191,7 @@ _EST_ROWS = (
     ("trained tokens", lambda e: f"{e['trained_tokens'] / 1e6:,.1f} M"),
     ("computed tokens", lambda e: f"{e['compute_tokens'] / 1e6:,.1f} M"),
     ("attention length S", lambda e: f"{e['attention_seq']:,.0f}"),
-    ("FLOPs per token (6N + 12LHS)", lambda e: f"{e['flops_per_token'] / 1e9:,.2f} G"),
+    ("FLOPs per token (6N + 12LH(S+1)/2)", lambda e: f"{e['flops_per_token'] / 1e9:,.2f} G"),
     ("total FLOPs", lambda e: f"{e['total_flops'] / 1e18:,.1f} E"),
     ("MFU", lambda e: f"{e['mfu']:.2f}"),
     ("compute hours", lambda e: _num(e["compute_hours"])),

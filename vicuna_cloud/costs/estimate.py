@@ -6,12 +6,15 @@ The model, every term stated (all hours are node-hours of wall time billed per n
    reference workload of the preset's version (``REFERENCE_*`` below, assumptions listed).
 2. Compute tokens: *packed* (ours) = real tokens; *padded* (FastChat-faithful: every
    sample padded to ``max_length``, no packing) = samples x max_length.
-3. FLOPs per token = 6 N + 12 L H S  (PaLM, Chowdhery et al. 2022, appendix B):
-   6N for the forward and backward matmuls of all N parameters (embeddings included,
-   an over-count of ~2% for LLaMA-7B), plus 12 L H S for attention scores and values
-   over a sequence of S tokens (L layers, hidden H), counted as the full square the
-   way MFU is conventionally reported. S is the token-weighted mean sample length when
-   packed with per-document masking, and max_length when padded.
+3. FLOPs per token = 6 N + 12 L H C  (PaLM, Chowdhery et al. 2022, appendix B, with the
+   attention term as the kernel computes it): 6N for the forward and backward matmuls of
+   all N parameters (embeddings included, an over-count of ~2% for LLaMA-7B), plus
+   12 L H C for attention scores and values (L layers, hidden H), C = the keys each query
+   computes against: (S + 1) / 2 for the trainer's causal varlen kernel on CUDA bf16
+   (vicuna_cloud/costs/flops.py; the dense-mask path would compute the whole packed row).
+   S is the token-weighted mean sample length when packed (attention stays inside each
+   conversation), and max_length when padded. The trainer's MFU and bench/gpu_check.py
+   count FLOPs the same way, so a measured MFU (--mfu-from) converts back exactly.
    Recomputation under activation checkpointing is not counted (MFU, not HFU).
 4. Compute hours = total FLOPs / (GPUs x bf16 peak x MFU). Default MFU 0.40: published
    7B/13B FSDP runs on A100-80GB with flash attention and full activation checkpointing
@@ -48,6 +51,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
+from vicuna_cloud.costs.flops import attention_flops_per_token, kernel_for
 from vicuna_cloud.errors import ConfigError
 from vicuna_cloud.recipes import Preset
 from vicuna_cloud.runspec import young_daly_seconds
@@ -243,9 +247,15 @@ class Assumptions:
             raise EstimateError("--checkpoint-minutes must be > 0")
 
 
-def flops_per_token(preset: Preset, seq: float) -> float:
+def attention_kernel(preset: Preset) -> str:
+    """The kernel the trainer runs for this preset (GPU presets: CUDA, their dtype)."""
+    return kernel_for("cuda", preset.hyper.dtype)
+
+
+def flops_per_token(preset: Preset, seq: float, kernel: Optional[str] = None) -> float:
     a = preset.arch
-    return 6.0 * a.n_params + 12.0 * a.n_layers * a.hidden * seq
+    return 6.0 * a.n_params + attention_flops_per_token(
+        kernel or attention_kernel(preset), a.n_layers, a.hidden, seq, row=seq)
 
 
 def checkpoint_stall_seconds(preset: Preset, a: Assumptions) -> float:
@@ -281,6 +291,7 @@ class Estimate:
     trained_tokens: float          # real tokens over all epochs
     compute_tokens: float          # tokens the GPUs compute on (incl. padding)
     attention_seq: float
+    attention_kernel: str
     flops_per_token: float
     total_flops: float
     gpus: int
@@ -366,7 +377,8 @@ def estimate(preset: Preset, workload: Workload, price_per_node_hour: float,
         compute_tokens, seq = trained, workload.weighted_sample_length
     else:
         compute_tokens, seq = epochs * workload.samples * preset.max_length, preset.max_length
-    fpt = flops_per_token(preset, seq)
+    kernel = attention_kernel(preset)
+    fpt = flops_per_token(preset, seq, kernel)
     total = fpt * compute_tokens
     hw = preset.hardware
     if hw.bf16_peak_tflops <= 0:
@@ -396,7 +408,7 @@ def estimate(preset: Preset, workload: Workload, price_per_node_hour: float,
     budget, label = reference_budget(preset, workload)
     return Estimate(
         mode=mode, epochs=epochs, trained_tokens=trained, compute_tokens=compute_tokens,
-        attention_seq=seq, flops_per_token=fpt, total_flops=total, gpus=hw.world_size,
+        attention_seq=seq, attention_kernel=kernel, flops_per_token=fpt, total_flops=total, gpus=hw.world_size,
         peak_tflops=hw.bf16_peak_tflops, mfu=a.mfu, compute_hours=compute_h,
         checkpoint_interval_minutes=interval_h * 60.0, checkpoint_stall_seconds=stall_s,
         checkpoint_hours=ckpt_h, setup_hours=setup_h, preemption_hours=billed - base,
