@@ -223,6 +223,17 @@ def test_trainer_loss_packed_equals_padded_under_the_packed_attention():
         assert_grads_close(g_pack[name], g_pad[name], name)
 
 
-def test_no_layout_is_a_clear_error():
-    with pytest.raises(ValueError, match="packed_layout"):
-        ours()(input_ids=torch.ones(1, 4, dtype=torch.long))
+def test_without_a_layout_documents_come_from_position_ids():
+    """Callers outside the trainer (tests, generation-free evaluation) pass no layout: the
+    restarts of position_ids define the documents, as transformers does under sdpa."""
+    model = ours()
+    ids, pos = row()
+    with torch.no_grad():
+        given = model(input_ids=ids, position_ids=pos,
+                      packed_layout=attention.PackedLayout([LENS], T)).logits
+        inferred = model(input_ids=ids, position_ids=pos).logits
+        plain = model(input_ids=ids).logits          # no positions: one causal sequence
+        one = model(input_ids=ids, packed_layout=attention.PackedLayout([[T]], T)).logits
+    torch.testing.assert_close(inferred, given)
+    torch.testing.assert_close(plain, one)
+    assert attention.layout_from_positions(pos, 1, T, torch.device("cpu")).rows == [LENS]

@@ -233,12 +233,27 @@ def _flex(compiled: bool):
 
 
 # ---- the attention function transformers calls ---------------------------------------------
+def layout_from_positions(position_ids: Optional[torch.Tensor], batch: int,
+                          length: int, device: torch.device) -> PackedLayout:
+    """For callers outside the trainer (no layout given): documents where position_ids
+    restart, as transformers infers them, else one causal sequence per row. Reading the
+    positions is a device-to-host copy; the trainer passes its layout and never pays it."""
+    if position_ids is None:
+        return PackedLayout([[length]] * batch, length, device=device)
+    pos = position_ids.expand(batch, -1).cpu().numpy()
+    rows = []
+    for r in pos:
+        starts = [0] + [i for i in range(1, length) if r[i] != r[i - 1] + 1] + [length]
+        rows.append([b - a for a, b in zip(starts, starts[1:])])
+    return PackedLayout(rows, length, device=device)
+
+
 def packed_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                   packed_layout: Optional[PackedLayout] = None, **kwargs):
+                   packed_layout: Optional[PackedLayout] = None, position_ids=None, **kwargs):
     """transformers attention interface: q [B, H, T, D], k/v [B, Hkv, T, D] -> [B, T, H, D]."""
     if packed_layout is None:
-        raise ValueError(f"attention {IMPL!r} needs the micro-batch's layout: call the model "
-                         "with packed_layout=PackedLayout(...) (train.attention)")
+        packed_layout = layout_from_positions(position_ids, query.shape[0], query.shape[2],
+                                              query.device)
     if dropout:
         raise ValueError(f"attention {IMPL!r} has no dropout; set attention_dropout=0")
     b, h, t, d = query.shape

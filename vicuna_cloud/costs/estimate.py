@@ -508,3 +508,7 @@ def sensitivity(preset: Preset, workload: Workload, prices: dict[str, tuple[floa
             row[label] = round(estimate(preset, workload, price, a, mode, rates).cost_usd, 2)
         rows.append(row)
     return {"columns": list(prices), "rows": rows}
+
+
+#: What bench/gpu_check.py writes (its JSON ``kind``; ``mfu_from_file`` reads its ``mfu``).
+GPU_CHECK_KIND = "vicuna-cloud/gpu_check"
