@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from train import attention, batching, metrics, model as model_lib, optim, parallel  # noqa: E402
-from train.loop import micro_batch_loss  # noqa: E402
+from train.loss import micro_batch_loss  # noqa: E402
 from train.masking import IGNORE, Example  # noqa: E402
 from vicuna_cloud.costs.estimate import GPU_CHECK_KIND  # noqa: E402
 from vicuna_cloud.runspec import Hyperparameters  # noqa: E402
@@ -245,10 +245,11 @@ def checkpoint_stall(args, d: parallel.Dist, work: str) -> dict:
     train_step(model, opt, mbs, dev)  # optimizer state exists
     bucket_uri = os.path.join(work, "bucket")
     spec = bc.make_spec(bucket_uri)
-    ckpt = CheckpointManager(spec, rank=0, world_size=1, local_root=os.path.join(work, "node"))
+    ckpt = CheckpointManager(spec, model, opt, sched, rank=0, world_size=1,
+                             local_root=os.path.join(work, "node"))
     sync(dev)
     t0 = time.perf_counter()
-    ckpt.maybe_save(TrainProgress(step=1), model, opt, sched, force=True)
+    ckpt.maybe_save(TrainProgress(step=1), force=True)
     stall = time.perf_counter() - t0
     ckpt.wait()
     committed = time.perf_counter() - t0
@@ -282,19 +283,21 @@ def resume_bit_exact(args, d: parallel.Dist, work: str) -> dict:
                 for k, p in model.named_parameters()}
 
     model, opt, sched = fresh()
-    ckpt = CheckpointManager(spec, rank=0, world_size=1, local_root=os.path.join(work, "n1"))
+    ckpt = CheckpointManager(spec, model, opt, sched, rank=0, world_size=1,
+                             local_root=os.path.join(work, "n1"))
     for s in range(6):
         train_step(model, opt, data[s], dev)
         sched.step()
         if s == 2:
-            ckpt.maybe_save(TrainProgress(step=3), model, opt, sched, force=True)
+            ckpt.maybe_save(TrainProgress(step=3), force=True)
             ckpt.wait()
     ckpt.close()
     straight = weights(model)
     del model, opt
     model, opt, sched = fresh()
-    ckpt = CheckpointManager(spec, rank=0, world_size=1, local_root=os.path.join(work, "n2"))
-    progress = ckpt.restore(model, opt, sched)
+    ckpt = CheckpointManager(spec, model, opt, sched, rank=0, world_size=1,
+                             local_root=os.path.join(work, "n2"))
+    progress = ckpt.restore()
     for s in range(progress.step, 6):
         train_step(model, opt, data[s], dev)
         sched.step()

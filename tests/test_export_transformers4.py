@@ -18,7 +18,7 @@ import torch
 
 from vicuna_cloud.recipes import TINY
 from vicuna_cloud.templates import TEMPLATES, to_messages
-from vicuna_cloud.tokenizers import load_tokenizer
+from vicuna_cloud.tokenizer import load_tokenizer
 
 from conftest import DUMMY_CONVERSATIONS
 

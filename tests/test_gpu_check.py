@@ -16,7 +16,7 @@ from vicuna_cloud.cli.common import UserError
 from vicuna_cloud.costs import estimate as est
 from vicuna_cloud.recipes import get_preset
 
-from train_helpers import REPO
+from helpers.train import REPO
 
 
 @pytest.mark.slow

@@ -13,12 +13,12 @@ import torch
 
 from vicuna_cloud.exit_codes import EXIT_CONFIG, EXIT_GPU_UNAVAILABLE
 from vicuna_cloud.recipes import TINY, all_presets, get_preset
-from vicuna_cloud.runs import spec_from_preset
+from vicuna_cloud.run_store import spec_from_preset
 from vicuna_cloud.skypilot.run_script import run_script
 
 from train import optim, parallel
 from train.inputs import CONFIG_ERRORS
-from train_helpers import REPO, tiny_spec
+from helpers.train import REPO, tiny_spec
 
 
 def _dist(world: int, local: int) -> parallel.Dist:
@@ -146,7 +146,7 @@ def test_gpu_run_on_a_cpu_torch_stops_before_training(tmp_path):
     spec, _ = tiny_spec(tmp_path, limit=8)
     res = spec.resources.model_copy(update={"accelerators": "A100-80GB:1"})
     spec = spec.model_copy(update={"resources": res, "run_id": "asks-for-gpus"})
-    from vicuna_cloud.runs import write_run_spec
+    from vicuna_cloud.run_store import write_run_spec
     from vicuna_cloud.storage import open_bucket
     bucket = open_bucket(spec.bucket_uri)
     uri = write_run_spec(bucket, spec)

@@ -108,7 +108,7 @@ def assert_serves_training_ids(tok, tpl, convs) -> None:
     """The exported tokenizer's apply_chat_template(tokenize=True), which adds no special
     tokens of its own (as vLLM's chat endpoint renders), gives exactly the training ids,
     BOS included; so does the generation prompt."""
-    from vicuna_cloud.tokenizers import load_tokenizer
+    from vicuna_cloud.tokenizer import load_tokenizer
     from train.masking import tokenize_conversation
 
     train_tok = load_tokenizer("builtin:llama-sp")
