@@ -1,8 +1,9 @@
-"""Packed-row attention: the dense-mask SDPA path transformers builds vs FlexAttention with
-the document BlockMask (train/attention.py), forward + backward, one row of T tokens made
-of equal documents. Prints ms per call and the largest difference from per-document SDPA.
+"""Packed-row attention: the dense-mask SDPA path transformers builds vs the trainer's
+kernels (train/attention.py: varlen over cu_seqlens; FlexAttention with the document
+BlockMask), forward + backward, one row of T tokens made of equal documents. Prints ms per
+call and the largest difference from per-document SDPA.
 
-    python bench/attention.py                       # CPU: T=4096 = 8 x 512, eager + compiled
+    python bench/attention.py                       # CPU: T=4096 = 8 x 512
     python bench/attention.py --device cuda --tokens 8192 --docs 8
 
 "dense" is what transformers 5.x runs under sdpa for a packed row: a [1, 1, T, T] boolean
@@ -32,15 +33,19 @@ def dense_mask(lens, t, device):
     return ((doc[:, None] == doc[None, :]) & (i[None, :] <= i[:, None]))[None, None]
 
 
-def timed(fn, q, k, v, reps):
-    for t in (q, k, v):
-        t.grad = None
-    fn(q, k, v).sum().backward()  # warm-up (and compile)
+def timed(fn, q, k, v, reps, backward=True):
+    def once():
+        if backward:
+            fn(q, k, v).float().pow(2).sum().backward()
+        else:
+            with torch.no_grad():
+                fn(q, k, v)
+    once()  # warm-up (and compile)
     sync = torch.cuda.synchronize if q.is_cuda else (lambda: None)
     sync()
     t0 = time.perf_counter()
     for _ in range(reps):
-        fn(q, k, v).float().pow(2).sum().backward()
+        once()
     sync()
     return (time.perf_counter() - t0) / reps * 1e3
 
@@ -67,7 +72,6 @@ def main() -> None:
     q, k, v = (torch.randn(1, a.heads, t, a.head_dim, device=dev, dtype=dtype,
                            requires_grad=True) for _ in range(3))
     mask = dense_mask(lens, t, dev)
-    bm = attention.block_mask([lens], t, dev)
     from torch.nn.attention.flex_attention import flex_attention
 
     def per_doc(q, k, v):
@@ -79,26 +83,37 @@ def main() -> None:
             s += ln
         return torch.cat(outs, dim=2)
 
-    paths = {
-        "dense_mask_sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
-        "per_doc_sdpa": per_doc,
-        "flex_eager": lambda q, k, v: flex_attention(q, k, v, block_mask=bm),
+    def ours(kernel):
+        layout = attention.PackedLayout([lens], t, kernel=kernel, device=dev)
+        return lambda q, k, v: attention.packed_forward(
+            None, q, k, v, None, packed_layout=layout)[0].transpose(1, 2)
+
+    paths = {  # name -> (fn, backward supported here)
+        "dense_mask_sdpa": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v,
+                                                                           attn_mask=mask), True),
+        "per_doc_sdpa": (per_doc, True),
+        "varlen (trainer)": (ours("varlen"), True),
+        # FlexAttention has no CPU backward in torch 2.13: forward only there.
+        "flex": (ours("flex"), dev.type == "cuda"),
     }
-    if not a.no_compile:
+    if dev.type == "cuda" and not a.no_compile:
         compiled = torch.compile(flex_attention, dynamic=True)
-        paths["flex_compiled"] = lambda q, k, v: compiled(q, k, v, block_mask=bm)
+        bm = attention.block_mask([lens], t, dev)
+        paths["flex_compiled_direct"] = (lambda q, k, v: compiled(q, k, v, block_mask=bm), True)
     ref = per_doc(q, k, v).detach()
+    bm = attention.block_mask([lens], t, dev)
     res = {"device": str(dev), "tokens": t, "docs": n, "heads": a.heads,
            "head_dim": a.head_dim, "dtype": str(dtype).split(".")[-1],
            "dense_mask_mib": mask.numel() / 2**20,
            "block_mask_blocks": {"partial": int(bm.kv_num_blocks.sum()),
                                  "full": int(bm.full_kv_num_blocks.sum()),
                                  "of": (-(-t // attention.BLOCK)) ** 2}}
-    for name, fn in paths.items():
+    for name, (fn, bwd) in paths.items():
+        qkv = (q, k, v) if bwd else (q.detach(), k.detach(), v.detach())
         with torch.no_grad():
-            diff = (fn(q, k, v).float() - ref.float()).abs().max().item()
-        ms = timed(fn, q, k, v, a.reps)
-        res[name] = {"ms_fwd_bwd": round(ms, 2), "max_abs_diff_vs_per_doc": diff}
+            diff = (fn(*qkv).float() - ref.float()).abs().max().item()
+        ms = timed(fn, *qkv, a.reps, backward=bwd)
+        res[name] = {"ms": round(ms, 2), "backward": bwd, "max_abs_diff_vs_per_doc": diff}
     if a.json:
         print(json.dumps(res))
         return
@@ -106,10 +121,11 @@ def main() -> None:
           f"{dev}; dense mask {res['dense_mask_mib']:.0f} MiB (bool); block mask "
           f"{res['block_mask_blocks']['partial']} partial + {res['block_mask_blocks']['full']} "
           f"full of {res['block_mask_blocks']['of']} blocks")
-    print(f"{'path':<18} {'fwd+bwd ms':>11} {'max |diff|':>11}")
+    print(f"{'path':<22} {'ms':>9} {'timed':>8} {'max |diff|':>11}")
     for name in paths:
         r = res[name]
-        print(f"{name:<18} {r['ms_fwd_bwd']:>11.1f} {r['max_abs_diff_vs_per_doc']:>11.2e}")
+        what = "fwd+bwd" if r["backward"] else "fwd"
+        print(f"{name:<22} {r['ms']:>9.1f} {what:>8} {r['max_abs_diff_vs_per_doc']:>11.2e}")
 
 
 if __name__ == "__main__":
