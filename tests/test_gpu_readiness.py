@@ -159,3 +159,37 @@ def test_gpu_run_on_a_cpu_torch_stops_before_training(tmp_path):
     assert len(err) == 1 and "asks for GPUs" in err[0] and "CPU wheel" in err[0]
     assert [i.key for i in bucket.list(f"runs/{spec.run_id}/")] == [f"runs/{spec.run_id}/run.json"]
     assert EXIT_GPU_UNAVAILABLE not in (0, EXIT_CONFIG)
+
+
+@pytest.mark.slow
+def test_resume_never_reads_the_base_weights(tmp_path):
+    """A base model from a directory (meta init + sharded load), 2 ranks under torchrun:
+    the first attempt stops after 2 steps with a committed checkpoint; then the base
+    weights are deleted, and the resume still completes: it never touches them."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from helpers.train import torchrun_train
+    from vicuna_cloud.run_store import write_run_spec
+    from vicuna_cloud.runspec import CheckpointPolicy
+    from vicuna_cloud.storage import open_bucket
+
+    spec, _ = tiny_spec(tmp_path, run_id="seed-spec", limit=48,
+                        checkpoint=CheckpointPolicy(interval_steps=1))
+    base = tmp_path / "base"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**spec.model.architecture)).save_pretrained(base)
+    spec = spec.model_copy(update={"run_id": "from-base", "model": spec.model.model_copy(
+        update={"base_model": str(base)})})
+    uri = write_run_spec(open_bucket(spec.bucket_uri), spec)
+    first = torchrun_train(uri, local_root=str(tmp_path / "node"),
+                           extra_args=("--stop-after-steps", "2"))
+    assert "preempted at step 2/3" in first.stderr, first.stderr[-3000:]
+    (base / "model.safetensors").unlink()  # what a resume must not need
+    second = torchrun_train(uri, local_root=str(tmp_path / "node"))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming at step 2" in second.stderr and "completed at step 3/3" in second.stderr
+    # Control: a fresh run from the same (now weightless) base fails on the weights.
+    fresh = spec.model_copy(update={"run_id": "from-base-fresh"})
+    p = torchrun_train(write_run_spec(open_bucket(spec.bucket_uri), fresh),
+                       local_root=str(tmp_path / "node2"))
+    assert p.returncode != 0 and "no safetensors weights" in p.stderr
