@@ -53,6 +53,10 @@ def test_human_output_tables(capsys, monkeypatch, tmp_path):
     assert "uploaded and verified" in r.out and "launch 7b --data" in r.out
     r = run_cli(capsys, monkeypatch, "data", "inspect", f"{out}/train.jsonl", "--n", "1")
     assert r.code == 0 and "trained" in r.out and "USER:" in r.out
+    # Piped (no colour): trained spans are bracketed, and only inside assistant replies.
+    body = r.out.split("ASSISTANT:", 1)
+    assert "[[trained]]" in body[0] and "USER:[[" not in r.out
+    assert "[[" in body[1] and "]]" in body[1]
 
 
 @pytest.mark.parametrize("args,words", [

@@ -133,17 +133,24 @@ def inspect_cmd(
     if as_json:
         print_json([c.to_json() for c in convs])
         return
+    plain = not console.is_terminal  # piped: colour is lost, so brackets mark trained text
     for c in convs:
         text = Text()
-        pos = 0
+        pos, inside = 0, False
         for s, e, trained in c.tokens:
             if e <= s:
                 continue
             if s > pos:
                 text.append(c.text[pos:s], style="dim")
+            if plain and trained != inside:
+                text.append("[[" if trained else "]]")
+                inside = trained
             text.append(c.text[max(s, pos):e], style="bold green" if trained else "dim")
             pos = max(pos, e)
+        if plain and inside:
+            text.append("]]")
         text.append(c.text[pos:], style="dim")
-        console.rule(f"{c.id}: {c.n_tokens} tokens, {c.n_trained} trained "
-                     "([bold green]green[/] = trained, dim = masked)")
+        legend = ("\\[\\[trained]], the rest masked" if plain
+                  else "[bold green]green[/] = trained, dim = masked")
+        console.rule(f"{c.id}: {c.n_tokens} tokens, {c.n_trained} trained ({legend})")
         console.print(text)
