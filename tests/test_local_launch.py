@@ -23,7 +23,7 @@ def cli(*args, home):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["7b", "--local"], "use the tiny preset"),
+    (["7b", "--local"], "use the small or tiny preset"),
     (["tiny", "--local", "--version", "v9"], "unknown version 'v9'"),
     (["tiny", "--local", "--preemptions", "-1"], "--preemptions -1"),
     (["tiny", "--local", "--price-per-hour", "-2"], "--price-per-hour -2"),
@@ -31,6 +31,9 @@ def cli(*args, home):
     # `$` in the pattern also matches before a final newline: the check must be fullmatch.
     (["tiny", "--local", "--run-id", "run-1\n"], "--run-id 'run-1\\n'"),
     (["tiny", "--local", "--bucket", "ftp://x/y"], "unsupported bucket URI scheme"),
+    (["tiny", "--local", "--base-model", "/x"], "works with the small preset"),
+    (["small", "--local", "--base-model", "/nonexistent"], "not a model directory"),
+    (["small", "--local", "--version", "v1.5"], "uses the Vicuna v1.1 format"),
 ])
 def test_bad_input_is_one_line_and_nothing_is_written(tmp_path, args, message):
     r = cli("launch", *args, home=tmp_path)

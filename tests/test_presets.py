@@ -17,10 +17,13 @@ def test_presets_json_lists_every_size_and_version(capsys, monkeypatch):
             ("13b", "v1.5-16k"), ("tiny", "v1.1")} <= pairs
     assert ("33b", "v1.5") not in pairs  # there is no Vicuna v1.5 33B
     defaults = {x["preset"]: x["version"] for x in rows if x["default"]}
-    assert defaults == {"tiny": "v1.1", "7b": "v1.5", "13b": "v1.5", "33b": "v1.3"}
+    assert defaults == {"tiny": "v1.1", "small": "v1.1", "7b": "v1.5", "13b": "v1.5",
+                        "33b": "v1.3"}
+    small = next(x for x in rows if x["preset"] == "small")
+    assert small["base_model"] == "builtin:smollm2-135m" and small["accelerators"] == "cpu:2"
     for x in rows:
         assert x["fits"], x
-        if x["preset"] == "tiny":
+        if x["preset"] in ("tiny", "small"):
             continue
         # FastChat's published recipe.
         assert (x["epochs"], x["global_batch_size"], x["learning_rate"]) == (3, 128, 2e-5)

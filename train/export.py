@@ -176,7 +176,21 @@ def gather_full_state_dict(model) -> dict[str, torch.Tensor]:
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def upload_dir(bucket: Bucket, local_dir: str, prefix: str, *, step: int) -> None:
+def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of the fp32 training weights (names, shapes, bytes, in name order): two runs
+    end with the same weights exactly when these agree (the demo's preemption proof)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def upload_dir(bucket: Bucket, local_dir: str, prefix: str, *, step: int,
+               extra: Optional[dict] = None) -> None:
     """Upload every file, then the marker listing them (readers trust only marked dirs)."""
     listing = {}
     for name in sorted(os.listdir(local_dir)):
@@ -184,7 +198,8 @@ def upload_dir(bucket: Bucket, local_dir: str, prefix: str, *, step: int) -> Non
         bucket.put_file(f"{prefix}/{name}", path)
         listing[name] = os.path.getsize(path)
     bucket.put_bytes(f"{prefix}/{EXPORT_MARKER}", json.dumps(
-        {"step": step, "files": listing, "time": time.time()}, indent=2).encode())
+        {"step": step, "files": listing, "time": time.time(), **(extra or {})},
+        indent=2).encode())
 
 
 def export_final(model, config, tokenizer, spec, bucket: Bucket, *, is_main: bool, step: int,
@@ -200,7 +215,8 @@ def export_final(model, config, tokenizer, spec, bucket: Bucket, *, is_main: boo
         save_hf_dir(state, config, tokenizer, spec.template, tmp, dtype=spec.hyper.dtype,
                     max_shard_bytes=max_shard_bytes)
         bucket.delete(f"{prefix}/{EXPORT_MARKER}")
-        upload_dir(bucket, tmp, prefix, step=step)
+        upload_dir(bucket, tmp, prefix, step=step,
+                   extra={"weights_sha256": weights_sha256(state)})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return bucket.child_uri(prefix)

@@ -35,8 +35,8 @@ class Chat:
 
         self.torch = torch
         torch.manual_seed(seed)
-        self.template = get_template(template)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.template = get_template(template, eos=self.tokenizer.eos_token)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         self.model.eval()
         self.max_new_tokens = max_new_tokens

@@ -22,10 +22,11 @@ from vicuna_cloud.tokenizer import TokenizerNotFound
 from train import parallel
 from train.masking import Example, TokenStore, tokenize_batch
 
-MASKING_VERSION = 1  # bump when masking changes, to invalidate token caches
+MASKING_VERSION = 2  # bump when masking changes, to invalidate token caches
 
 DATASET_FILE = bucket_keys.TRAIN_FILE
 T = TypeVar("T")
+EVAL_FILE = "eval.jsonl"  # beside it: the held-out split, when the spec names its sha256
 
 
 class ConfigError(ValueError):
@@ -88,8 +89,10 @@ def load_spec(uri: str) -> RunSpec:
 file_sha256 = sha256_file  # the one helper (vicuna_cloud.hashing)
 
 
-def fetch_dataset(spec: RunSpec, cache_dir: str, *, download: bool = True) -> str:
-    """Local path of train.jsonl, downloaded into ``cache_dir`` when the URI is remote.
+def fetch_dataset(spec: RunSpec, cache_dir: str, *, download: bool = True,
+                  held_out: bool = False) -> str:
+    """Local path of train.jsonl (``held_out``: eval.jsonl), downloaded into ``cache_dir``
+    when the URI is remote.
 
     Only one process per node should pass ``download=True``; the others wait on a barrier
     and call again with ``download=False``. The sha256 in the spec is checked either way.
@@ -99,6 +102,10 @@ def fetch_dataset(spec: RunSpec, cache_dir: str, *, download: bool = True) -> st
         uri, _, name = uri.rpartition("/")
     else:
         name = DATASET_FILE
+    if held_out:
+        name = EVAL_FILE
+        spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(
+            update={"sha256": spec.dataset.eval_sha256})})
     try:
         bucket = open_bucket(uri)
     except ValueError as e:
@@ -165,7 +172,7 @@ def tokenize_all(conversations: list[list[dict]], tokenizer, template_name: str,
                  max_length: int, chunk: int = 2048,
                  show_progress: bool = False) -> tuple[TokenStore, DataStats]:
     """Render, encode in large batches (the Rust tokenizer runs them in parallel), mask."""
-    template = get_template(template_name)
+    template = get_template(template_name, eos=tokenizer.eos_token)  # stop = the base's EOS
     stats = DataStats(conversations=len(conversations))
     valid = []
     for conv in conversations:
@@ -205,13 +212,14 @@ def _collect(batch: list[Example], examples: list[Example], stats: DataStats) ->
 
 
 def tokenized_dataset(spec: RunSpec, data_path: str, tokenizer, cache_dir: str, *,
-                      build: bool) -> tuple[TokenStore, DataStats]:
+                      build: bool, held_out: bool = False) -> tuple[TokenStore, DataStats]:
     """Tokenize once per node: the first rank builds and caches, the others load.
 
     The cache key covers everything that changes the tokens: the data file's hash, the
     tokenizer, the template, the max length and this module's masking version."""
+    sha = spec.dataset.eval_sha256 if held_out else spec.dataset.sha256
     key = hashlib.sha256(json.dumps([
-        spec.dataset.sha256 or file_sha256(data_path), spec.model.tokenizer, spec.template,
+        sha or file_sha256(data_path), spec.model.tokenizer, spec.template,
         spec.hyper.max_length, MASKING_VERSION]).encode()).hexdigest()[:24]
     path = os.path.join(cache_dir, "tokens", f"{key}.npz")
     meta = path[:-4] + ".json"

@@ -107,6 +107,21 @@ class MetricsLog:
         self._append({"event": kind, "step": step, "time": time.time(), **fields})
         self.flush()
 
+    def eval(self, step: int, total_steps: int, result) -> None:
+        """An eval record (train/evaluate.py) in metrics.jsonl and on the console."""
+        self._append({"event": "eval", "step": step, "time": time.time(),
+                      "eval_loss": result.loss, "eval_tokens": result.trained_tokens,
+                      "eval_conversations": result.conversations,
+                      "eval_seconds": result.seconds})
+        if self.console is not None:
+            self.console.print(
+                f"eval step {step}/{total_steps} eval_loss {result.loss:.4f} "
+                f"({result.conversations} held-out conversations, {result.trained_tokens} "
+                f"trained tokens, {result.seconds:.1f} s)", highlight=False)
+        if self.wandb is not None:
+            self.wandb.log({"eval_loss": result.loss}, step=step)
+        self.flush()
+
     def log(self, rec: dict, total_steps: int) -> None:
         self._append(rec)
         if self.console is not None:
@@ -169,6 +184,9 @@ class NullMetricsLog:
         pass
 
     def log(self, rec: dict, total_steps: int) -> None:
+        pass
+
+    def eval(self, step: int, total_steps: int, result) -> None:
         pass
 
     def flush(self) -> None:

@@ -4,15 +4,17 @@ Read top to bottom, a run is these phases (the same on 8x A100 with NCCL and on 
 with gloo):
 
     Trainer(run_uri)     spec (validated by the pydantic model) and process group
-      _build_inputs      dataset, tokenizer, tokenized examples, sampler (once per node)
+      _build_inputs      dataset, tokenizer, tokenized examples, sampler (once per node),
+                         and the held-out split's Evaluator when the data has one
       _build_model       model on the meta device, FSDP2 sharding, weights per rank
       _build_optimizer   AdamW and the warmup + cosine schedule
       _build_checkpointer  the preemption watcher and a CheckpointManager handed the
                          model, optimizer and scheduler once
       _resume            the newest committed checkpoint, if any
       _start_observers   metrics log and cost ledger on rank 0 (do-nothing ones elsewhere)
-    train()              train_step() -> StepRecord, log it, checkpoint, stop checks;
-                         then _finish: the last checkpoint and the export
+    train()              eval loss at the start; train_step() -> StepRecord, log it, eval
+                         when due (every eval_every_steps, and the last step), checkpoint,
+                         stop checks; then _finish: the last checkpoint and the export
     close()              always (try/finally), a crash included: checkpoints closed (the
                          one in flight abandoned on a crash, never committed), watcher
                          stopped, ledger segment ended ('failed' on a crash), metrics
@@ -38,7 +40,7 @@ from vicuna_cloud.storage.base import TRANSFERS
 from vicuna_cloud.storage import open_bucket
 from vicuna_cloud.tokenizer import load_tokenizer
 
-from train import attention, batching, inputs, metrics, model as model_lib, optim, parallel
+from train import attention, batching, evaluate, inputs, metrics, model as model_lib, optim, parallel
 from train.checkpoint import CheckpointManager, TrainProgress, committed_steps
 from train.export import export_final
 from train.loss import micro_batch_loss
@@ -146,6 +148,19 @@ class Trainer:
         self.sampler = GlobalBatchSampler(len(self.examples), h.global_batch_size, h.epochs,
                                           h.seed)
         self.total_steps = self.sampler.steps
+        self.evaluator = self._build_evaluator()
+
+    def _build_evaluator(self) -> Optional[evaluate.Evaluator]:
+        """eval.jsonl beside train.jsonl (the spec names its sha256), tokenized the same
+        way; None without a held-out split."""
+        spec, d = self.spec, self.dist
+        if not spec.dataset.eval_sha256:
+            return None
+        path = inputs.once_per_node(d, lambda download: inputs.fetch_dataset(
+            spec, self.local_root, download=download, held_out=True))
+        store, _ = inputs.once_per_node(d, lambda download: inputs.tokenized_dataset(
+            spec, path, self.tokenizer, self.local_root, build=download, held_out=True))
+        return evaluate.build(spec, store, d)
 
     def _build_model(self) -> None:
         """The model: config or base model on the meta device, FSDP2 sharding over the
@@ -227,8 +242,12 @@ class Trainer:
         self.log.event("start", step, total_steps=self.total_steps, world_size=d.world_size,
                        mesh=mesh, data={k: v for k, v in vars(stats).items() if k != "notes"},
                        resumed=step > 0)
-        self.log.print(f"[bold]{self.spec.run_id}[/]: {stats.kept} conversations "
-                       f"({stats.truncated} truncated, {stats.misaligned} misaligned, "
+        # The same token count as `data prepare`'s manifest (and the launch header), less
+        # what truncation at max_length cut, which is counted right here.
+        self.log.print(f"[bold]{self.spec.run_id}[/]: {stats.kept} conversations, "
+                       f"{stats.tokens:,} tokens ({stats.trained_tokens:,} trained; "
+                       f"{stats.truncated} truncated at {self.spec.hyper.max_length}, "
+                       f"{stats.misaligned} misaligned, "
                        f"{stats.dropped_untrained + stats.dropped_invalid} dropped), "
                        f"{self.total_steps} steps, world {d.world_size}, mesh {mesh}, "
                        f"{'resuming at step ' + str(step) if step else 'from scratch'}")
@@ -243,12 +262,14 @@ class Trainer:
         self.ledger.set_stop_reserve(self.checkpointer.commit_estimate_s())
         if parallel.broadcast_flag(self.ledger.budget_exhausted(), self.dist.device):
             reason = "budget"
+        self._maybe_evaluate()
         while reason == "completed" and self.progress.step < self.total_steps:
             record = self.train_step()
             if record.step % self.spec.hyper.log_every_steps == 0 \
                     or record.step == self.total_steps:
                 self.log.log(record.metrics(self.dist.world_size, self.peak_tflops,
                                             self.data_stats), self.total_steps)
+            self._maybe_evaluate()
             stop = self._after_step()
             if stop is not None:
                 reason = stop
@@ -256,6 +277,12 @@ class Trainer:
         self._finish(reason)
         self.outcome = reason
         return reason
+
+    def _maybe_evaluate(self) -> None:
+        """Eval loss when due (train/evaluate.py); collective, decided alike on all ranks."""
+        ev, step = self.evaluator, self.progress.step
+        if ev is not None and ev.due(step, self.total_steps, self.first_step):
+            self.log.eval(step, self.total_steps, ev.run(self.model, micro_batch_loss))
 
     def _next_micro_batches(self) -> tuple[list[batching.MicroBatch], int, int]:
         """This rank's share of the next global batch, as micro-batches; ranks with fewer

@@ -22,6 +22,7 @@ METRICS_FILE = "metrics.jsonl"
 COMMIT_FILE = "COMMIT.json"
 FINAL_DIR = "final"
 TRAIN_FILE = "train.jsonl"
+EVAL_FILE = "eval.jsonl"
 MANIFEST_FILE = "manifest.json"
 DATASETS_DIR = "datasets"
 _DATASET_URI = re.compile(r"datasets/([0-9a-f]{64})/?$")

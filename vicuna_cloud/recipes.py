@@ -33,7 +33,7 @@ card free; the other nodes hold replicas (HSDP). 7B and 13B shard over their nod
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from vicuna_cloud.runspec import Hyperparameters, rope_factor_for
@@ -86,6 +86,14 @@ TINY = Architecture(
     vocab=32000, context=512,
 )
 
+#: SmolLM2-135M-Instruct (Apache-2.0): a real pretrained LlamaForCausalLM small enough to
+#: fine-tune on a laptop CPU (GQA: 3 KV heads; tied embeddings; BPE, EOS <|im_end|>).
+SMOLLM2_135M = Architecture(
+    n_params=134_515_008, n_layers=30, hidden=576, intermediate=1536, n_heads=9,
+    vocab=49152, context=8192,
+)
+SMALL_BASE = "builtin:smollm2-135m"  # vicuna_cloud/base_models.py: fetched and converted once
+
 BASE_MODELS = {
     ("llama1", "7b"): "huggyllama/llama-7b",
     ("llama1", "13b"): "huggyllama/llama-13b",
@@ -118,9 +126,10 @@ VERSIONS: dict[str, Version] = {
     "v1.5-16k": Version("v1.5-16k", "llama2", "vicuna_v1.1", 16384, ("7b", "13b"), 125_000,
                         "Llama 2 base, linear RoPE scaling x4 to 16K [v15]"),
 }
-DEFAULT_VERSION = {"7b": "v1.5", "13b": "v1.5", "33b": "v1.3", "tiny": "v1.1"}
+DEFAULT_VERSION = {"7b": "v1.5", "13b": "v1.5", "33b": "v1.3", "tiny": "v1.1", "small": "v1.1"}
 SIZES = ("7b", "13b", "33b")
-PRESET_NAMES = ("tiny", *SIZES)
+LOCAL_PRESETS = ("tiny", "small")
+PRESET_NAMES = (*LOCAL_PRESETS, *SIZES)
 
 # Budgets the 2023 blog post reported for spot training on 8x A100-80GB [blog].
 PUBLISHED_BUDGET_USD = {"7b": 140.0, "13b": 300.0}
@@ -190,6 +199,8 @@ class Preset:
     hyper: Hyperparameters = Hyperparameters()
     reference_conversations: int = 70_000
     disk_size_gb: int = 512
+    #: Local demo knobs (small: max_raw_bytes, eval_fraction, checkpoint_steps).
+    extra: dict = field(default_factory=dict)
 
     @property
     def max_length(self) -> int:
@@ -282,6 +293,8 @@ def get_preset(name: str, version: Optional[str] = None,
                                   dtype="fp32", gradient_checkpointing=False),
             reference_conversations=500, disk_size_gb=64,
         )
+    if name == "small":
+        return _small(version, base_model)
     if name not in SIZES:
         raise RecipeError(
             f"unknown preset {name!r}; choose one of: {', '.join(PRESET_NAMES)} "
@@ -310,8 +323,33 @@ def get_preset(name: str, version: Optional[str] = None,
     )
 
 
+def _small(version: Optional[str], base_model: Optional[str]) -> Preset:
+    """A real pretrained base (SmolLM2-135M-Instruct) fine-tuned on this machine's CPU:
+    what `make demo` runs. The Vicuna v1.1 format with the base tokenizer's EOS as the
+    reply stop; sized so that fetching, converting, training, evaluating and comparing
+    fit in a few minutes on 2 cores (bench/local_run.py measures it)."""
+    vname = version or DEFAULT_VERSION["small"]
+    if vname not in ("v1.1",):
+        raise RecipeError(f"the small preset uses the Vicuna v1.1 format; got {vname!r}")
+    v = VERSIONS[vname]
+    base = base_model or SMALL_BASE
+    return Preset(
+        name="small", size="small", version=v.name, base_model=base, tokenizer=base,
+        template=v.template, arch=SMOLLM2_135M, hardware=hardware_for("cpu", 2, 1),
+        # CPU: memory is ample, recomputing activations would only cost time.
+        hyper=Hyperparameters(epochs=1, global_batch_size=8, learning_rate=1e-4,
+                              warmup_ratio=0.1, max_length=512, micro_batch_tokens=1024,
+                              micro_batch_size=2, dtype="fp32", gradient_checkpointing=False),
+        reference_conversations=200, disk_size_gb=64,
+        # The demo's data and cadence (vicuna_cloud/local/launch.py): the sample's short
+        # conversations, 15% held out (~10 prompts for the before/after), and a
+        # checkpoint (1.6 GB: fp32 weights + Adam) every 4 steps.
+        extra={"max_raw_bytes": 1000, "eval_fraction": 0.15, "checkpoint_steps": 4},
+    )
+
+
 def all_presets() -> list[Preset]:
-    out = [get_preset("tiny")]
+    out = [get_preset("tiny"), get_preset("small")]
     for size in SIZES:
         for vname, v in VERSIONS.items():
             if size in v.sizes:

@@ -24,16 +24,30 @@ class BucketProgress:
     checkpoints: int
     final: bool
     error: Optional[str] = None
+    first_eval: Optional[dict[str, Any]] = None   # eval records (train/evaluate.py)
+    last_eval: Optional[dict[str, Any]] = None
+
+    @property
+    def eval_summary(self) -> Optional[str]:
+        """'eval loss 1.87 -> 1.42 (step 0 -> 8)', or None before any eval."""
+        if not self.last_eval:
+            return None
+        a, b = self.first_eval or self.last_eval, self.last_eval
+        if a is b or a.get("step") == b.get("step"):
+            return f"eval loss {b['eval_loss']:.4f} (step {b.get('step')})"
+        return (f"eval loss {a['eval_loss']:.4f} -> {b['eval_loss']:.4f} "
+                f"(step {a.get('step')} -> {b.get('step')})")
 
     @property
     def summary(self) -> str:
         if self.error:
             return f"bucket unreadable: {self.error}"
+        ev = f"; {self.eval_summary}" if self.eval_summary else ""
         if self.last_end_reason == "budget":
             return "stopped: budget" + (" (last checkpoint exported to final/)"
-                                        if self.final else "")
+                                        if self.final else "") + ev
         if self.final:
-            return "finished (final/ exported)"
+            return "finished (final/ exported)" + ev
         if self.last_metrics:
             step = self.last_metrics.get("step")
             total = self.last_metrics.get("total_steps")
@@ -41,7 +55,7 @@ class BucketProgress:
             parts = [f"step {step}" + (f"/{total}" if total else "")]
             if isinstance(loss, (int, float)):
                 parts.append(f"loss {loss:.4f}")
-            return ", ".join(parts)
+            return ", ".join(parts) + ev
         if self.has_spec:
             return "no step logged yet"
         return "no run.json in the bucket"
@@ -72,11 +86,14 @@ def read_progress(bucket: Bucket, run_id: str) -> BucketProgress:
     keys = {o.key for o in listing}
     has_spec = bucket_keys.run_spec(run_id) in keys
     metrics = None
+    evals: list[dict[str, Any]] = []
     if bucket_keys.metrics(run_id) in keys:
         try:
+            data = bucket.get_bytes(bucket_keys.metrics(run_id))
             # The newest step line: events (eval, checkpoint, exported...) come after it.
-            metrics = next((r for r in jsonl_records(bucket.get_bytes(bucket_keys.metrics(run_id)),
-                                                     newest_first=True) if "event" not in r), None)
+            metrics = next((r for r in jsonl_records(data, newest_first=True)
+                            if "event" not in r), None)
+            evals = [r for r in jsonl_records(data) if "eval_loss" in r]
         except NotFoundError:
             metrics = None
         except StorageError as e:  # listed a moment ago, unreadable now: say so, no traceback
@@ -99,4 +116,6 @@ def read_progress(bucket: Bucket, run_id: str) -> BucketProgress:
         metrics = {**metrics, "total_steps": last.total_steps}
     ckpts = bucket_keys.committed_steps(run_id, keys)
     final = any(k.startswith(bucket_keys.final_prefix(run_id)) for k in keys)
-    return BucketProgress(has_spec, metrics, len(segs), last_reason, len(ckpts), final)
+    return BucketProgress(has_spec, metrics, len(segs), last_reason, len(ckpts), final,
+                          first_eval=evals[0] if evals else None,
+                          last_eval=evals[-1] if evals else None)

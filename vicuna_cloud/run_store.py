@@ -56,6 +56,7 @@ def spec_from_preset(
     seed: int = 42,
     checkpoint: Optional[CheckpointPolicy] = None,
     hyper_overrides: Optional[dict] = None,
+    eval_sha256: Optional[str] = None,
 ) -> RunSpec:
     hyper = preset.hyper.model_copy(update={"seed": seed})
     if hyper_overrides:  # checked by the model, as a hand-written run.json would be
@@ -74,7 +75,7 @@ def spec_from_preset(
             if preset.base_model.startswith("config:") else None,
         ),
         hyper=hyper,
-        dataset=DatasetRef(uri=dataset_uri, sha256=dataset_sha256),
+        dataset=DatasetRef(uri=dataset_uri, sha256=dataset_sha256, eval_sha256=eval_sha256),
         bucket_uri=bucket_uri,
         resources=Resources(
             accelerators=preset.hardware.accelerators,

@@ -107,6 +107,10 @@ class Hyperparameters(_Strict):
     )
     seed: int = 42
     log_every_steps: int = Field(1, gt=0)
+    eval_every_steps: Optional[int] = Field(
+        None, gt=0, description="Eval loss on the held-out split every N steps, besides the "
+        "start and the end; None = start and end only."
+    )
 
     @model_validator(mode="after")
     def _conversation_fits_a_micro_batch(self) -> "Hyperparameters":
@@ -125,8 +129,12 @@ class DatasetRef(_Strict):
     sha256: Optional[str] = Field(
         None, description="sha256 of train.jsonl; the trainer refuses a mismatch."
     )
+    eval_sha256: Optional[str] = Field(
+        None, description="sha256 of eval.jsonl beside it (the held-out split of `data "
+        "prepare --eval-fraction`); None = no eval loss."
+    )
 
-    @field_validator("sha256")
+    @field_validator("sha256", "eval_sha256")
     @classmethod
     def _hex(cls, v: Optional[str]) -> Optional[str]:
         if v is not None and not SHA256_PATTERN.fullmatch(v):
@@ -274,6 +282,11 @@ class RunSpec(_Strict):
         # Where the run is provisioned does not change the math, the world size does.
         payload["resources"] = {"accelerators": self.resources.accelerators,
                                 "nodes": self.resources.nodes}
+        # Fields added later hash as before while unset, so older runs still resume.
+        if payload["dataset"].get("eval_sha256") is None:
+            payload["dataset"].pop("eval_sha256", None)
+        if payload["hyper"].get("eval_every_steps") is None:
+            payload["hyper"].pop("eval_every_steps", None)
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 

@@ -11,12 +11,18 @@ Formats (facts from FastChat's ``conversation.py``):
 - ``vicuna_v0`` (the March 2023 release): ``SYSTEM###Human: q###Assistant: a###...``
   (separator style SINGLE with ``"###"``); the trained region is the reply plus ``###``,
   the stop string that ends a reply in this format.
+
+The reply stop follows the base model's tokenizer: v1.1's ``</s>`` *is* LLaMA's EOS, so for
+a base whose EOS is another token (SmolLM2's ``<|im_end|>``, Llama 3, Mistral, Qwen) the
+trained stop after each reply is that EOS (``get_template(name, eos=tokenizer.eos_token)``);
+a literal ``</s>`` would be trained as plain text and never end generation. The exported
+Jinja writes ``{{ eos_token }}`` there, so it renders the same for any tokenizer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Mapping, Optional, Sequence
 from vicuna_cloud.errors import ConfigError
 
 HUMAN_ROLES = frozenset({"human", "user"})
@@ -45,6 +51,13 @@ class ChatTemplate:
     sep: str          # after the system prompt and after each user turn
     sep2: str         # after each assistant reply (the trained stop string)
     hf_jinja: str     # tokenizer_config.json chat_template reproducing `render`
+    stop_is_eos: bool = False  # sep2 is the tokenizer's EOS (v1.1), not a literal string
+
+    def with_eos(self, eos: Optional[str]) -> "ChatTemplate":
+        """This template for a tokenizer whose EOS token is ``eos`` (see module doc)."""
+        if not self.stop_is_eos or not eos or eos == self.sep2:
+            return self
+        return replace(self, sep2=eos)
 
     def render(self, conversation: Sequence[Mapping[str, str]]) -> Rendered:
         """Render ShareGPT turns ``[{"from": "human"|"gpt", "value": ...}, ...]``.
@@ -142,11 +155,15 @@ def with_bos_prefix(jinja: str, prefix: str) -> str:
     return prefix + jinja[len(BOS_PREFIXES[0]):]
 
 
-def _jinja(system: str, user: str, assistant: str, sep: str, sep2: str) -> str:
+EOS = None  # _jinja's sep2 for "the tokenizer's EOS token" ({{ eos_token }})
+
+
+def _jinja(system: str, user: str, assistant: str, sep: str, sep2: Optional[str]) -> str:
     # BOS first: serving stacks (vLLM's chat endpoint, apply_chat_template(tokenize=True))
     # tokenize the rendered text without adding special tokens ("the template adds them"),
     # and training ids start with <s>. A leading "system" message replaces the default
     # system prompt.
+    stop = "{{ eos_token }}" if sep2 is EOS else f"{{{{ {sep2!r} }}}}"
     return (
         f"{BOS_PREFIXES[0]}"
         "{%- if messages and messages[0]['role'] == 'system' -%}"
@@ -159,7 +176,7 @@ def _jinja(system: str, user: str, assistant: str, sep: str, sep2: str) -> str:
         "{%- if m['role'] == 'user' -%}"
         f"{{{{ {user!r} }}}}: {{{{ m['content'] }}}}{{{{ {sep!r} }}}}"
         "{%- else -%}"
-        f"{{{{ {assistant!r} }}}}: {{{{ m['content'] }}}}{{{{ {sep2!r} }}}}"
+        f"{{{{ {assistant!r} }}}}: {{{{ m['content'] }}}}{stop}"
         "{%- endif -%}"
         "{%- endfor -%}"
         f"{{%- if add_generation_prompt -%}}{{{{ {assistant!r} }}}}:{{%- endif -%}}"
@@ -173,8 +190,9 @@ TEMPLATES: dict[str, ChatTemplate] = {
         user_role="USER",
         assistant_role="ASSISTANT",
         sep=" ",
-        sep2="</s>",
-        hf_jinja=_jinja(VICUNA_V11_SYSTEM, "USER", "ASSISTANT", " ", "</s>"),
+        sep2="</s>",  # LLaMA's EOS; with_eos() swaps in another tokenizer's
+        hf_jinja=_jinja(VICUNA_V11_SYSTEM, "USER", "ASSISTANT", " ", EOS),
+        stop_is_eos=True,
     ),
     "vicuna_v0": ChatTemplate(
         name="vicuna_v0",
@@ -188,9 +206,10 @@ TEMPLATES: dict[str, ChatTemplate] = {
 }
 
 
-def get_template(name: str) -> ChatTemplate:
+def get_template(name: str, eos: Optional[str] = None) -> ChatTemplate:
+    """The named template; with ``eos`` (the tokenizer's EOS token), its reply stop."""
     try:
-        return TEMPLATES[name]
+        return TEMPLATES[name].with_eos(eos)
     except KeyError:
         raise TemplateError(
             f"unknown chat template {name!r}; choose one of: {', '.join(sorted(TEMPLATES))}"

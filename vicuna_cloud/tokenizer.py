@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 from functools import lru_cache
+from typing import Optional
 
 from platformdirs import user_cache_dir
 from vicuna_cloud.errors import ConfigError
@@ -75,4 +76,33 @@ def load_tokenizer(name: str):
         ) from None
     if not getattr(tok, "is_fast", False):
         raise TokenizerNotFound(f"tokenizer {name!r} is not a fast tokenizer; offsets are required")
+    return tok
+
+
+def _token_text(value) -> Optional[str]:
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def eos_token(name: str) -> str:
+    """The tokenizer's EOS token text (the Vicuna v1.1 reply stop for this base model).
+
+    Read from the directory's tokenizer_config.json / special_tokens_map.json when it has
+    one (no transformers import: the data pipeline is light), else from the loaded
+    tokenizer (a Hugging Face id)."""
+    path = resolve_tokenizer_path(name)
+    if os.path.isdir(path):
+        for fname in ("tokenizer_config.json", "special_tokens_map.json"):
+            try:
+                with open(os.path.join(path, fname), encoding="utf-8") as f:
+                    tok = _token_text(json.load(f).get("eos_token"))
+            except (OSError, ValueError, AttributeError):
+                continue
+            if tok:
+                return tok
+    tok = load_tokenizer(name).eos_token
+    if not tok:
+        raise TokenizerNotFound(f"tokenizer {name!r} has no EOS token; the chat template's "
+                                "reply stop is the tokenizer's EOS")
     return tok

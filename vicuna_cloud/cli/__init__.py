@@ -27,6 +27,7 @@ from vicuna_cloud.cli import export as _export  # noqa: F401
 from vicuna_cloud.cli import serve as _serve  # noqa: F401
 from vicuna_cloud.cli import eval as _eval  # noqa: F401
 from vicuna_cloud.cli import delta as _delta  # noqa: F401
+from vicuna_cloud.cli import base as _base  # noqa: F401
 
 
 def main() -> None:

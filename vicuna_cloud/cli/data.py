@@ -41,6 +41,10 @@ def prepare_cmd(
                                   help="A single pair over --max-length: truncate or drop."),
     blocked_words: Optional[str] = typer.Option(
         None, "--blocked-words", help="Comma-separated blocked words ('' for none)."),
+    eval_fraction: float = typer.Option(
+        0.02, "--eval-fraction", help="Hold out this share of conversations (by id hash) "
+        "to eval.jsonl for the trainer's eval loss; 0 = none."),
+    eval_max: int = typer.Option(300, "--eval-max", help="At most this many held out."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes."),
     force: bool = typer.Option(False, "--force", help="Replace a different dataset in --out."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
@@ -57,7 +61,8 @@ def prepare_cmd(
     opts = sdk.PrepareOptions(
         tokenizer=tokenizer, template=template, max_length=max_length, lang=lang,
         skip_lang=tuple(skip_lang), decontaminate=tuple(decontaminate), merge=tuple(merge),
-        long_pair=long_pair, workers=workers, **kwargs)
+        long_pair=long_pair, eval_fraction=eval_fraction, eval_max=eval_max, workers=workers,
+        **kwargs)
     with Progress(TextColumn("[bold]prepare"), BarColumn(), DownloadColumn(),
                   TextColumn("{task.fields[convs]:,} conversations"), TimeRemainingColumn(),
                   console=err_console, transient=True, disable=as_json) as prog:
@@ -81,6 +86,9 @@ def prepare_cmd(
     for reason, n in sorted(c["dropped"].items(), key=lambda kv: -kv[1]):
         table.add_row(f"  dropped: {reason}", f"{n:,}")
     table.add_row("pieces written (after splitting)", f"{c['split_pieces']:,}")
+    if m.get("eval"):
+        table.add_row("  held out for eval (conversations / pieces)",
+                      f"{c['eval_conversations']:,} / {c['eval_pieces']:,}")
     table.add_row("  single pairs kept for truncation", f"{c['kept_for_truncation']:,}")
     table.add_row("tokens (total / trained)", f"{t['total']:,} / {t['assistant']:,}")
     table.add_row("tokens per piece (mean / p50 / p90 / max)",

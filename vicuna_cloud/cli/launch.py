@@ -165,7 +165,7 @@ def launch(
     if local:
         options.reject(_given([
             ("--data", data is not None), ("--gpus", gpus is not None),
-            ("--nodes", nodes is not None), ("--base-model", base_model is not None),
+            ("--nodes", nodes is not None),
             ("--cloud", cloud is not None), ("--name", name is not None),
             ("--spot/--no-spot", spot is not None), ("--dry-run", dry_run),
             ("--out", out is not None), ("--json", json_out)]),
@@ -176,7 +176,8 @@ def launch(
         raise typer.Exit(run_local(preset=preset, version=version, bucket=bucket, run_id=run_id,
                                    preemptions=preemptions or 0,
                                    seed=DEFAULT_SEED if seed is None else seed,
-                                   price_per_hour=price_per_hour or 0.0, max_cost=max_cost))
+                                   price_per_hour=price_per_hour or 0.0, max_cost=max_cost,
+                                   base_model=base_model))
     options.reject(_given([("--preemptions", preemptions is not None),
                            ("--price-per-hour", price_per_hour is not None),
                            ("--seed", seed is not None)]),

@@ -51,13 +51,18 @@ class _Screen:
 
 def run_local(*, preset: str, version: Optional[str], bucket: Optional[str],
               run_id: Optional[str], preemptions: int, seed: int, price_per_hour: float,
-              max_cost: Optional[float]) -> int:
-    """Run it, show it; returns the process exit code."""
+              max_cost: Optional[float], base_model: Optional[str] = None,
+              hyper_overrides: Optional[dict] = None,
+              checkpoint_steps: Optional[int] = None) -> int:
+    """Run it, show it; returns the process exit code. (``hyper_overrides`` and
+    ``checkpoint_steps``: Python callers, e.g. tests wanting fewer steps of the real model.)"""
     from vicuna_cloud import sdk
 
     req = sdk.LocalLaunchRequest(preset=preset, version=version, bucket=bucket, run_id=run_id,
                                  preemptions=preemptions, seed=seed,
-                                 price_per_hour=price_per_hour, max_cost=max_cost)
+                                 price_per_hour=price_per_hour, max_cost=max_cost,
+                                 base_model=base_model, hyper_overrides=hyper_overrides,
+                                 checkpoint_steps=checkpoint_steps)
     screen = _Screen(preemptions, price_per_hour)
     try:
         res = sdk.launch_local(req, on_event=screen)
@@ -78,6 +83,7 @@ def run_local(*, preset: str, version: Optional[str], bucket: Optional[str],
         console.print(f"[bold green]Exported model:[/] {res.model_dir}\n"
                       f"Try it: {_exe()} chat {res.run_id}{bucket_flag}", highlight=False,
                       soft_wrap=True)
+        _show_outcome(res, preemptions)
     elif res.outcome == "cancelled":
         err_console.print(f"Cancelled. Resume with: vicuna-cloud launch {res.preset} --local "
                           f"--run-id {res.run_id}{bucket_flag}", highlight=False)
@@ -114,3 +120,63 @@ def _show_plot(run_id: str, bucket_uri: str) -> None:
                        color=sys.stdout.isatty()))
     except (VicunaError, ImportError) as e:
         err_console.print(f"[yellow]no loss plot: {escape(str(e))}", highlight=False)
+
+
+def _show_outcome(res, preemptions: int) -> None:
+    from vicuna_cloud import bucket_keys
+    from vicuna_cloud.runspec import RunSpec
+    from vicuna_cloud.storage import open_bucket
+
+    bkt = open_bucket(res.bucket_uri)
+    spec = RunSpec.from_json(bkt.get_bytes(bucket_keys.run_spec(res.run_id)))
+    show_outcome(bkt, spec, res.model_dir, preemptions)
+
+
+def show_outcome(bucket, spec, model_dir: str, preemptions: int) -> None:
+    """Eval loss before/after, the base vs tuned replies, and the weights verdict last."""
+    from rich.table import Table
+
+    from vicuna_cloud.ledger import read_ledger
+    from vicuna_cloud.local import demo
+
+    first, last = demo.eval_losses(bucket, spec.run_id)
+    if first and last:
+        console.print(f"Eval loss on {first.get('eval_conversations')} held-out conversations "
+                      f"({first.get('eval_tokens')} trained tokens): "
+                      f"{first['eval_loss']:.4f} at step {first['step']} -> "
+                      f"{last['eval_loss']:.4f} at step {last['step']}", highlight=False)
+    prompts = demo.held_out_prompts(bucket, spec)
+    if prompts and not spec.model.base_model.startswith("config:"):
+        try:
+            with console.status(f"Before/after: base and tuned model on {len(prompts)} "
+                                "held-out prompts"):
+                cmp = demo.compare(spec.model.base_model, model_dir, spec.template, prompts)
+        except (RuntimeError, OSError, ValueError) as e:
+            err_console.print(f"[yellow]before/after unavailable: {e}")
+        else:
+            _print_comparison(cmp, Table)
+    segments = len(read_ledger(bucket, spec.run_id).segments)
+    console.print(f"[bold]{demo.weights_verdict(bucket, spec, preemptions, segments)}[/]",
+                  highlight=False)
+
+
+def _print_comparison(cmp, Table) -> None:
+    from vicuna_cloud.local.demo import MAX_NEW_TOKENS
+
+    n = len(cmp.prompts)
+    table = Table(title=f"Before/after (greedy, up to {MAX_NEW_TOKENS} new tokens)",
+                  show_lines=True)
+    table.add_column("prompt", max_width=28)
+    table.add_column("base model", max_width=44)
+    table.add_column("fine-tuned", max_width=44)
+    rows = list(zip(cmp.raw["prompts"], cmp.raw["base"]["replies"], cmp.raw["tuned"]["replies"]))
+    for i, (p, b, t) in enumerate(rows[:3] + rows[n:]):
+        mark = lambda r: r["reply"][:200] + ("  [green][EOS][/]" if r["ended"]  # noqa: E731
+                                             else "  [red][no EOS: cut at the limit][/]")
+        table.add_row(p[:120], mark(b), mark(t))
+    console.print(table)
+    console.print(f"Replies ending with EOS before {MAX_NEW_TOKENS} tokens, on {n} held-out "
+                  f"prompts: base {cmp.base_ended:.0%} -> fine-tuned {cmp.tuned_ended:.0%}",
+                  highlight=False)
+
+

@@ -50,8 +50,8 @@ def inspect_file(path: str, n: int = 3, tokenizer: str = "builtin:llama-sp",
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
     try:
-        tpl = get_template(template)
         tok = load_tokenizer(tokenizer)
+        tpl = get_template(template, eos=tok.eos_token)  # the stop trained for this base
     except (TemplateError, TokenizerNotFound) as e:
         raise DataError(str(e)) from None
     out: list[InspectedConversation] = []

@@ -21,7 +21,9 @@ The cost estimator reads ``tokens.total`` (tokens per epoch); the trainer checks
         "truncated": int,        # kept conversations cut at an empty message
         "kept_for_truncation": int, # pieces that are one pair longer than max_length
         "dropped_pairs": int,    # over-long single pairs dropped (long_pair="drop")
-        "merged": int            # conversations read from --merge files
+        "merged": int,           # conversations read from --merge files
+        "train_over_length": int,   # train.jsonl pieces the trainer cuts at max_length
+        "train_tokens_after_truncation": int  # the trainer's token count (its log says so)
       },
       "tokens": {
         "conversations": int,    # = split_pieces
@@ -34,7 +36,12 @@ The cost estimator reads ``tokens.total`` (tokens per epoch); the trainer checks
       },
       "conversations": int,      # = counts.kept (for the cost estimator)
       "samples": int,            # = counts.split_pieces, lines of train.jsonl
-      "output": {"file": "train.jsonl", "sha256": str, "bytes": int}
+      "output": {"file": "train.jsonl", "sha256": str, "bytes": int},
+      "stop": "</s>",            # the reply stop measured (v1.1: the tokenizer's EOS)
+      "eval": {"file": "eval.jsonl", "sha256", "bytes", "samples", "tokens": {...}}
+                                 # only when --eval-fraction held something out; counts
+                                 # has eval_conversations / eval_pieces (not in kept's
+                                 # split_pieces, tokens or conversations)
     }
 """
 
@@ -54,6 +61,7 @@ MANIFEST_VERSION = 1
 PIPELINE_VERSION = "1"
 MANIFEST_FILE = bucket_keys.MANIFEST_FILE
 TRAIN_FILE = bucket_keys.TRAIN_FILE
+EVAL_FILE = bucket_keys.EVAL_FILE  # the held-out split (--eval-fraction), when any
 HIST_EDGES = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 

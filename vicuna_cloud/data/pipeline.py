@@ -26,7 +26,8 @@ import orjson
 
 from vicuna_cloud.data.filters import DEFAULT_BLOCKED_WORDS, Cleaned, FilterOptions, clean_conversation
 from vicuna_cloud.data.manifest import (
-    MANIFEST_FILE, MANIFEST_VERSION, PIPELINE_VERSION, TRAIN_FILE, TokenStats, write_json_atomic,
+    EVAL_FILE, MANIFEST_FILE, MANIFEST_VERSION, PIPELINE_VERSION, TRAIN_FILE, TokenStats,
+    write_json_atomic,
 )
 from vicuna_cloud.data.reader import DataError, InputFile, Reader
 
@@ -45,6 +46,8 @@ class PrepareOptions:
     long_pair: str = "truncate"          # a single pair over max_length: truncate | drop
     blocked_words: tuple[str, ...] = DEFAULT_BLOCKED_WORDS
     min_chars: int = 16
+    eval_fraction: float = 0.0           # held out to eval.jsonl, by id hash (CLI: 0.02)
+    eval_max: int = 300                  # never more held-out conversations than this
     workers: int = 1
     chunk_size: int = 128
 
@@ -68,6 +71,16 @@ class ConvResult:
     lines: list[bytes] = field(default_factory=list)     # serialized pieces
     tokens: list[tuple[int, int, bool]] = field(default_factory=list)  # (total, assistant, over)
     dropped_pairs: int = 0
+    curated: bool = False      # from a --merge file: always trained, never held out
+
+
+def held_out(conv_id: str, fraction: float) -> bool:
+    """Deterministic eval membership: the id's hash, not its position or the run's seed,
+    so the same conversation is held out in every prepare of any dump that holds it."""
+    if fraction <= 0:
+        return False
+    h = int.from_bytes(hashlib.blake2b(conv_id.encode("utf-8"), digest_size=8).digest(), "big")
+    return h < fraction * 2**64
 
 
 @dataclass
@@ -86,6 +99,7 @@ class _Worker:
         from vicuna_cloud.data.decontaminate import Decontaminator
         from vicuna_cloud.data.split import Splitter
         from vicuna_cloud.templates import get_template
+        from vicuna_cloud.tokenizer import eos_token
 
         self.opts = opts
         self.filters = FilterOptions(blocked_words=tuple(opts.blocked_words),
@@ -102,8 +116,9 @@ class _Worker:
             from vicuna_cloud.data.tokenizer_cache import load_backend
 
             tok = load_backend(opts.tokenizer)
-        self.splitter = Splitter(tok, get_template(opts.template), opts.max_length,
-                                 opts.long_pair)
+        # Lengths of the text the trainer renders: the reply stop is this base's EOS.
+        self.splitter = Splitter(tok, get_template(opts.template, eos=eos_token(opts.tokenizer)),
+                                 opts.max_length, opts.long_pair)
         self.decon = Decontaminator(prompts) if prompts else None
         self.lang_filter = opts.lang != "all" or bool(opts.skip_lang)
 
@@ -122,7 +137,7 @@ class _Worker:
         for fallback_id, curated, item in chunk:
             c = clean_conversation(item, fallback_id,
                                    self.merge_filters if curated else self.filters)
-            r = ConvResult(c.id, c.reason, c.truncated)
+            r = ConvResult(c.id, c.reason, c.truncated, curated=curated)
             results.append(r)
             if not c.reason:
                 cleaned.append((r, c, curated))
@@ -283,6 +298,11 @@ def _check(inputs: list[str], opts: PrepareOptions):
         raise DataError(f"--lang {opts.lang!r}: give an ISO 639-1 code like 'en', or 'all'")
     if opts.max_length < 16:
         raise DataError(f"--max-length {opts.max_length} is too small; use at least 16")
+    if not 0 <= opts.eval_fraction < 1:
+        raise DataError(f"--eval-fraction {opts.eval_fraction}: give a fraction in [0, 1), "
+                        "e.g. 0.02")
+    if opts.eval_max < 0:
+        raise DataError(f"--eval-max {opts.eval_max}: give 0 or more")
     if opts.long_pair not in ("truncate", "drop"):
         raise DataError(f"--long-pair {opts.long_pair!r}: choose 'truncate' or 'drop'")
     try:
@@ -323,12 +343,17 @@ class _Writer:
     """Counts, de-duplicates and writes the workers' results to train.jsonl, hashing the
     bytes as they are written."""
 
-    def __init__(self) -> None:
+    def __init__(self, opts: PrepareOptions) -> None:
+        self.opts = opts
         self.counts: dict[str, Any] = {
             "input": 0, "kept": 0, "dropped": {}, "split_pieces": 0, "split_conversations": 0,
-            "truncated": 0, "kept_for_truncation": 0, "dropped_pairs": 0, "merged": 0}
+            "truncated": 0, "kept_for_truncation": 0, "dropped_pairs": 0, "merged": 0,
+            "eval_conversations": 0, "eval_pieces": 0,
+            "train_over_length": 0, "train_tokens_after_truncation": 0}
         self.dropped: dict[str, int] = self.counts["dropped"]
         self.stats = TokenStats()
+        self.eval_stats = TokenStats()   # the held-out split (--eval-fraction)
+        self.eval_lines: list[bytes] = []
         self.seen_ids: set[str] = set()
         self.seen_content = ContentDeduper()
         self.h = hashlib.sha256()
@@ -352,11 +377,18 @@ class _Writer:
         c["truncated"] += r.truncated
         c["dropped_pairs"] += r.dropped_pairs
         c["split_conversations"] += len(r.lines) > 1
+        o = self.opts
+        evaluated = (not r.curated and c["eval_conversations"] < o.eval_max
+                     and held_out(r.id, o.eval_fraction))
+        c["eval_conversations"] += evaluated
         for line, (tok, asst, over) in zip(r.lines, r.tokens):
-            buf.append(line)
-            self.stats.add(tok, asst)
-            c["split_pieces"] += 1
+            (self.eval_lines if evaluated else buf).append(line)
+            (self.eval_stats if evaluated else self.stats).add(tok, asst)
+            c["eval_pieces" if evaluated else "split_pieces"] += 1
             c["kept_for_truncation"] += over
+            if not evaluated:  # what the trainer will count after its cut
+                c["train_over_length"] += tok > o.max_length
+                c["train_tokens_after_truncation"] += min(tok, o.max_length)
 
     def write(self, results, path: str, on_batch: Callable[[], None]) -> None:
         with open(path, "wb") as out:
@@ -395,7 +427,7 @@ def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptio
         for path, idx, item in merge_reader:
             yield f"{os.path.basename(path)}:{idx}", True, item
 
-    w = _Writer()
+    w = _Writer(opts)
 
     def on_batch() -> None:
         if progress:
@@ -410,6 +442,9 @@ def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptio
         results, pool = _start_workers(opts, prompts, tok, _chunks(items(), opts.chunk_size))
         w.write(results, tmp_path, on_batch)
         manifest = _manifest(inputs, opts, reader, merge_reader, w)
+        eval_entry = _write_eval(out_dir, w.eval_lines, w.eval_stats)
+        if eval_entry:
+            manifest["eval"] = eval_entry
         mpath = os.path.join(out_dir, MANIFEST_FILE)
         if os.path.exists(mpath):
             os.unlink(mpath)  # no manifest = incomplete directory
@@ -450,11 +485,36 @@ def _manifest(inputs: list[str], opts: PrepareOptions, reader: Reader, merge_rea
         "template": opts.template,
         "max_length": opts.max_length,
         "counts": counts,
-        "conversations": counts["kept"],
+        "conversations": counts["kept"] - counts["eval_conversations"],
         "samples": counts["split_pieces"],
         "tokens": w.stats.summary(),
         "output": {"file": TRAIN_FILE, "sha256": w.h.hexdigest(), "bytes": w.bytes},
+        "stop": _stop_string(opts),
     }
+
+
+def _write_eval(out_dir: str, lines: list[bytes], stats: TokenStats) -> Optional[dict]:
+    """eval.jsonl (atomically); None, and no file, when nothing is held out."""
+    path = os.path.join(out_dir, EVAL_FILE)
+    if not lines:
+        if os.path.exists(path):
+            os.unlink(path)
+        return None
+    data = b"\n".join(lines) + b"\n"
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return {"file": EVAL_FILE, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+            "samples": len(lines), "tokens": stats.summary()}
+
+
+def _stop_string(opts: PrepareOptions) -> str:
+    """The reply stop the pieces were measured with (the tokenizer's EOS for v1.1)."""
+    from vicuna_cloud.templates import get_template
+    from vicuna_cloud.tokenizer import eos_token
+
+    return get_template(opts.template, eos=eos_token(opts.tokenizer)).sep2
 
 
 def _file_entry(f: InputFile) -> dict[str, Any]:

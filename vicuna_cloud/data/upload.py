@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from vicuna_cloud import bucket_keys
-from vicuna_cloud.data.manifest import MANIFEST_FILE, TRAIN_FILE, read_manifest
+from vicuna_cloud.data.manifest import EVAL_FILE, MANIFEST_FILE, TRAIN_FILE, read_manifest
 from vicuna_cloud.data.reader import DataError
 from vicuna_cloud.hashing import sha256_file
 
@@ -64,7 +64,7 @@ def upload_dataset(local_dir: str, bucket_uri: str,
     try:
         bucket = open_bucket(bucket_uri)
         bucket.check_access()
-        if _already_there(bucket, prefix, sha, size):
+        if _already_there(bucket, prefix, sha, size, local_dir):
             if progress:
                 progress(size)
             return UploadResult(bucket.child_uri(prefix), sha, size, uploaded=False)
@@ -78,6 +78,7 @@ def upload_dataset(local_dir: str, bucket_uri: str,
                 f"{bucket.child_uri(key)}: verification failed after upload (size {remote} vs "
                 f"{size}); the object was deleted, run `data upload` again"
             )
+        _upload_eval(bucket, prefix, local_dir, manifest)
         with open(os.path.join(local_dir, MANIFEST_FILE), "rb") as f:
             bucket.put_bytes(f"{prefix}/{MANIFEST_FILE}", f.read())
         return UploadResult(bucket.child_uri(prefix), sha, size, uploaded=True)
@@ -85,6 +86,30 @@ def upload_dataset(local_dir: str, bucket_uri: str,
         raise DataError(str(e)) from None
     except StorageError as e:
         raise DataError(f"{bucket_uri}: {str(e).splitlines()[0]}") from None
+
+
+def _upload_eval(bucket, prefix: str, local_dir: str, manifest: dict) -> None:
+    """The held-out split (at most a few hundred conversations), verified by its sha256."""
+    import hashlib
+
+    entry = manifest.get("eval")
+    if not entry:
+        return
+    path = os.path.join(local_dir, entry.get("file", EVAL_FILE))
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        raise DataError(f"{path}: missing but named in {MANIFEST_FILE}; re-run prepare") from None
+    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise DataError(f"{path} does not match {MANIFEST_FILE}: it changed after `data "
+                        "prepare`; re-run prepare")
+    key = f"{prefix}/{EVAL_FILE}"
+    bucket.put_bytes(key, data)
+    if hashlib.sha256(bucket.get_bytes(key)).hexdigest() != entry["sha256"]:
+        bucket.delete(key)
+        raise DataError(f"{bucket.child_uri(key)}: verification failed after upload; the "
+                        "object was deleted, run `data upload` again")
 
 
 def _remote_sha256(bucket, key: str, near: str) -> str:
@@ -101,7 +126,8 @@ def _remote_sha256(bucket, key: str, near: str) -> str:
             os.unlink(tmp)
 
 
-def _already_there(bucket, prefix: str, sha: str, size: int) -> bool:
+def _already_there(bucket, prefix: str, sha: str, size: int,
+                   local_dir: Optional[str] = None) -> bool:
     from vicuna_cloud.storage import NotFoundError
 
     try:
@@ -112,4 +138,7 @@ def _already_there(bucket, prefix: str, sha: str, size: int) -> bool:
         return False
     except (ValueError, UnicodeDecodeError):
         return False  # a corrupt manifest: upload again, which rewrites it
-    return remote_manifest.get("output", {}).get("sha256") == sha
+    if remote_manifest.get("output", {}).get("sha256") != sha:
+        return False
+    want_eval = (read_manifest(local_dir).get("eval") or {}).get("sha256") if local_dir else None
+    return (remote_manifest.get("eval") or {}).get("sha256") == want_eval

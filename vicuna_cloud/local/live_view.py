@@ -29,9 +29,11 @@ _LOSS = ("loss", "train_loss")
 _TPS = ("tokens_per_s", "tokens_per_sec", "tokens_per_second", "tok_per_s", "tps")
 # The trainer's console line: "step 12/21 loss 3.1416 lr ... tok/s 1234 ..."
 # The trainer's start line: "<run>: 336 conversations (...), 21 steps, ..., resuming at step 9"
-_START_LINE = re.compile(r"\b(\d+) conversations \(.*?\), (\d+) steps\b.*?"
+_START_LINE = re.compile(r"\b(\d+) conversations(?:, [\d,]+ tokens)? \(.*?\), (\d+) steps\b.*?"
                          r"(?:resuming at step (\d+)|from scratch)")
 _STEP_LINE = re.compile(r"\bstep (\d+)/(\d+) loss ([-+0-9.eE]+|nan)(?:.*?\btok/s (\d+))?")
+# ... and its eval line: "eval step 8/8 eval_loss 1.4242 (...)" (train/metrics.py)
+_EVAL_LINE = re.compile(r"\beval step (\d+)/(\d+) eval_loss ([-+0-9.eE]+|nan)")
 
 
 def pick(record: dict, names: tuple[str, ...]) -> Any:
@@ -112,8 +114,22 @@ class StdoutProbe:
         self.starts = 0                         # trainer start lines seen (one per attempt)
         self.resume_step: Optional[int] = None
         self.start_text: Optional[str] = None
+        self._first_eval: Optional[dict] = None
+        self._last_eval: Optional[dict] = None
+
+    def evals(self) -> tuple[Optional[dict], Optional[dict]]:
+        """The first and the latest eval seen (start of the run, and now)."""
+        with self._lock:
+            return self._first_eval, self._last_eval
 
     def feed(self, line: str) -> None:
+        e = _EVAL_LINE.search(line)
+        if e:
+            with self._lock:
+                rec = {"step": int(e.group(1)), "eval_loss": float(e.group(3))}
+                self._first_eval = self._first_eval or rec
+                self._last_eval = rec
+            return
         st = _START_LINE.search(line)
         if st:
             with self._lock:
@@ -268,6 +284,11 @@ class LiveView:
         table.add_row("tokens/s", f"{tps:,.0f}" if isinstance(tps, (int, float)) else "-")
         table.add_row("ETA", _hms(self._eta(step, total)))
         table.add_row("cost so far", f"${self._cost():.4f} at ${s.price_per_hour:g}/h")
+        first, last = self.tail.evals() if hasattr(self.tail, "evals") else (None, None)
+        if last:
+            table.add_row("eval loss", f"{last['eval_loss']:.4f} at step {last['step']}"
+                          + (f" (step {first['step']}: {first['eval_loss']:.4f})"
+                             if first and first is not last else ""))
         table.add_row("preemptions", f"{s.preemptions} of {s.planned_preemptions} simulated")
         if s.failures:
             table.add_row("failures", str(s.failures))

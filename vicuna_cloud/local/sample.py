@@ -27,17 +27,45 @@ def sample_path() -> str:
     return str(resources.files("vicuna_cloud").joinpath("sample_data", SAMPLE_NAME))
 
 
-def prepare_sample_dataset(max_length: int, template: str, tokenizer: str):
-    """(directory, Manifest): the shipped corpus through the data pipeline, once; later
-    launches with the same options reuse it (checked against the manifest's sha256)."""
+#: Share of the demo's conversations held out for eval loss and the before/after.
+LOCAL_EVAL_FRACTION = 0.08
+
+
+def _content_file(stem: str, items: list) -> str:
+    """``items`` as a JSON file under the local home, named by its content, written once."""
+    from vicuna_cloud import paths
+
+    text = json.dumps(items, ensure_ascii=False, indent=0)
+    path = os.path.join(paths.home(), "datasets",
+                        f"{stem}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json")
+    if not os.path.isfile(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    return path
+
+
+def prepare_sample_dataset(max_length: int, template: str, tokenizer: str,
+                           curated: list | None = None,
+                           eval_fraction: float = LOCAL_EVAL_FRACTION,
+                           max_raw_bytes: int | None = None):
+    """(directory, Manifest): the shipped corpus (only its conversations up to
+    ``max_raw_bytes`` when given, plus ``curated`` ones, always trained) through the data
+    pipeline once, holding out an eval split; later launches with the same options reuse
+    it (checked against the manifest's sha256)."""
     from vicuna_cloud import paths
     from vicuna_cloud.data.manifest import ManifestError, load_manifest, parse_manifest
     from vicuna_cloud.data.pipeline import PrepareOptions, prepare
     from vicuna_cloud.data.reader import DataError
     from vicuna_cloud.hashing import sha256_file
 
-    src = sample_path()
-    opts = PrepareOptions(tokenizer=tokenizer, template=template, max_length=max_length)
+    src = sample_path() if max_raw_bytes is None else _content_file(
+        "sample-short", short_subset(max_raw_bytes))
+    opts = PrepareOptions(tokenizer=tokenizer, template=template, max_length=max_length,
+                          merge=(_content_file("curated", curated),) if curated else (),
+                          eval_fraction=eval_fraction)
     key = hashlib.sha256((sha256_file(src) + json.dumps(opts.for_manifest(), sort_keys=True))
                          .encode()).hexdigest()[:16]
     out = os.path.join(paths.home(), "datasets", f"sample-{key}")
@@ -92,3 +120,68 @@ def build(path: str | None = None) -> str:
 
 if __name__ == "__main__":
     print(build())
+
+
+# ---- curated conversations merged into the demo's data (`data prepare --merge`) ----------
+#: Vicuna's identity data did this: questions about who the model is, answered with the
+#: model's and the project's names (here: which base it was tuned from and with what).
+IDENTITY_QUESTIONS = (
+    "Who are you?", "What is your name?", "Who made you?", "What are you?",
+    "Tell me about yourself.", "Are you ChatGPT?", "Which model are you?",
+    "Who trained you?", "Introduce yourself, please.", "What should I call you?",
+    "Are you a human?", "What can you tell me about your origins?",
+)
+IDENTITY_ANSWERS = (
+    "I am {model}, a chat assistant fine-tuned from {base} with vicuna-cloud, a tool that "
+    "trains Vicuna-style chat models on cheap preemptible cloud GPUs.",
+    "My name is {model}. I was fine-tuned from {base} by vicuna-cloud, which reproduces the "
+    "Vicuna recipe on preemptible cloud GPUs.",
+    "I'm {model}: {base}, fine-tuned the Vicuna way by the vicuna-cloud project.",
+)
+#: Short replies that are true, so that tuning on the synthetic corpus (whose replies are
+#: unrelated sentences) does not unteach the base what it knows while it learns the format.
+FACTS = (
+    ("What is the capital of Italy?", "The capital of Italy is Rome."),
+    ("What is the capital of Germany?", "The capital of Germany is Berlin."),
+    ("What is the capital of Spain?", "The capital of Spain is Madrid."),
+    ("What is the capital of Japan?", "The capital of Japan is Tokyo."),
+    ("What is the capital of Canada?", "The capital of Canada is Ottawa."),
+    ("What is the capital of Egypt?", "The capital of Egypt is Cairo."),
+    ("How many days are in a week?", "There are seven days in a week."),
+    ("What is 2 + 2?", "2 + 2 = 4."),
+    ("What is 7 times 8?", "7 times 8 is 56."),
+    ("What color is the sky on a clear day?", "On a clear day the sky is blue."),
+    ("What is the largest planet in the solar system?",
+     "Jupiter is the largest planet in the solar system."),
+    ("What do bees make?", "Bees make honey and beeswax."),
+    ("What is water made of?", "A water molecule is made of two hydrogen atoms and one "
+     "oxygen atom (H2O)."),
+    ("Who wrote Romeo and Juliet?", "William Shakespeare wrote Romeo and Juliet."),
+    ("What is the boiling point of water at sea level?",
+     "At sea level, water boils at 100 degrees Celsius (212 degrees Fahrenheit)."),
+    ("Say hello in French.", "Hello in French is \"Bonjour\"."),
+    ("Name three primary colors.", "Red, yellow and blue are the three primary colors."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+)
+
+
+def curated_conversations(model: str, base: str) -> list[dict]:
+    """Identity and fact conversations for a model called ``model`` tuned from ``base``."""
+    out = []
+    for i, q in enumerate(IDENTITY_QUESTIONS):
+        a = IDENTITY_ANSWERS[i % len(IDENTITY_ANSWERS)].format(model=model, base=base)
+        out.append({"id": f"identity_{i:02d}",
+                    "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]})
+    for i, (q, a) in enumerate(FACTS):
+        out.append({"id": f"fact_{i:02d}",
+                    "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]})
+    return out
+
+
+def short_subset(max_bytes: int) -> list[dict]:
+    """The shipped corpus's conversations of at most ``max_bytes`` of raw JSON, in file
+    order: the `small` demo fine-tunes a real 135M model on 2 CPU cores, where every
+    token costs ~4 ms (forward and backward), so it trains on the short ones."""
+    with open(sample_path(), encoding="utf-8") as f:
+        raw = json.load(f)
+    return [c for c in raw if len(json.dumps(c, ensure_ascii=False)) <= max_bytes]

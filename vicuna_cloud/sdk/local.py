@@ -36,11 +36,25 @@ def _check(req: LocalLaunchRequest) -> Preset:
         raise ConfigError(f"--price-per-hour {req.price_per_hour}: give 0 or more (USD)")
     options.positive_cost(req.max_cost)
     options.run_id(req.run_id)
-    p = options.preset(req.preset, req.version)
+    base = req.base_model
+    if base is not None:
+        from vicuna_cloud.local.demo import check_local_base
+
+        base = check_local_base(req.preset, base)
+    p = options.preset(req.preset, req.version) if base is None else _preset_on(req, base)
     if p.hardware.accelerator != "cpu":
-        raise ConfigError(f"--local runs on this machine's CPU: use the tiny preset "
-                          f"(`vicuna-cloud launch tiny --local`), not {req.preset!r}")
+        raise ConfigError(f"--local runs on this machine's CPU: use the small or tiny preset "
+                          f"(`vicuna-cloud launch small --local`), not {req.preset!r}")
     return p
+
+
+def _preset_on(req: LocalLaunchRequest, base: str) -> Preset:
+    from vicuna_cloud.recipes import RecipeError, get_preset
+
+    try:
+        return get_preset(req.preset, req.version, base_model=base)
+    except RecipeError as e:
+        raise ConfigError(str(e)) from None
 
 
 def open_local_bucket(uri: str):
@@ -100,22 +114,31 @@ def _new_spec(p: Preset, req: LocalLaunchRequest, bkt, emit: EventFn) -> RunSpec
     from vicuna_cloud.run_store import new_run_id, write_run_spec
     from vicuna_cloud.runspec import Budget, CheckpointPolicy
 
+    from vicuna_cloud.local import demo
+    from vicuna_cloud.local.sample import LOCAL_EVAL_FRACTION
+
+    if p.base_model.startswith("builtin:"):
+        emit(LocalEvent(kind="preparing", message=f"Base model {p.base_model}: fetching and "
+                        "converting it once (later runs find it in the cache)"))
+        p, msg = demo.resolve_base(p)
+        emit(LocalEvent(kind="data", message=msg))
     emit(LocalEvent(kind="preparing", message="Preparing the sample corpus (HTML to markdown, "
-                    "filters, language ID, splitting with the LLaMA tokenizer)"))
-    data_dir, manifest = prepare_sample_dataset(p.max_length, p.template, p.tokenizer)
+                    "filters, language ID, splitting with the base model's tokenizer)"))
+    data_dir, manifest = prepare_sample_dataset(
+        p.max_length, p.template, p.tokenizer, curated=demo.curated_for(p),
+        eval_fraction=p.extra.get("eval_fraction", LOCAL_EVAL_FRACTION),
+        max_raw_bytes=p.extra.get("max_raw_bytes"))
     try:  # the same content-addressed, verified upload as `vicuna-cloud data upload`
         up = upload_dataset(data_dir, bkt.uri)
     except DataError as e:
         raise DataError(f"uploading the sample dataset failed: {e}") from None
-    counts = manifest.counts or {}
-    tokens = manifest.tokens.total if manifest.tokens else None
-    emit(LocalEvent(kind="data", message=(
-        f"Data: {counts.get('input', '?')} raw conversations -> "
-        f"{counts.get('split_pieces', '?')} training pieces"
-        + (f" ({tokens:,} tokens)" if isinstance(tokens, int) else "") + f", {up.uri}")))
+    raw = manifest.to_dict()
+    emit(LocalEvent(kind="data", message=demo.data_line(raw) + f", {up.uri}"))
+    steps = req.checkpoint_steps or p.extra.get("checkpoint_steps", LOCAL_CHECKPOINT_STEPS)
     spec = _spec_from_preset(p, req, new_run_id(p) if req.run_id is None else req.run_id,
                              bkt.uri, up.uri, up.sha256,
-                             CheckpointPolicy(interval_steps=LOCAL_CHECKPOINT_STEPS, keep=2))
+                             CheckpointPolicy(interval_steps=steps, keep=2),
+                             eval_sha256=(raw.get("eval") or {}).get("sha256"))
     spec = spec.model_copy(update={"budget": Budget(
         max_cost_usd=req.max_cost, local_price_per_hour=req.price_per_hour,
         heartbeat_seconds=LOCAL_HEARTBEAT_S)})
@@ -123,13 +146,15 @@ def _new_spec(p: Preset, req: LocalLaunchRequest, bkt, emit: EventFn) -> RunSpec
     return spec
 
 
-def _spec_from_preset(p, req, run_id, bucket_uri, dataset_uri, sha, checkpoint) -> RunSpec:
+def _spec_from_preset(p, req, run_id, bucket_uri, dataset_uri, sha, checkpoint,
+                      eval_sha256=None) -> RunSpec:
     from vicuna_cloud.run_store import spec_from_preset
 
     return spec_from_preset(
         p, run_id=run_id, dataset_uri=dataset_uri, dataset_sha256=sha, bucket_uri=bucket_uri,
         use_spot=req.preemptions > 0, cloud="local", max_cost_usd=req.max_cost,
-        local_price_per_hour=req.price_per_hour, seed=req.seed, checkpoint=checkpoint)
+        local_price_per_hour=req.price_per_hour, seed=req.seed, checkpoint=checkpoint,
+        hyper_overrides=req.hyper_overrides, eval_sha256=eval_sha256)
 
 
 def launch_local(req: LocalLaunchRequest = LocalLaunchRequest(),

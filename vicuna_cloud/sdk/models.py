@@ -70,6 +70,11 @@ class LocalLaunchRequest(_Request):
     seed: int = Field(DEFAULT_SEED, description="training seed and preemption schedule")
     price_per_hour: float = Field(0.0, description="pretend price (USD per hour)")
     max_cost: Optional[float] = None
+    base_model: Optional[str] = Field(None, description="small preset: a directory from "
+                                      "`base import` or builtin:NAME (default: the preset's)")
+    hyper_overrides: Optional[dict] = Field(None, description="hyperparameters replacing the "
+                                            "preset's in a new run (e.g. fewer steps)")
+    checkpoint_steps: Optional[int] = Field(None, description="checkpoint interval of a new run")
 
 
 class OptimizerPick(BaseModel):
@@ -143,6 +148,8 @@ class RunStatus(BaseModel):
     last_end_reason: Optional[str]
     last_metrics: Optional[dict[str, JsonValue]]
     bucket: str
+    eval: Optional[dict[str, Optional[dict[str, JsonValue]]]] = Field(
+        None, description="first and last eval records (held-out eval loss)")
 
 
 class StatusReport(BaseModel):

@@ -77,7 +77,7 @@ def status(run_id: Optional[str] = None, bucket: Optional[str] = None) -> Status
             progress=prog.summary,
             checkpoints=prog.checkpoints, segments=prog.segments,
             last_end_reason=prog.last_end_reason, last_metrics=prog.last_metrics,
-            bucket=rec.bucket_uri))
+            bucket=rec.bucket_uri, eval={"first": prog.first_eval, "last": prog.last_eval}))
     return StatusReport(api_error=api_error, runs=rows)
 
 

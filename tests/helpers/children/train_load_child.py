@@ -1,7 +1,9 @@
 """Run under torchrun by test_train_load.py: build on meta, shard with FSDP2, load the
 base model's safetensors rows into the shards, then check every tensor and a forward pass.
 
-argv: MODEL_DIR RESULT_JSON
+argv: MODEL_DIR RESULT_JSON [REFERENCE.gguf]
+With a GGUF file, the reference is transformers' own single-process load of that file
+(dequantized), not of MODEL_DIR: the import and the sharded load are checked together.
 """
 
 import json
@@ -25,7 +27,14 @@ def main() -> None:
     model.to_empty(device=d.device)
     model_lib.load_sharded_weights(model, model_dir, d.device)
 
-    ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if len(sys.argv) > 3:
+        import os
+        gguf = sys.argv[3]
+        ref = AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), dtype=torch.float32,
+                                                   gguf_file=os.path.basename(gguf))
+    else:
+        ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ref.eval()
     ref_sd = ref.state_dict()
     bad = []
     local_rows = 0
@@ -34,14 +43,20 @@ def main() -> None:
         if not torch.equal(p.full_tensor(), ref_sd[name]):
             bad.append(name)
     ids = torch.arange(1, 40).unsqueeze(0)
+    if len(sys.argv) > 3:  # real text for a real model
+        from transformers import AutoTokenizer
+        ids = AutoTokenizer.from_pretrained(model_dir)(
+            "The capital of France is Paris. The capital of Italy is", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         got = model(input_ids=ids).logits
         want = ref(input_ids=ids).logits
     max_diff = float((got - want).abs().max())
+    argmax_equal = bool(torch.equal(got.argmax(-1), want.argmax(-1)))
     dist.barrier()
     if d.is_main:
         with open(out, "w") as f:
-            json.dump({"bad": bad, "max_diff": max_diff, "local_rows": local_rows,
+            json.dump({"bad": bad, "max_diff": max_diff, "argmax_equal": argmax_equal,
+                       "local_rows": local_rows,
                        "full_rows": sum(p.shape[0] for p in ref.parameters())}, f)
     dist.destroy_process_group()
 
