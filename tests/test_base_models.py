@@ -14,7 +14,8 @@ import pytest
 from helpers.model import smollm2_dir, smollm2_gguf
 from helpers.train import REPO
 
-pytestmark = pytest.mark.slow
+# The real 135M model on 2 CPU processes: minutes per run, far more on a loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ import pytest
 from helpers.model import launch_small, smollm2_dir
 from test_local_e2e import assert_same_weights, weights
 
-pytestmark = pytest.mark.slow
+# The real 135M model on 2 CPU processes: minutes per run, far more on a loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 @pytest.fixture(scope="module")
