@@ -105,7 +105,7 @@ def serving_template(tokenizer, template_name: str) -> str:
     """The template's Jinja with the start (BOS, BOS + space, nothing) under which
     ``apply_chat_template(tokenize=True)``, i.e. a server rendering without adding special
     tokens, yields exactly the ids training saw."""
-    tpl = get_template(template_name)
+    tpl = get_template(template_name, eos=tokenizer.eos_token)  # the stop trained
     tok = copy.deepcopy(tokenizer)
     for prefix in BOS_PREFIXES:
         tok.chat_template = with_bos_prefix(tpl.hf_jinja, prefix)
