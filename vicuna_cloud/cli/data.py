@@ -11,6 +11,8 @@ Heavy imports (transformers, lxml, boto3) happen inside the commands.
 
 from __future__ import annotations
 
+import shlex
+
 from typing import List, Optional
 
 import typer
@@ -46,6 +48,10 @@ def prepare_cmd(
         "to eval.jsonl for the trainer's eval loss; 0 = none."),
     eval_max: int = typer.Option(300, "--eval-max", help="At most this many held out."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes."),
+    max_record_mb: float = typer.Option(
+        16.0, "--max-record-mb", min=0.001,
+        help="Largest conversation record read (MB); larger ones are dropped as too_large. "
+             "Bounds memory."),
     force: bool = typer.Option(False, "--force", help="Replace a different dataset in --out."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
@@ -62,6 +68,7 @@ def prepare_cmd(
         tokenizer=tokenizer, template=template, max_length=max_length, lang=lang,
         skip_lang=tuple(skip_lang), decontaminate=tuple(decontaminate), merge=tuple(merge),
         long_pair=long_pair, eval_fraction=eval_fraction, eval_max=eval_max, workers=workers,
+        max_record_bytes=int(max_record_mb * (1 << 20)),
         **kwargs)
     with Progress(TextColumn("[bold]prepare"), BarColumn(), DownloadColumn(),
                   TextColumn("{task.fields[convs]:,} conversations"), TimeRemainingColumn(),
@@ -95,7 +102,8 @@ def prepare_cmd(
                   f"{t['mean']:,.0f} / {t['p50']:,} / {t['p90']:,} / {t['max']:,}")
     table.add_row("train.jsonl sha256", m["output"]["sha256"])
     console.print(table)
-    console.print(f"next: vicuna-cloud data upload {out} s3://BUCKET/PREFIX")
+    console.print(f"next: vicuna-cloud data upload {shlex.quote(out)} s3://BUCKET/PREFIX",
+                  highlight=False)
 
 
 @data_app.command("upload")
@@ -121,7 +129,7 @@ def upload_cmd(
         return
     what = "uploaded and verified" if res.uploaded else "already there (nothing uploaded)"
     console.print(f"{what}: {res.uri}  ({res.bytes:,} bytes, sha256 {res.sha256[:12]}...)")
-    console.print(f"next: vicuna-cloud launch 7b --data {res.uri}", highlight=False)
+    console.print(f"next: vicuna-cloud launch 7b --data {shlex.quote(res.uri)}", highlight=False)
 
 
 @data_app.command("inspect")

@@ -22,6 +22,8 @@ bucket of the manifest's ``counts``. Reasons (``DROP_REASONS``):
 - ``too_short``: fewer than one human/gpt pair, or fewer than ``min_chars`` characters.
 - ``broken_list``: a numbered list that restarts at "1." right after a "1." item (the
   scrapes' broken list numbering, FastChat's filter_wrong_format).
+- ``invalid_json``, ``invalid_utf8``, ``too_deep``, ``too_large``: the reader could not
+  make a JSON value of the record (reader.py: the same in a JSON array and in JSONL).
 The language, decontamination, duplicate and length reasons are added by later steps.
 """
 
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vicuna_cloud.data.html_to_markdown import HTMLConversionError, convert_value
+from vicuna_cloud.data.reader import MALFORMED_REASONS, Malformed
 from vicuna_cloud.templates import canonical_role
 
 DEFAULT_BLOCKED_WORDS = ("openai", "chatgpt")
@@ -49,7 +52,7 @@ DROP_REASONS = (
     "bad_schema", "unknown_role", "plugins", "roles_not_alternating", "invalid_unicode",
     "html_error", "blocked_words", "assistant_error", "empty_message", "too_short",
     "broken_list", "language", "contaminated", "duplicate_id", "duplicate_content",
-    "pair_too_long",
+    "pair_too_long", *MALFORMED_REASONS,
 )
 
 # C0/C1 control characters except tab, newline and carriage return; they are removed.
@@ -97,6 +100,8 @@ def _printable_start(text: str) -> bool:
 
 
 def clean_conversation(item: Any, fallback_id: str, opts: FilterOptions) -> Cleaned:
+    if isinstance(item, Malformed):
+        return Cleaned(fallback_id, reason=item.reason, detail=f"{item.where}: {item.detail}")
     if not isinstance(item, dict):
         return Cleaned(fallback_id, reason="bad_schema", detail="item is not an object")
     cid = item.get("id", fallback_id)

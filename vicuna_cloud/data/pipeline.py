@@ -29,7 +29,7 @@ from vicuna_cloud.data.manifest import (
     EVAL_FILE, MANIFEST_FILE, MANIFEST_VERSION, PIPELINE_VERSION, TRAIN_FILE, TokenStats,
     write_json_atomic,
 )
-from vicuna_cloud.data.reader import DataError, InputFile, Reader
+from vicuna_cloud.data.reader import DEFAULT_MAX_RECORD_BYTES, DataError, InputFile, Malformed, Reader
 
 ProgressFn = Callable[[int, int, int], None]  # (bytes read, total bytes, conversations)
 
@@ -50,11 +50,14 @@ class PrepareOptions:
     eval_max: int = 300                  # never more held-out conversations than this
     workers: int = 1
     chunk_size: int = 128
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES  # one conversation; larger: too_large
 
     def for_manifest(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("workers")
         d.pop("chunk_size")
+        if self.max_record_bytes == DEFAULT_MAX_RECORD_BYTES:  # manifests before it match
+            d.pop("max_record_bytes")
         d["decontaminate"] = [os.path.abspath(p) for p in self.decontaminate]
         d["merge"] = [os.path.abspath(p) for p in self.merge]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
@@ -417,15 +420,20 @@ def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptio
     _check_out_dir(out_dir, inputs, opts, force)
     os.makedirs(out_dir, exist_ok=True)
 
-    reader = Reader(list(inputs))
-    merge_reader = Reader(list(opts.merge))
+    if opts.max_record_bytes < 1024:
+        raise DataError(f"--max-record-mb: {opts.max_record_bytes} bytes is too small")
+    reader = Reader(list(inputs), max_record_bytes=opts.max_record_bytes)
+    merge_reader = Reader(list(opts.merge), max_record_bytes=opts.max_record_bytes)
     total_bytes = sum(os.path.getsize(p) for p in list(inputs) + list(opts.merge))
+    malformed: list[dict[str, str]] = []  # the first few, so the user can find them
 
     def items() -> Iterator[tuple[str, bool, Any]]:
-        for path, idx, item in reader:
-            yield f"{os.path.basename(path)}:{idx}", False, item
-        for path, idx, item in merge_reader:
-            yield f"{os.path.basename(path)}:{idx}", True, item
+        for curated, r in ((False, reader), (True, merge_reader)):
+            for path, idx, item in r:
+                if isinstance(item, Malformed) and len(malformed) < 20:
+                    malformed.append({"reason": item.reason, "where": item.where,
+                                      "detail": item.detail})
+                yield f"{os.path.basename(path)}:{idx}", curated, item
 
     w = _Writer(opts)
 
@@ -441,7 +449,7 @@ def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptio
     try:
         results, pool = _start_workers(opts, prompts, tok, _chunks(items(), opts.chunk_size))
         w.write(results, tmp_path, on_batch)
-        manifest = _manifest(inputs, opts, reader, merge_reader, w)
+        manifest = _manifest(inputs, opts, reader, merge_reader, w, malformed)
         eval_entry = _write_eval(out_dir, w.eval_lines, w.eval_stats)
         if eval_entry:
             manifest["eval"] = eval_entry
@@ -461,7 +469,7 @@ def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptio
 
 
 def _manifest(inputs: list[str], opts: PrepareOptions, reader: Reader, merge_reader: Reader,
-              w: _Writer) -> dict[str, Any]:
+              w: _Writer, malformed: Optional[list] = None) -> dict[str, Any]:
     """manifest.json (schema in data/manifest.py), after the sanity checks of the counts."""
     counts = w.counts
     n_main = sum(f.conversations for f in reader.files)
@@ -469,8 +477,11 @@ def _manifest(inputs: list[str], opts: PrepareOptions, reader: Reader, merge_rea
     if counts["input"] == 0:
         raise DataError(f"{', '.join(inputs)}: no conversations in the input")
     if counts["split_pieces"] == 0:
+        first = (f"; first malformed record at {malformed[0]['where']} "
+                 f"({malformed[0]['reason']}: {malformed[0]['detail'][:80]})"
+                 if malformed else "")
         raise DataError(
-            f"no conversation survived cleaning (dropped: {_fmt_dropped(w.dropped)}); "
+            f"no conversation survived cleaning (dropped: {_fmt_dropped(w.dropped)}){first}; "
             "check the input format or loosen --lang/--skip-lang/--max-length"
         )
     assert counts["input"] == counts["kept"] + sum(w.dropped.values())
@@ -485,6 +496,7 @@ def _manifest(inputs: list[str], opts: PrepareOptions, reader: Reader, merge_rea
         "template": opts.template,
         "max_length": opts.max_length,
         "counts": counts,
+        "malformed_examples": list(malformed or []),
         "conversations": counts["kept"] - counts["eval_conversations"],
         "samples": counts["split_pieces"],
         "tokens": w.stats.summary(),
