@@ -42,12 +42,14 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+from pydantic import TypeAdapter
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from vicuna_cloud import bucket_keys
 from vicuna_cloud.hashing import sha256_file
+from vicuna_cloud.records import CommitFile, CommitRecord, InvalidRecord, parse
 from vicuna_cloud.runspec import RunSpec
 from vicuna_cloud.storage import Bucket, NotFoundError, open_bucket
 from train.ckpt_interval import IntervalPolicy
@@ -59,6 +61,7 @@ COMMIT_NAME = bucket_keys.COMMIT_FILE
 ABORT_NAME = "ABORTED.json"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
+_MARKER = TypeAdapter(list[CommitFile])  # ranks/<r>.json: what one rank uploaded
 # Bytes per second assumed for the very first checkpoint's cost, before one is measured.
 ASSUMED_BANDWIDTH = 200e6
 
@@ -112,7 +115,14 @@ def committed_steps(bucket: Bucket, run_id: str) -> list[int]:
 
 
 def read_commit(bucket: Bucket, run_id: str, step: int) -> dict:
-    return json.loads(bucket.get_bytes(f"{step_prefix(run_id, step)}/{COMMIT_NAME}"))
+    """The validated COMMIT.json (records.CommitRecord) as a dict. InvalidRecord if it does
+    not validate or names another step/run: then it is no checkpoint (never a crash)."""
+    key = f"{step_prefix(run_id, step)}/{COMMIT_NAME}"
+    commit = parse(CommitRecord, bucket.get_bytes(key), bucket.child_uri(key))
+    if commit.step != step or commit.run_id != run_id:
+        raise InvalidRecord(f"{bucket.child_uri(key)}: written for run {commit.run_id!r} step "
+                            f"{commit.step}, found under run {run_id!r} step {step}")
+    return commit.model_dump()
 
 
 def delete_checkpoint(bucket: Bucket, run_id: str, step: int) -> None:
@@ -124,13 +134,23 @@ def delete_checkpoint(bucket: Bucket, run_id: str, step: int) -> None:
 
 def download_checkpoint(bucket: Bucket, run_id: str, step: int, dest: str,
                         workers: int = 8) -> dict:
-    """Download every file COMMIT.json lists into ``dest`` and verify size and sha256."""
-    commit = read_commit(bucket, run_id, step)
+    """Download every file COMMIT.json lists into ``dest`` and verify size and sha256.
+
+    COMMIT.json is validated first (plain relative names only, see records.safe_name),
+    and each target path is checked to lie inside ``dest``: a crafted name never writes
+    outside it. An invalid COMMIT.json is a CorruptCheckpoint (the caller falls back)."""
+    try:
+        commit = read_commit(bucket, run_id, step)
+    except InvalidRecord as e:
+        raise CorruptCheckpoint(f"checkpoint step {step}: {e}") from None
     sp = step_prefix(run_id, step)
     os.makedirs(dest, exist_ok=True)
+    root = os.path.realpath(dest)
 
     def fetch(entry: dict) -> Optional[str]:
-        path = os.path.join(dest, entry["name"])
+        path = os.path.join(root, *entry["name"].split("/"))
+        if not os.path.realpath(path).startswith(root + os.sep):
+            return f"{entry['name']!r} leaves the checkpoint directory"
         try:
             bucket.get_file(f"{sp}/{entry['name']}", path)
         except NotFoundError:
@@ -321,7 +341,7 @@ class CheckpointManager:
                     f"run spec (training hash {commit.get('training_hash', '?')[:12]} != "
                     f"{self.training_hash[:12]}); restore the run's original run.json, or "
                     "start a new run id to train with the new settings")
-            error = None if commit is not None else "COMMIT.json unreadable"
+            error = None if commit is not None else "COMMIT.json missing or invalid"
             dest = os.path.join(self.local_root, "restore", f"step-{step:08d}")
             if error is None and self.local_rank == 0:
                 try:
@@ -360,9 +380,14 @@ class CheckpointManager:
             "log above. Delete the broken ones from the bucket to start over from scratch")
 
     def _read_commit_or_none(self, step: int) -> Optional[dict]:
+        """The validated COMMIT.json, or None (missing, or invalid: reported, skipped)."""
         try:
             return read_commit(self.bucket, self.run_id, step)
-        except (NotFoundError, ValueError):
+        except NotFoundError:
+            return None
+        except InvalidRecord as e:
+            log.error("%s", e)
+            self._event("checkpoint_invalid", ckpt_step=step, reason=str(e)[:300])
             return None
 
     def _barrier(self) -> None:
@@ -589,7 +614,8 @@ class CheckpointManager:
             objs = self._poll(step, lambda o: all(m in o for m in markers))
             files: list[dict] = []
             for m in markers:
-                files.extend(json.loads(self.bucket.get_bytes(f"{sp}/{m}")))
+                files.extend(e.model_dump() for e in _MARKER.validate_json(
+                    self.bucket.get_bytes(f"{sp}/{m}")))
             short = [f"{e['name']} ({objs.get(e['name'], 'missing')} of {e['size']} bytes)"
                      for e in files if objs.get(e["name"]) != e["size"]]
             if short:

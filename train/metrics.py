@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 from vicuna_cloud import bucket_keys
 from vicuna_cloud.costs.flops import attention_flops_per_token
 from vicuna_cloud.recipes import GPU_SPECS
+from vicuna_cloud.records import metrics_lines
 from vicuna_cloud.storage import Bucket, NotFoundError, StorageError
 
 METRICS_KEY = bucket_keys.METRICS_FILE
@@ -74,15 +75,14 @@ class MetricsLog:
         self._lock = threading.Lock()         # lines and _dirty
         self._upload_lock = threading.Lock()  # one upload at a time, newest snapshot last
         self._uploader: Optional[threading.Thread] = None
+        self.skipped_lines = 0
         if bucket is not None:
             try:
-                for line in bucket.get_bytes(self.key).decode().splitlines():
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    if rec.get("step", 0) <= resume_step:
-                        self.lines.append(line)
+                # Untrusted bytes (records.metrics_lines): a torn, non-UTF-8, non-object
+                # or wrongly typed line is dropped, never a crash: telemetry must not
+                # stop training.
+                good, self.skipped_lines = metrics_lines(bucket.get_bytes(self.key))
+                self.lines = [line for line, rec in good if (rec.step or 0) <= resume_step]
             except NotFoundError:
                 pass
         self.console = None

@@ -147,14 +147,25 @@ class Segment:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Segment":
+        """Validate an untrusted segment (types included, by pydantic): ValueError if bad."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"segment is a JSON {type(d).__name__}, not an object")
         known = {f for f in cls.__dataclass_fields__}
         missing = [k for k in ("segment_id", "run_id", "cloud", "accelerators", "nodes",
                                "use_spot", "price_source") if k not in d]
         if missing:
             raise ValueError(f"segment lacks {', '.join(missing)}")
-        seg = cls(**{k: v for k, v in d.items() if k in known})
+        from pydantic import TypeAdapter, ValidationError
+
+        try:
+            seg = TypeAdapter(cls).validate_python({k: v for k, v in d.items() if k in known})
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise ValueError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
         if seg.end_reason is not None and seg.end_reason not in END_REASONS:
             raise ValueError(f"unknown end reason {seg.end_reason!r}")
+        if seg.nodes < 1 or (seg.price_per_hour is not None and seg.price_per_hour < 0):
+            raise ValueError("nodes must be >= 1 and price_per_hour >= 0")
         return seg
 
 
@@ -163,6 +174,10 @@ class Ledger:
     run_id: str
     segments: list[Segment]
     problems: list[str]  # unreadable segment files, said once each
+
+
+class LedgerUnreadable(ValueError):
+    """Segment files exist but none validates: not 'no ledger yet'."""
 
 
 def read_ledger(bucket: Bucket, run_id: str) -> Ledger:

@@ -64,17 +64,11 @@ class BucketProgress:
 def jsonl_records(data: bytes, *, newest_first: bool = False) -> Iterator[dict[str, Any]]:
     """The JSON objects of a JSONL file another process may be appending to: blank lines,
     a torn line being written right now, and non-objects are skipped."""
-    lines = data.decode("utf-8", "replace").splitlines()
-    for line in reversed(lines) if newest_first else lines:
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            yield obj
+    from vicuna_cloud.records import metrics_lines
+
+    good, _skipped = metrics_lines(data)  # untrusted: wrong types are skipped too
+    for line, _rec in reversed(good) if newest_first else good:
+        yield json.loads(line)
 
 
 def read_progress(bucket: Bucket, run_id: str) -> BucketProgress:
@@ -115,7 +109,13 @@ def read_progress(bucket: Bucket, run_id: str) -> BucketProgress:
             and last.total_steps:
         metrics = {**metrics, "total_steps": last.total_steps}
     ckpts = bucket_keys.committed_steps(run_id, keys)
-    final = any(k.startswith(bucket_keys.final_prefix(run_id)) for k in keys)
+    # Exported only once final/EXPORT.json is there and valid: the writer puts it last,
+    # so a final/ holding config files alone is an export that did not finish.
+    final = False
+    if f"{bucket_keys.final_prefix(run_id)}EXPORT.json" in keys:
+        from vicuna_cloud.exported_model import read_export_marker
+
+        final = read_export_marker(bucket, run_id) is not None
     return BucketProgress(has_spec, metrics, len(segs), last_reason, len(ckpts), final,
                           first_eval=evals[0] if evals else None,
                           last_eval=evals[-1] if evals else None)

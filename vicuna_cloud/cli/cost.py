@@ -53,7 +53,7 @@ def cost(
     checkpoint_minutes: Optional[float] = typer.Option(
         None, "--checkpoint-minutes", help="Checkpoint interval (default: Young's optimum)."),
     trials: int = typer.Option(2000, "--trials", help="Monte Carlo trials."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="--simulate: seed of the Monte Carlo draws."),
     no_skypilot: bool = typer.Option(False, "--no-skypilot",
                                      help="Do not ask SkyPilot's API server."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from typing import Callable, Optional
 
 from vicuna_cloud import billing, bucket_keys
-from vicuna_cloud.ledger import UNKNOWN_END, Ledger, Segment, read_ledger
+from vicuna_cloud.ledger import UNKNOWN_END, Ledger, LedgerUnreadable, Segment, read_ledger
 from vicuna_cloud.runspec import Cloud, RunSpec
 from vicuna_cloud.storage import Bucket, NotFoundError, StorageError
 
@@ -291,6 +291,10 @@ def run_cost(bucket: Bucket, run_id: str, *, now: Optional[float] = None,
     ledger: Ledger = read_ledger(bucket, run_id)
     spec = _read_spec(bucket, run_id)
     notes = list(ledger.problems)
+    if not ledger.segments and ledger.problems:
+        raise LedgerUnreadable(f"the ledger of run {run_id} is unreadable: {ledger.problems[0]}"
+                               + (f" (and {len(ledger.problems) - 1} more)"
+                                  if len(ledger.problems) > 1 else ""))
     if not ledger.segments:
         raise NotFoundError(f"{bucket.child_uri(bucket_keys.ledger_prefix(run_id))} holds no segments")
     hb = spec.budget.heartbeat_seconds if spec else 60.0
@@ -379,10 +383,12 @@ def all_runs(bucket: Bucket, *, now: Optional[float] = None) -> list[RunLine]:
     for rid in list_run_ids(bucket):
         try:
             rc = run_cost(bucket, rid, now=now)
-        except NotFoundError:
+        except (NotFoundError, LedgerUnreadable) as e:
             spec = _read_spec(bucket, rid)
+            bad = isinstance(e, LedgerUnreadable)
             lines.append(RunLine(rid, spec.preset if spec else None, 0, None, None, None,
-                                 None, "not started", "no ledger"))
+                                 None, "ledger unreadable" if bad else "not started",
+                                 "ledger unreadable" if bad else "no ledger"))
             continue
         lines.append(RunLine(rid, rc.preset, len(rc.segments), rc.spend_usd, rc.step,
                              rc.total_steps, rc.tokens_useful, rc.status, rc.verdict))

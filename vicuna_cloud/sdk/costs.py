@@ -32,6 +32,7 @@ def _open(uri: str):
 # --- actual spend -----------------------------------------------------------------------
 def cost_report(run_id: str, bucket: Optional[str] = None, *, skypilot: bool = True) -> report.RunCost:
     """Spend of one run per segment, reconciled with SkyPilot's job records if asked."""
+    from vicuna_cloud.ledger import LedgerUnreadable
     from vicuna_cloud.storage import NotFoundError, StorageError
 
     check_run_id(run_id)
@@ -68,6 +69,9 @@ def cost_report(run_id: str, bucket: Optional[str] = None, *, skypilot: bool = T
                           "--bucket (the ledger appears once training starts)") from None
     except StorageError as e:
         raise StorageUnavailable(f"cannot read {bkt.uri}: {str(e).splitlines()[0]}") from None
+    except LedgerUnreadable as e:
+        raise RunNotFound(f"{e}; fix or delete that file (a segment is JSON written by the "
+                          "trainer)") from None
 
 
 def cost_overview(bucket: Optional[str] = None) -> tuple[list[report.RunLine], list[str]]:

@@ -24,9 +24,20 @@ class LocalBucket(Bucket):
             raise ValueError(f"key {key!r} escapes the bucket root")
         return path
 
+    @staticmethod
+    def _mkstemp(dest: str) -> tuple[int, str]:
+        """A temp file beside ``dest``; the directory is made again if a delete of its
+        last file removed it in between."""
+        for _ in range(3):
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            try:
+                return tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".tmp-")
+            except FileNotFoundError:
+                continue
+        return tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".tmp-")
+
     def _atomic_write(self, dest: str, writer) -> None:
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".tmp-")
+        fd, tmp = self._mkstemp(dest)
         try:
             with os.fdopen(fd, "wb") as f:
                 writer(f)
@@ -43,8 +54,7 @@ class LocalBucket(Bucket):
         if not if_absent:
             return self._atomic_write(dest, lambda f: f.write(data))
         # Create-only: write a temp file, then hard-link it into place (fails if present).
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".tmp-")
+        fd, tmp = self._mkstemp(dest)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -115,10 +125,20 @@ class LocalBucket(Bucket):
         return ObjectInfo(key.strip("/"), os.path.getsize(p))
 
     def delete(self, key: str) -> None:
+        """Delete the file, then its directories left empty (an object store has no empty
+        directories: a deleted checkpoint must not leave ``step-N/`` behind)."""
+        path = self._path(key)
         try:
-            os.unlink(self._path(key))
+            os.unlink(path)
         except FileNotFoundError:
-            pass
+            return
+        parent = os.path.dirname(path)
+        while parent != self.root and parent.startswith(self.root + os.sep):
+            try:
+                os.rmdir(parent)
+            except OSError:  # not empty (or already gone): stop here
+                break
+            parent = os.path.dirname(parent)
 
     def cleanup_incomplete_uploads(self, older_than_s: float = 6 * 3600) -> int:
         removed = 0
