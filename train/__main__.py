@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from train.inputs import CONFIG_ERRORS
     from train.parallel import GPUUnavailable
     from train.trainer import TrainerOptions, run
+    from vicuna_cloud.storage import StorageError
 
     try:
         return run(a.run, TrainerOptions(local_root=a.local_root,
@@ -57,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     except GPUUnavailable as e:
         print(f"error (rank {os.environ.get('RANK', '0')}): {e}", file=sys.stderr)
         return EXIT_GPU_UNAVAILABLE
+    except StorageError as e:  # transient by nature: exit 1 so the job may retry
+        rank = os.environ.get("RANK", "0")
+        print(f"error (rank {rank}): storage: {str(e).splitlines()[0]} (the job may retry)",
+              file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_FAILED
 

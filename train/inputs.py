@@ -82,7 +82,9 @@ def load_spec(uri: str) -> RunSpec:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"run spec {uri} is invalid: {loc}: {first['msg']}") from None
-    except (StorageError, ValueError) as e:
+    except StorageError:
+        raise  # an outage or a permission blip is not bad input: exit 1, the job retries
+    except ValueError as e:  # a malformed URI: wrong on its face
         raise ConfigError(f"cannot read run spec {uri}: {str(e).splitlines()[0]}") from None
 
 

@@ -106,6 +106,11 @@ def write_run_spec(bucket: Bucket, spec: RunSpec) -> str:
             f"({str(e).splitlines()[0]}); choose a new --run-id or delete that file"
         ) from None
     if existing is not None:
+        if existing.bucket_uri != spec.bucket_uri:  # the trainer would follow run.json's
+            raise RunSpecConflict(
+                f"{bucket.child_uri(key)} names bucket {existing.bucket_uri}, not "
+                f"{spec.bucket_uri}: its checkpoints and ledger live there. Launch with "
+                f"--bucket {existing.bucket_uri}, or choose a new --run-id")
         if existing.training_hash() != spec.training_hash():
             raise RunSpecConflict(
                 f"{bucket.child_uri(key)} already holds a different run spec; choose a new "

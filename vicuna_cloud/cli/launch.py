@@ -156,7 +156,7 @@ def launch(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable summary."),
     local: bool = typer.Option(False, "--local", help="Run on this machine's CPU instead."),
     preemptions: Optional[int] = typer.Option(None, "--preemptions", help="--local: simulated preemptions."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="--local: seed of the run and its preemptions."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="--local: the run's training seed (init, data order: part of run.json) and of the preemption schedule."),
     price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="--local: pretend price."),
 ):
     """Launch a run as a SkyPilot managed job (or --local), resuming after preemptions."""

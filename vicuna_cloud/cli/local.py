@@ -3,6 +3,8 @@ panel, then the cost report and where the exported model is."""
 
 from __future__ import annotations
 
+import shlex
+
 from typing import Optional
 
 from rich.markup import escape
@@ -74,7 +76,7 @@ def run_local(*, preset: str, version: Optional[str], bucket: Optional[str],
         render_run(res.cost)
     else:
         err_console.print(f"[yellow]cost report unavailable: {res.cost_error}")
-    bucket_flag = f" --bucket {res.bucket_uri}" if res.bucket_given else ""
+    bucket_flag = f" --bucket {shlex.quote(res.bucket_uri)}" if res.bucket_given else ""
     if res.outcome in ("completed", "stopped: budget"):
         _show_plot(res.run_id, res.bucket_uri)
     if res.note:

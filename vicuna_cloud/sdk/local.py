@@ -16,6 +16,8 @@ Progress goes to ``on_event`` (``LocalEvent``); nothing here prints.
 
 from __future__ import annotations
 
+import shlex
+
 import os
 from typing import Callable, Optional
 
@@ -90,6 +92,11 @@ def _existing_spec(bkt, run_id: Optional[str]) -> Optional[RunSpec]:
 def _resume(spec: RunSpec, p: Preset, req: LocalLaunchRequest, bkt, emit: EventFn) -> None:
     """An existing run: refuse a different one, say what is kept."""
     rid = spec.run_id
+    if spec.bucket_uri != bkt.uri:  # the trainer follows run.json's bucket, not --bucket
+        raise RunConflict(
+            f"run {rid}'s run.json in {bkt.uri} names bucket {spec.bucket_uri}: its "
+            f"checkpoints and ledger go there. Relaunch with --bucket "
+            f"{shlex.quote(spec.bucket_uri)}, or choose a new --run-id")
     if spec.resources.cloud != "local":
         raise RunConflict(f"run {rid} in {bkt.uri} is a {spec.resources.cloud} run; manage "
                           "it with `vicuna-cloud status/cancel`, or choose a new --run-id")

@@ -1,0 +1,89 @@
+"""Issue 14 #4, #6, #10: exit codes and messages that say the truth.
+
+- a bucket outage while reading run.json is transient (exit 1, the job retries), not a
+  config error (78, never retried);
+- --bucket on a relaunch must match the bucket run.json names (the trainer follows
+  run.json), or the command fails naming both;
+- hints are printed shell-quoted, so pasting one never runs a $(...) from a name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vicuna_cloud.exit_codes import EXIT_CONFIG, EXIT_FAILED
+from vicuna_cloud.runs import RunSpecConflict, write_run_spec
+from vicuna_cloud.storage import open_bucket
+
+from cloud_servers import free_port
+from conftest import DUMMY_CONVERSATIONS
+from launch_helpers import run_cli
+from train_helpers import tiny_spec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_storage_outage_reading_the_spec_is_transient(tmp_path):
+    """#4: load_spec turned a storage error into exit 78, so the job was never retried."""
+    env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}",
+               AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               AWS_DEFAULT_REGION="us-east-1", VICUNA_STORAGE_RETRY_ATTEMPTS="1",
+               VICUNA_STORAGE_RETRY_REQUEST_ATTEMPTS="1", VICUNA_STORAGE_RETRY_DEADLINE_S="2",
+               VICUNA_STORAGE_CONNECT_TIMEOUT_S="1")
+    r = subprocess.run([sys.executable, "-m", "train", "s3://down-bucket/runs/r1/run.json"],
+                       env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == EXIT_FAILED, r.stderr[-2000:]
+    assert "storage" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_spec_wrong_on_its_face_is_still_a_config_error(tmp_path):
+    bucket = open_bucket(str(tmp_path / "b"))
+    bucket.put_bytes("runs/r1/run.json", b'{"run_id": 5}')
+    r = subprocess.run([sys.executable, "-m", "train", bucket.child_uri("runs/r1/run.json")],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == EXIT_CONFIG and "invalid" in r.stderr
+
+
+def test_relaunch_with_another_bucket_names_both(tmp_path):
+    """#6: run.json's bucket silently won over --bucket."""
+    spec, _ = tiny_spec(tmp_path, run_id="r1", limit=4)
+    other = open_bucket(str(tmp_path / "copy"))
+    other.put_bytes("runs/r1/run.json", spec.to_json().encode())  # the run, copied over
+    moved = spec.model_copy(update={"bucket_uri": other.uri})
+    with pytest.raises(RunSpecConflict) as e:
+        write_run_spec(other, moved)
+    assert spec.bucket_uri in str(e.value) and other.uri in str(e.value)
+
+
+def test_local_relaunch_with_another_bucket_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    spec, _ = tiny_spec(tmp_path, run_id="r1", limit=4)
+    other = tmp_path / "copy"
+    open_bucket(str(other)).put_bytes("runs/r1/run.json", spec.to_json().encode())
+    r = run_cli(capsys, monkeypatch, "launch", "tiny", "--local", "--bucket", str(other),
+                "--run-id", "r1")
+    assert r.code == 2 and "Traceback" not in r.err
+    assert str(other) in r.err and spec.bucket_uri in r.err.replace("\n", "")
+
+
+def test_hints_are_shell_quoted(tmp_path, capsys, monkeypatch):
+    """#10: 'next: vicuna-cloud launch ... --data URI' put the URI in unquoted."""
+    raw = tmp_path / "raw.json"
+    raw.write_text(json.dumps(json.loads(DUMMY_CONVERSATIONS.read_text())[:40]))
+    out = tmp_path / "ds $(touch pwned)"
+    r = run_cli(capsys, monkeypatch, "data", "prepare", str(raw), "--out", str(out))
+    assert r.code == 0, r.err
+    assert f"data upload {shlex.quote(str(out))} " in r.out
+    target = tmp_path / "bucket `id`"
+    r = run_cli(capsys, monkeypatch, "data", "upload", str(out), str(target))
+    assert r.code == 0, r.err
+    line = next(ln for ln in r.out.splitlines() if ln.startswith("next:"))
+    args = shlex.split(line[len("next:"):])
+    assert args[:4] == ["vicuna-cloud", "launch", "7b", "--data"]
+    assert args[4].startswith(str(target)) and len(args) == 5
