@@ -154,3 +154,68 @@ def test_trainer_exit_code_is_read_through_the_launcher(tmp_path):
     from VICUNA_EXIT_CODE_FILE, so a bad config (78) is not retried as a crash."""
     res = make(tmp_path, mode="config-via-launcher").run()
     assert (res.exit_code, res.outcome, len(res.attempts)) == (EXIT_CONFIG, "config", 1)
+
+
+def _live(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_group_kill_of_the_launcher_alone_never_leaves_workers_beside_the_next_attempt(tmp_path):
+    """Issue 14 #1: `kill -9` of torchrun's process group alone left its workers (own
+    sessions, adopted by init) running, and the next attempt started beside them. The
+    supervisor is their subreaper now: it finds them by their tag and ends them first."""
+    sup = make(tmp_path, mode="spawn", total=60, dt=0.1, max_failures=3)
+    alive_at_restart: list[bool] = []
+    pids_file = tmp_path / "pids"
+
+    def on_event(kind, attempt):
+        if kind == "started" and attempt.index == 1:
+            first = [int(x) for x in pids_file.read_text().split()][:2]
+            alive_at_restart.extend(_live(p) for p in first)
+
+    sup.on_event = on_event
+
+    def kill_group():
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if pids_file.exists() and len(pids_file.read_text().split()) >= 2 \
+                    and (tmp_path / "metrics.jsonl").exists():
+                break
+            time.sleep(0.05)
+        leader = int(pids_file.read_text().split()[0])
+        os.killpg(leader, signal.SIGKILL)  # the group only: the worker is in its own session
+
+    threading.Thread(target=kill_group, daemon=True).start()
+    res = sup.run()
+    assert res.exit_code == 0 and [a.outcome for a in res.attempts] == ["failed", "completed"]
+    assert alive_at_restart == [False, False]
+    s = steps(tmp_path)  # one writer at a time: a clean resume, no step written twice over
+    assert s[-1] == 60 and sorted(set(s)) == list(range(1, 61)) and len(s) <= 61
+
+
+def test_temp_files_live_under_the_run_and_a_killed_launchers_are_removed(tmp_path):
+    """Issue 14 #10: a SIGKILLed launcher left /tmp/vicuna-supervisor-*."""
+    root = tmp_path / "tmp"
+    stale = root / "supervisor-4194300-abc"  # a pid above pid_max: that launcher is gone
+    stale.mkdir(parents=True)
+    (stale / "exit-code").write_text("75")
+    sup = make(tmp_path)
+    sup2 = Supervisor([sys.executable, WORKER], config=SupervisorConfig(restart_delay_s=0.01),
+                      env=sup.env, temp_root=str(root))
+    assert not stale.exists() and sup2._exit_code_dir.startswith(str(root))
+    assert sup2.run().exit_code == 0
+    assert list(root.iterdir()) == []
+
+
+def test_stop_check_ends_the_attempt_and_the_run(tmp_path):
+    """The run lease lost (another writer took over): kill, do not restart."""
+    sup = make(tmp_path, total=10_000)
+    t0 = time.monotonic()
+    sup.stop_check = lambda: "lease lost" if time.monotonic() - t0 > 1.0 else None
+    res = sup.run()
+    assert res.outcome == "stopped" and len(res.attempts) == 1
+    pids = [a.pid for a in res.attempts]
+    assert not any(_live(p) for p in pids)

@@ -21,3 +21,4 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 78      # EX_CONFIG: fix the input, restarting will not help
 EXIT_PREEMPTED = 75   # EX_TEMPFAIL: try again on a new node
 EXIT_GPU_UNAVAILABLE = 69  # EX_UNAVAILABLE: this VM's GPUs are not all usable
+EXIT_LEASE_HELD = 77  # EX_NOPERM: another writer holds the run (see vicuna_cloud/lease.py)

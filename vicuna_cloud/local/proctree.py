@@ -86,3 +86,70 @@ def _alive(p: psutil.Process) -> bool:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+# --- a tree the workers cannot leave ----------------------------------------------------
+PR_SET_CHILD_SUBREAPER = 36
+ATTEMPT_ENV = "VICUNA_ATTEMPT_TAG"
+
+
+def set_subreaper(on: bool = True) -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux prctl), so a
+    worker whose parent died (torchrun SIGKILLed alone) is re-parented to us, not to
+    init, and stays findable. False where the call is not available."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _tag_of(p: psutil.Process) -> str | None:
+    try:
+        return p.environ().get(ATTEMPT_ENV)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+        return None
+
+
+def tagged(tag: str, seen: set[int] | None = None) -> list[psutil.Process]:
+    """Our live descendants that carry ``VICUNA_ATTEMPT_TAG=tag`` (an attempt's processes:
+    setsid does not drop the environment). Their pids are added to ``seen``."""
+    out = []
+    for p in descendants(os.getpid()):
+        if _tag_of(p) == tag and _alive(p):
+            out.append(p)
+            if seen is not None:
+                seen.add(p.pid)
+    return out
+
+
+def reap(pids: set[int]) -> None:
+    """Collect the exit status of those of ``pids`` that are our zombie children (orphans
+    re-parented to us); only pids we know to be an attempt's, never other children's."""
+    for pid in list(pids):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child (or already reaped)
+            pids.discard(pid)
+            continue
+        if done:
+            pids.discard(pid)
+
+
+def end_attempt(tag: str, seen: set[int], timeout_s: float = 60.0) -> list[int]:
+    """SIGKILL every process of the attempt until none is alive; returns the pids still
+    alive after ``timeout_s`` (empty unless the kernel will not let them die)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        live = tagged(tag, seen)
+        for p in live:
+            kill_tree(p.pid)
+        reap(seen)
+        live = [p for p in live if _alive(p)] + tagged(tag, seen)
+        if not live:
+            return []
+        if time.monotonic() > deadline:
+            return sorted({p.pid for p in live})
+        time.sleep(0.05)

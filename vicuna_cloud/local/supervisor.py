@@ -12,6 +12,13 @@ own, and restarts it like a managed job's recovery would:
   trainer's graceful-stop path: checkpoint if it fits, flush the ledger) to every process
   of the tree at once, a grace period, then SIGKILL for whatever is left; ``on_cancel``
   runs afterwards so the caller can record the segment's end as "cancelled".
+Every process of an attempt carries ``VICUNA_ATTEMPT_TAG=<tag>`` in its environment and the
+supervisor is their child subreaper (prctl), so a worker whose torchrun was SIGKILLed alone
+(it lives in a session of its own) is re-parented to the supervisor, found by its tag, and
+killed: the next attempt never starts while one process of the previous one lives. Its
+temporary files go under ``temp_root`` (the run's local directory); a SIGKILLed launcher's
+leftovers there are removed by the next start. ``stop_check`` (the run lease lost) ends
+the attempt and the run.
 The policy takes no torch: a unit test drives it with a tiny Python child.
 """
 
@@ -26,10 +33,11 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Sequence
 
-from vicuna_cloud.exit_codes import EXIT_CONFIG, EXIT_PREEMPTED
+from vicuna_cloud.exit_codes import EXIT_CONFIG, EXIT_LEASE_HELD, EXIT_PREEMPTED
 from vicuna_cloud.local import proctree
 
 EXIT_CANCELLED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -127,13 +135,22 @@ class Supervisor:
         on_line: Optional[Callable[[str], None]] = None,
         on_event: Optional[Callable[[str, Attempt], None]] = None,
         on_cancel: Optional[Callable[[], None]] = None,
+        temp_root: Optional[str] = None,
+        stop_check: Optional[Callable[[], Optional[str]]] = None,
     ):
         self.command = list(command)
+        self.stop_check = stop_check
+        self._tag = uuid.uuid4().hex[:12]
         self.config = config
         self.probe = probe
         # torchrun exits 1 whatever its workers returned; like the task's run script, we
         # have the trainer write its own exit code (75 preempted, 78 config) to a file.
-        self._exit_code_dir = tempfile.mkdtemp(prefix="vicuna-supervisor-")
+        if temp_root is not None:
+            os.makedirs(temp_root, exist_ok=True)
+            clean_temp_root(temp_root)
+        self._exit_code_dir = tempfile.mkdtemp(prefix=f"supervisor-{os.getpid()}-"
+                                               if temp_root else "vicuna-supervisor-",
+                                               dir=temp_root)
         self.exit_code_file = os.path.join(self._exit_code_dir, "exit-code")
         self.env = {**(os.environ if env is None else env),
                     "VICUNA_EXIT_CODE_FILE": self.exit_code_file}
@@ -145,15 +162,21 @@ class Supervisor:
         self.plan = PreemptionPlan(config.preemptions, config.seed, config.window)
         self.attempts: list[Attempt] = []
         self._proc: Optional[subprocess.Popen] = None
+        self._attempt_tag, self._seen = "", set()
 
     # --- public ----------------------------------------------------------------------
     def run(self) -> SupervisorResult:
         failures = recoveries = 0
         old_term = _raise_on_sigterm()
+        reaper = proctree.set_subreaper(True)
         try:
             while True:
                 attempt = self._run_attempt(len(self.attempts))
                 code = attempt.exit_code
+                if attempt.outcome in ("stopped", "unkillable"):
+                    self.on_event(attempt.outcome, attempt)
+                    return SupervisorResult(EXIT_LEASE_HELD if attempt.outcome == "stopped"
+                                            else 1, attempt.outcome, self.attempts)
                 if attempt.outcome == "preempted":
                     self.on_event("preempted", attempt)
                 elif code == 0:
@@ -164,6 +187,10 @@ class Supervisor:
                     attempt.outcome = "config"
                     self.on_event("config", attempt)
                     return SupervisorResult(EXIT_CONFIG, "config", self.attempts)
+                elif code == EXIT_LEASE_HELD:  # another writer holds the run: never beside it
+                    attempt.outcome = "lease-held"
+                    self.on_event("lease-held", attempt)
+                    return SupervisorResult(EXIT_LEASE_HELD, "lease-held", self.attempts)
                 elif code == EXIT_PREEMPTED:
                     attempt.outcome = "recovering"
                     recoveries += 1
@@ -186,6 +213,8 @@ class Supervisor:
             except ValueError:
                 pass
             shutil.rmtree(self._exit_code_dir, ignore_errors=True)
+            if reaper:
+                proctree.set_subreaper(False)
 
     # --- one attempt -----------------------------------------------------------------
     def _run_attempt(self, index: int) -> Attempt:
@@ -200,6 +229,9 @@ class Supervisor:
             os.unlink(self.exit_code_file)  # a stale code from an earlier attempt
         env = dict(self.env if self.env is not None else os.environ)
         env["VICUNA_ATTEMPT"] = str(index)  # the ledger numbers its segment as this log does
+        self._attempt_tag = tag = f"{self._tag}-{index}"
+        self._seen = seen = set()
+        env[proctree.ATTEMPT_ENV] = tag  # how the attempt's processes are found (proctree)
         proc = subprocess.Popen(
             self.command, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
@@ -212,6 +244,12 @@ class Supervisor:
         reader.start()
         try:
             while proc.poll() is None:
+                why = self.stop_check() if self.stop_check else None
+                if why:
+                    proctree.kill_tree(proc.pid)
+                    proc.wait()
+                    attempt.outcome = "stopped"
+                    break
                 if self.probe is not None:
                     p = self.probe.poll()
                     if p.seq > start_seq and p.step is not None:
@@ -226,10 +264,16 @@ class Supervisor:
                             attempt.outcome = "preempted"
                             break
                 time.sleep(self.config.poll_s)
-            # The launcher (a subprocess' leader) is gone: make sure its workers are too.
+            # The launcher (a subprocess' leader) is gone: make sure its workers are too,
+            # those that left its tree included (re-parented to us, found by their tag).
             proctree.kill_tree(proc.pid)
             attempt.exit_code = self._trainer_exit_code(proc.wait())
-        finally:
+            left = proctree.end_attempt(tag, seen)
+            if left:
+                attempt.outcome = "unkillable"
+                if self.on_line:
+                    self.on_line(f"processes {left} of attempt {index} do not die")
+        finally:  # (Ctrl-C: _cancel signals, waits, then ends the attempt the same way)
             attempt.ended = time.time()
             if proc.poll() is not None:
                 reader.join(timeout=5)  # the rest of the output, for the log
@@ -267,18 +311,37 @@ class Supervisor:
             # Everyone gets the signal at once, as a terminal's Ctrl-C reaches a whole job:
             # torchrun's workers live in sessions of their own and would miss it otherwise.
             procs = proctree.signal_tree(proc.pid, self.config.cancel_signal)
+            orphans = [p for p in proctree.tagged(self._attempt_tag, self._seen)
+                       if p.pid not in {q.pid for q in procs}]
+            proctree._signal_all(orphans, self.config.cancel_signal)
+            procs += orphans
             deadline = time.monotonic() + self.config.grace_s
             while time.monotonic() < deadline and proc.poll() is None:
                 time.sleep(0.05)
             alive = proctree.wait_gone(procs, max(0.0, deadline - time.monotonic()))
             proctree.kill_tree(proc.pid, also=alive)
             proc.wait()
+        if proc is not None:
+            proctree.end_attempt(self._attempt_tag, self._seen)
         if self.attempts and self.attempts[-1].outcome == "running":
             a = self.attempts[-1]
             a.outcome, a.ended, a.exit_code = "cancelled", time.time(), proc.returncode if proc else None
             self.on_event("cancelled", a)
         if self.on_cancel:
             self.on_cancel()
+
+
+def clean_temp_root(root: str) -> int:
+    """Remove what supervisors that are gone (a SIGKILLed launcher) left in ``root``."""
+    removed = 0
+    for name in os.listdir(root):
+        parts = name.split("-")
+        if len(parts) >= 2 and parts[0] == "supervisor" and parts[1].isdigit():
+            if proctree.psutil.pid_exists(int(parts[1])) and int(parts[1]) != os.getpid():
+                continue
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def _raise_on_sigterm():
