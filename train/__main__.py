@@ -3,7 +3,8 @@
 Exit codes (vicuna_cloud/exit_codes.py): 0 completed or budget stop, 75 preempted (the
 managed job recovers), 78 bad run spec or data, or CUDA that cannot work with this torch
 build (restarting will not help), 69 fewer usable GPUs than processes on this VM (a new VM
-may help), 1 anything else.
+may help), 77 another live writer holds the run's lease, 1 anything else (a storage outage
+included: the job retries).
 
 torchrun does not pass its workers' exit codes on: any failing worker makes it exit 1.
 So when ``$VICUNA_EXIT_CODE_FILE`` is set, each node's local rank 0 also writes its exit
@@ -21,7 +22,7 @@ import argparse
 import os
 import sys
 
-from vicuna_cloud.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_GPU_UNAVAILABLE
+from vicuna_cloud.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_GPU_UNAVAILABLE, EXIT_LEASE_HELD
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,10 +35,15 @@ def main(argv: list[str] | None = None) -> int:
                         "or the user cache)")
     p.add_argument("--stop-after-steps", type=int, default=None,
                    help="testing: stop after N steps of this attempt as if preempted (exit 75)")
+    p.add_argument("--take-over", action="store_true",
+                   help="take the run's lease over from a writer whose heartbeat is stale "
+                        "(same as VICUNA_TAKE_OVER=1)")
     p.add_argument("--export-shard-mb", type=int, default=5 * 1024,
                    help="max size of one exported safetensors shard")
     a = p.parse_args(argv)
     a.run = a.run_uri or a.run or os.environ.get("VICUNA_RUN_URI")
+    if a.take_over:
+        os.environ["VICUNA_TAKE_OVER"] = "1"
     if not a.run:
         print("error: no run spec: pass --run-uri URI or set VICUNA_RUN_URI", file=sys.stderr)
         return EXIT_CONFIG
@@ -45,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from train.inputs import CONFIG_ERRORS
     from train.parallel import GPUUnavailable
     from train.trainer import TrainerOptions, run
+    from vicuna_cloud.lease import LeaseHeld
     from vicuna_cloud.storage import StorageError
 
     try:
@@ -58,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     except GPUUnavailable as e:
         print(f"error (rank {os.environ.get('RANK', '0')}): {e}", file=sys.stderr)
         return EXIT_GPU_UNAVAILABLE
+    except LeaseHeld as e:  # another live writer: starting beside it would corrupt the run
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr)
+        return EXIT_LEASE_HELD
     except StorageError as e:  # transient by nature: exit 1 so the job may retry
         rank = os.environ.get("RANK", "0")
         print(f"error (rank {rank}): storage: {str(e).splitlines()[0]} (the job may retry)",

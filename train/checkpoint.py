@@ -245,7 +245,7 @@ class CheckpointManager:
     def __init__(self, spec: RunSpec, model, optimizer, scheduler, *, rank: int,
                  world_size: int, local_root: str, watcher=None,
                  bucket: Optional[Bucket] = None, local_rank: Optional[int] = None,
-                 commit_timeout_s: float = 1800.0):
+                 commit_timeout_s: float = 1800.0, lease=None):
         self.spec = spec
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.rank, self.world_size = rank, world_size
@@ -259,6 +259,8 @@ class CheckpointManager:
         self.policy = IntervalPolicy.from_spec(spec.checkpoint)
         self.watcher = watcher
         self.commit_timeout_s = commit_timeout_s
+        self.lease = lease  # rank 0's LeaseKeeper (vicuna_cloud/lease.py), or None
+        self.lease_lost = False
         self.distributed = world_size > 1 and dist.is_available() and dist.is_initialized()
         self._bg_pg = dist.new_group(backend="gloo") if self.distributed else None
         self._ctl_pg = dist.new_group(backend="gloo") if self.distributed else None
@@ -466,9 +468,16 @@ class CheckpointManager:
         busy = self._inflight is not None
         notice = bool(self.watcher is not None and self.watcher.event.is_set())
         window = self.watcher.window_s if notice else float("inf")
-        due_f, busy_f, notice_f, cost, neg_window = self._agree_max(
+        lost = bool(self.lease is not None and self.lease.lost)
+        due_f, busy_f, notice_f, cost, neg_window, lost_f = self._agree_max(
             [float(due), float(busy), float(notice), self._estimate_cost_s(),
-             -min(window, 1e12)])
+             -min(window, 1e12), float(lost)])
+        if lost_f > 0:  # another writer took the run over: write nothing more, stop
+            if not self.lease_lost:
+                self._event("lease_lost", ckpt_step=progress.step)
+                log.error("the run's lease was taken over: stopping without a checkpoint")
+            self.lease_lost = self.stop_requested = True
+            return False
         if notice_f > 0:
             return self._on_notice(progress, cost, -neg_window)
         if due_f == 0 or progress.step == self._last_started_step:
@@ -628,6 +637,8 @@ class CheckpointManager:
                 pass
             raise
         self._maybe_kill("commit", step)
+        if self.lease is not None:
+            self.lease.check()  # LeaseLost: another writer owns the run now, commit nothing
         commit = {
             "format": FORMAT_VERSION,
             "step": step,

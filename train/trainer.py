@@ -40,7 +40,7 @@ from vicuna_cloud.storage.base import TRANSFERS
 from vicuna_cloud.storage import open_bucket
 from vicuna_cloud.tokenizer import load_tokenizer
 
-from train import attention, batching, evaluate, inputs, metrics, model as model_lib, optim, parallel
+from train import attention, batching, evaluate, inputs, lease as run_lease, metrics, model as model_lib, optim, parallel
 from train.checkpoint import CheckpointManager, TrainProgress, committed_steps
 from train.export import export_final
 from train.loss import micro_batch_loss
@@ -114,6 +114,9 @@ class Trainer:
         self.local_root = os.path.join(self.opts.local_root or default_local_root(),
                                        self.spec.run_id)
         self.bucket = open_bucket(self.spec.bucket_uri)
+        # One live writer per run: refused (LeaseHeld, exit 77) before anything is written.
+        self.lease, self.generation = run_lease.take(self.dist, self.bucket, self.spec,
+                                                     self.local_root)
         self.outcome: Optional[str] = None  # completed / budget / preempted; None = crashed
         self.progress = TrainProgress()
         self.segment_tokens = 0             # trained by this attempt (the ledger's count)
@@ -209,7 +212,8 @@ class Trainer:
         self.watcher = PreemptionWatcher(sources_for(self.spec.resources.cloud))
         self.checkpointer = CheckpointManager(
             self.spec, self.model, self.optimizer, self.scheduler, rank=d.rank,
-            world_size=d.world_size, local_root=self.local_root, watcher=self.watcher)
+            world_size=d.world_size, watcher=self.watcher, lease=self.lease,
+            local_root=run_lease.staging_root(self.local_root, self.generation))
         self.watcher.start()
 
     def _resume(self) -> None:
@@ -402,7 +406,10 @@ class Trainer:
                     reason, step=self.progress.step, tokens=self.segment_tokens,
                     last_checkpoint_step=self.checkpointer.last_committed_step,
                     bytes_moved=self.moved)),
-                ("metrics", lambda: self._close_log(reason))):
+                ("metrics", lambda: self._close_log(reason)),
+                # A finished run (completed, budget) frees the lease for the next launch.
+                ("lease", lambda: self.lease and self.lease.close(
+                    release=self.outcome in ("completed", "budget")))):
             try:
                 part()
             except Exception:  # noqa: BLE001 - see the docstring

@@ -13,6 +13,8 @@ SkyPilot managed jobs restart a job whose run exits non-zero (up to
   otherwise (a GPU fell off the bus), exits EXIT_GPU_UNAVAILABLE before training: not in
   ``recover_on_exit_codes``, so it spends one of ``max_restarts_on_errors`` on a new VM
   (which may well have working GPUs) instead of looping for ever.
+- another live writer holds the run's lease (vicuna_cloud/lease.py) exits EXIT_LEASE_HELD:
+  restarting beside it would corrupt the run; the local supervisor stops.
 """
 
 EXIT_COMPLETED = 0

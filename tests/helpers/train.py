@@ -71,6 +71,9 @@ def torchrun_train(run_uri: str, *, nproc: int = 2, local_root: Optional[str] = 
     e.update({"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
               "PYTHONPATH": str(REPO) + os.pathsep + e.get("PYTHONPATH", "")})
     e.pop("WANDB_API_KEY", None)
+    # Every call is an attempt of one job (like a managed job's recoveries): it succeeds
+    # a SIGKILLed predecessor's lease without --take-over (vicuna_cloud/lease.py).
+    e.setdefault("VICUNA_LEASE_OWNER", f"test-job:{run_uri}"[:200])
     e.update(env or {})
     return subprocess.run(cmd, cwd=REPO, env=e, capture_output=True, text=True,
                           timeout=timeout)

@@ -158,6 +158,9 @@ def launch(
     preemptions: Optional[int] = typer.Option(None, "--preemptions", help="--local: simulated preemptions."),
     seed: Optional[int] = typer.Option(None, "--seed", help="--local: the run's training seed (init, data order: part of run.json) and of the preemption schedule."),
     price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="--local: pretend price."),
+    take_over: bool = typer.Option(
+        False, "--take-over", help="Take the run over from a writer whose heartbeat is stale "
+        "(see `vicuna-cloud status`); refused while it is live."),
 ):
     """Launch a run as a SkyPilot managed job (or --local), resuming after preemptions."""
     from vicuna_cloud.sdk import options
@@ -177,7 +180,7 @@ def launch(
                                    preemptions=preemptions or 0,
                                    seed=DEFAULT_SEED if seed is None else seed,
                                    price_per_hour=price_per_hour or 0.0, max_cost=max_cost,
-                                   base_model=base_model))
+                                   base_model=base_model, take_over=take_over))
     options.reject(_given([("--preemptions", preemptions is not None),
                            ("--price-per-hour", price_per_hour is not None),
                            ("--seed", seed is not None)]),
@@ -185,11 +188,34 @@ def launch(
     if out is not None and not dry_run:
         options.reject(["--out"], "without --dry-run", "add --dry-run, or drop --out")
     _launch_cloud(preset, version, base_model, True if spot is None else spot, nodes, gpus,
-                  cloud or "any", bucket, data, max_cost, name, run_id, dry_run, out, json_out)
+                  cloud or "any", bucket, data, max_cost, name, run_id, dry_run, out, json_out,
+                  take_over)
+
+
+def _check_lease(p, take_over: bool) -> None:
+    """A run another live job writes is refused (issue 14); with --take-over, once its
+    heartbeat is stale, the new job's trainer takes it (VICUNA_TAKE_OVER=1 in the task)."""
+    import time
+
+    from vicuna_cloud.lease import TAKE_OVER_ENV, read_state
+    from vicuna_cloud.storage import StorageError, open_bucket
+
+    try:
+        state = read_state(open_bucket(p.spec.bucket_uri), p.spec.run_id)
+    except StorageError as e:
+        raise UserError(f"cannot read the run's lease in {p.spec.bucket_uri}: "
+                        f"{str(e).splitlines()[0]}; nothing was submitted") from None
+    now = time.time()
+    if state.newest is None or state.released:
+        return
+    if take_over and state.is_stale(now) and p._task is not None:
+        p._task.update_envs({TAKE_OVER_ENV: "1"})
+        return
+    raise UserError(state.refusal(now))
 
 
 def _launch_cloud(preset, version, base_model, spot, nodes, gpus, cloud, bucket, data, max_cost,
-                  name, run_id, dry_run, out, json_out) -> None:
+                  name, run_id, dry_run, out, json_out, take_over: bool = False) -> None:
     from vicuna_cloud import sdk
 
     req = sdk.LaunchRequest(preset=preset, version=version, base_model=base_model, spot=spot,
@@ -212,6 +238,7 @@ def _launch_cloud(preset, version, base_model, spot, nodes, gpus, cloud, bucket,
         else:
             console.print(_launch_table(p, True, extra))
         return
+    _check_lease(p, take_over)
     res = sdk.launch(p)
     if res.warning:
         err_console.print(f"[yellow]warning:[/] {res.warning}", highlight=False)

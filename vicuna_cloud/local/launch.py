@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 from typing import Callable, Optional
@@ -80,12 +81,29 @@ def _node_env(local_dir: str) -> dict[str, str]:
     return env
 
 
+def take_lease(bkt, spec, take_over: bool):
+    """This launch's generation of the run lease (issue 14: one writer per run); raises
+    LeaseHeld (who holds it, since when, how to take over) or StorageError."""
+    from vicuna_cloud.lease import LeaseKeeper, acquire, holder_description, new_owner
+
+    rec = acquire(bkt, spec.run_id, owner=new_owner("local"),
+                  holder=holder_description("vicuna-cloud launch --local"),
+                  heartbeat_s=spec.budget.heartbeat_seconds, take_over=take_over)
+    return LeaseKeeper(bkt, spec.run_id, rec).start()
+
+
 def supervise(bkt, run_id: str, preemptions: int, seed: int, *,
               on_start: Callable[[StdoutProbe, str], None],
-              on_event: Callable[[str, Attempt], None]) -> tuple[SupervisorResult, str]:
+              on_event: Callable[[str, Attempt], None],
+              keeper=None) -> tuple[SupervisorResult, str]:
     """Run the task's command under the supervisor; (its result, the log path).
     ``on_start(probe, what)`` once before the first attempt (the probe's ``poll()`` gives
-    the newest step), then ``on_event(kind, attempt)`` for every supervisor event."""
+    the newest step), then ``on_event(kind, attempt)`` for every supervisor event.
+    ``keeper`` (take_lease): the trainers are this launch's attempts; losing it stops them;
+    when all are gone the lease is released."""
+    from vicuna_cloud.lease import OWNER_ENV, release_owner
+    from vicuna_cloud.storage import StorageError
+
     run_uri = bkt.child_uri(bucket_keys.run_spec(run_id))
     local_dir = paths.run_dir(run_id)
     os.makedirs(local_dir, exist_ok=True)
@@ -93,10 +111,19 @@ def supervise(bkt, run_id: str, preemptions: int, seed: int, *,
     probe = StdoutProbe()
     started = time.time()
     cmd = torchrun_command(run_uri)
+    env = _node_env(local_dir)
+    # Everything temporary (ours, torchrun's, the trainer's) under the run; what a killed
+    # launch left there goes now (this launch holds the lease: nobody else writes there).
+    temp_root = os.path.join(local_dir, "tmp")
+    shutil.rmtree(temp_root, ignore_errors=True)
+    env["TMPDIR"] = temp_root
+    if keeper is not None:
+        env[OWNER_ENV] = keeper.record.owner
     sup = Supervisor(
         cmd, config=SupervisorConfig(preemptions=preemptions, seed=seed),
-        probe=probe, env=_node_env(local_dir), log_path=log_path, on_line=probe.feed,
+        probe=probe, env=env, log_path=log_path, on_line=probe.feed,
         on_event=on_event, on_cancel=lambda: close_cancelled_segment(bkt, run_id, started),
+        temp_root=temp_root, stop_check=(lambda: keeper.lost) if keeper else None,
     )
     on_start(probe, f"Run {run_id}: torchrun {' '.join(cmd[-9:])} (log: {log_path})")
     from vicuna_cloud.local import control
@@ -104,5 +131,12 @@ def supervise(bkt, run_id: str, preemptions: int, seed: int, *,
     control.write_pid(run_id)  # `vicuna-cloud cancel/logs RUN` find this launcher
     try:
         return sup.run(), log_path
-    finally:
+    finally:  # every process of this launch is gone (the supervisor ends them): free the run
         control.clear_pid(run_id)
+        if keeper is not None:
+            keeper.close(release=False)
+            if not keeper.lost:
+                try:
+                    release_owner(bkt, run_id, keeper.record.owner)
+                except StorageError:
+                    pass  # then it goes stale by itself

@@ -168,7 +168,9 @@ def launch_local(req: LocalLaunchRequest = LocalLaunchRequest(),
                  on_event: Optional[EventFn] = None) -> LocalLaunchResult:
     """Run a preset end to end on this machine; a bad request raises before anything runs,
     how the run itself ended is in the result (``outcome``, ``exit_code``)."""
-    from vicuna_cloud.local.launch import record_local_run, supervise
+    from vicuna_cloud.lease import LeaseHeld
+    from vicuna_cloud.local.launch import record_local_run, supervise, take_lease
+    from vicuna_cloud.storage import StorageError
 
     emit = on_event or (lambda event: None)
     p = _check(req)
@@ -190,12 +192,20 @@ def launch_local(req: LocalLaunchRequest = LocalLaunchRequest(),
         spec = _new_spec(p, req, bkt, emit)
     record_local_run(spec.run_id, bkt.uri, p.name)
     rid = spec.run_id
+    try:  # one writer per run: a second launch is refused here (issue 14)
+        keeper = take_lease(bkt, spec, req.take_over)
+    except LeaseHeld as e:
+        raise RunConflict(str(e)) from None
+    except StorageError as e:
+        raise StorageUnavailable(f"cannot take the run's lease in {bkt.uri}: "
+                                 f"{str(e).splitlines()[0]}") from None
     result, log_path = supervise(
         bkt, rid, req.preemptions, req.seed,
         on_start=lambda probe, what: emit(LocalEvent(kind="started", run_id=rid, message=what,
                                                      progress=probe)),
         on_event=lambda kind, attempt: emit(LocalEvent(kind="attempt", run_id=rid,
-                                                       attempt_kind=kind, attempt=attempt)))
+                                                       attempt_kind=kind, attempt=attempt)),
+        keeper=keeper)
     out = LocalLaunchResult(run_id=spec.run_id, preset=p.name, bucket_uri=bkt.uri,
                             bucket_given=req.bucket is not None, log_path=log_path,
                             outcome=result.outcome, exit_code=result.exit_code,
@@ -223,6 +233,9 @@ def _finish(out: LocalLaunchResult, bkt) -> None:
             out.error, out.exit_code = f"training completed but {e}", 1
     elif out.outcome == "cancelled":
         out.exit_code = EXIT_CANCELLED
+    elif out.outcome in ("lease-held", "stopped"):
+        out.error = (f"another writer holds run {out.run_id} (its lease was taken over); "
+                     f"see {out.log_path} and `vicuna-cloud status {out.run_id}`")
     elif out.outcome == "config":
         out.error = (f"the trainer rejected the run's input (exit {EXIT_CONFIG}); "
                      f"see {out.log_path}")

@@ -75,6 +75,8 @@ class LocalLaunchRequest(_Request):
     hyper_overrides: Optional[dict] = Field(None, description="hyperparameters replacing the "
                                             "preset's in a new run (e.g. fewer steps)")
     checkpoint_steps: Optional[int] = Field(None, description="checkpoint interval of a new run")
+    take_over: bool = Field(False, description="take the run over from a writer whose "
+                            "heartbeat is stale (vicuna_cloud/lease.py)")
 
 
 class OptimizerPick(BaseModel):
