@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast soak bench clean
 
 # torch first, pinned to the CPU wheel these machines carry (an open range pulls a
 # multi-GB CUDA build), then the project with SkyPilot pinned, in one resolve.
@@ -30,6 +30,11 @@ test: $(STAMP)
 # The day-to-day loop: no torchrun, no object-store servers (markers: see tests/conftest.py).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not servers"
+
+# Issue 14's soak: 30 random SIGKILLs (launcher, torchrun, worker, torchrun's group) and
+# second launchers, local + S3; minutes long, so not part of `make test`.
+soak: $(STAMP)
+	VICUNA_SOAK=1 $(BIN)/python -m pytest -q -s tests/test_soak.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/cli_startup.py
