@@ -109,7 +109,8 @@ def test_sigkill_mid_upload_mid_write_and_corrupt_newest(reference, tmp_path):
     assert min(seen) == 3 and all(reference["console"][s] == v for s, v in seen.items())
     # Nothing of step 6 reached the bucket; its local staging is cleared at the next start.
     assert list_checkpoints(b, RUN_ID) == {2: True, 4: True}
-    assert (tmp_path / "local" / RUN_ID / "save" / "step-00000006").is_dir()
+    # (Staging is per lease generation: the second attempt is generation 1.)
+    assert (tmp_path / "local" / RUN_ID / "gen-1" / "save" / "step-00000006").is_dir()
 
     # 3. The newest committed checkpoint is corrupt: fall back to 2 (and say so), finish.
     shard = f"{step_prefix(RUN_ID, 4)}/__1_0.distcp"
@@ -118,7 +119,8 @@ def test_sigkill_mid_upload_mid_write_and_corrupt_newest(reference, tmp_path):
         download_checkpoint(b, RUN_ID, 4, str(tmp_path / "probe"))
     p3 = run(uri, tmp_path)
     assert p3.returncode == 0, p3.stderr[-4000:]
-    assert not (tmp_path / "local" / RUN_ID / "save" / "step-00000006").exists()
+    assert not list((tmp_path / "local" / RUN_ID).glob("*/save/step-00000006"))
+    assert [d.name for d in (tmp_path / "local" / RUN_ID).glob("gen-*")] == ["gen-2"]
     seen = console_losses(p3)
     assert min(seen) == 3 and max(seen) == 8
     assert all(reference["console"][s] == v for s, v in seen.items())

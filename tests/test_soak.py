@@ -145,7 +145,7 @@ class Soak:
         a = self.start()
         deadline = time.time() + 3600
         while time.time() < deadline:
-            wait_until = time.time() + self.rng.uniform(2, 18)
+            wait_until = time.time() + self.rng.uniform(3, 30)
             while time.time() < wait_until and a.poll() is None:
                 time.sleep(0.2)
             if a.poll() is not None:
