@@ -58,8 +58,9 @@ def publish(bucket_uri: str, export_dir: str) -> None:
     spec = spec_from_preset(get_preset("tiny"), run_id=RUN, dataset_uri=f"{bucket_uri}/datasets/x",
                             dataset_sha256=None, bucket_uri=bucket_uri, cloud="local")
     write_run_spec(b, spec)
-    for name in os.listdir(export_dir):
-        b.put_file(f"runs/{RUN}/final/{name}", os.path.join(export_dir, name))
+    from train.export import upload_dir  # the trainer's writer: files, then EXPORT.json
+
+    upload_dir(b, export_dir, f"runs/{RUN}/final", step=1)
 
 
 def cli(*args, env=None):

@@ -70,6 +70,17 @@ def _is_torchrun(p: psutil.Process) -> bool:
     return "torchrun" in cmd or "torch.distributed.run" in cmd
 
 
+def _run_processes(run_id: str) -> list[psutil.Process]:
+    """Every process of this run (launchers, torchrun, workers), found by its command line
+    wherever it was re-parented: a killed launcher's orphans included."""
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if f"runs/{run_id}/run.json" in cmd or f"--run-id {run_id}" in cmd:
+            out.append(p)
+    return out
+
+
 def _kill(p, sig=signal.SIGKILL) -> None:
     try:
         p.send_signal(sig)
@@ -89,6 +100,7 @@ class Soak:
         self.refused = 0
         self.launches = 0
         self.take_over = False
+        self.seen_pids: set = set()
 
     def start(self) -> subprocess.Popen:
         self.launches += 1
@@ -105,6 +117,25 @@ class Soak:
             return  # the first ended meanwhile: nothing to say about the second
         assert r.returncode == 2 and "held by" in r.stderr, r.stdout[-2000:] + r.stderr[-2000:]
         self.refused += 1
+
+    def wait_training(self, a: subprocess.Popen, timeout: float = 180) -> None:
+        """Until the current attempt has trained a step past where it started (its ledger
+        segment says so), then a random 0-10 s more."""
+        from vicuna_cloud.ledger import read_ledger
+
+        bucket = open_bucket(self.bucket)
+        deadline = time.time() + timeout
+        while time.time() < deadline and a.poll() is None:
+            try:
+                segs = read_ledger(bucket, self.run_id).segments
+            except Exception:  # noqa: BLE001 - a read racing a write: look again
+                segs = []
+            if segs and segs[-1].end_time is None and segs[-1].last_step > segs[-1].first_step \
+                    and segs[-1].pid not in self.seen_pids:
+                self.seen_pids.add(segs[-1].pid)
+                break
+            time.sleep(0.5)
+        time.sleep(self.rng.uniform(0, 10))
 
     def kill_something(self, a: subprocess.Popen) -> None:
         fam = _family(a.pid)
@@ -135,6 +166,7 @@ class Soak:
                 if any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in orphans):
                     assert r.returncode == 2 and "held by" in r.stderr, r.stderr[-2000:]
                     self.refused += 1
+            orphans = _run_processes(self.run_id)  # those started after the snapshot too
             for p in orphans:  # the "VM" of the orphans goes too
                 _kill(p)
             _gone(orphans)
@@ -160,6 +192,8 @@ class Soak:
             if self.rng.random() < 0.3:
                 self.second_launcher_refused(a)
             if sum(self.kills.values()) < KILLS:
+                if self.rng.random() < 0.6:  # most kills mid-training, some at start-up
+                    self.wait_training(a)
                 self.kill_something(a)
                 if a.poll() is not None:
                     a = self.start()
@@ -173,7 +207,13 @@ def test_soak(kind, home, reference, tmp_path, request):
     run_id = f"soak-{kind}"
     soak = Soak(home, uri, run_id, random.Random(f"soak-{kind}"))
     t0 = time.time()
-    soak.run()
+    try:
+        soak.run()
+    finally:
+        left = [p for p in _run_processes(run_id) if p.pid != os.getpid()]
+        for p in left:
+            _kill(p)
+    assert not left, f"processes of the run still alive at the end: {[p.pid for p in left]}"
     assert sum(soak.kills.values()) == KILLS
     assert_same_weights(weights(uri, run_id, home), reference)
 
