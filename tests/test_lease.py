@@ -103,7 +103,7 @@ def test_a_superseded_writer_commits_no_checkpoint(tmp_path):
     """The fence: COMMIT.json is written only while this writer's generation is newest."""
     from train.checkpoint import CheckpointManager, TrainProgress, committed_steps
     from test_checkpoint import make, run_steps
-    from train_helpers import tiny_spec
+    from helpers.train import tiny_spec
     from vicuna_cloud.runspec import CheckpointPolicy
 
     spec, _ = tiny_spec(tmp_path, limit=4, checkpoint=CheckpointPolicy(interval_steps=2, keep=5))
@@ -111,8 +111,8 @@ def test_a_superseded_writer_commits_no_checkpoint(tmp_path):
     rec = acquire(bucket, spec.run_id, owner="job-a", holder="A", heartbeat_s=60)
     keeper = LeaseKeeper(bucket, spec.run_id, rec)
     m, opt, sched = make()
-    ckpt = CheckpointManager(spec, rank=0, world_size=1, local_root=str(tmp_path / "l"),
-                             lease=keeper)
+    ckpt = CheckpointManager(spec, m, opt, sched, rank=0, world_size=1,
+                             local_root=str(tmp_path / "l"), lease=keeper)
     p = TrainProgress()
     run_steps(ckpt, m, opt, sched, p, 2)
     ckpt.wait()
@@ -125,7 +125,7 @@ def test_a_superseded_writer_commits_no_checkpoint(tmp_path):
     assert any(e["event"] == "checkpoint_failed" and "taken over" in e["reason"]
                for e in ckpt.events)
     keeper.lost = "taken over by B"  # what the renewal thread sets
-    assert ckpt.maybe_save(p, m, opt, sched, force=True) is False
+    assert ckpt.maybe_save(p, force=True) is False
     assert ckpt.stop_requested and ckpt.lease_lost
     ckpt.close()
 

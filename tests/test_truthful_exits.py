@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 
 from vicuna_cloud.exit_codes import EXIT_CONFIG, EXIT_FAILED
-from vicuna_cloud.runs import RunSpecConflict, write_run_spec
+from vicuna_cloud.run_store import RunSpecConflict, write_run_spec
 from vicuna_cloud.storage import open_bucket
 
-from cloud_servers import free_port
+from helpers.cloud_servers import free_port
 from conftest import DUMMY_CONVERSATIONS
-from launch_helpers import run_cli
-from train_helpers import tiny_spec
+from helpers.cli import run_cli
+from helpers.train import tiny_spec
 
 REPO = Path(__file__).resolve().parents[1]
 

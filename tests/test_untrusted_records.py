@@ -24,7 +24,7 @@ from vicuna_cloud.runspec import CheckpointPolicy
 from vicuna_cloud.storage import open_bucket
 
 from test_checkpoint import make, run_steps
-from train_helpers import tiny_spec
+from helpers.train import tiny_spec
 
 
 @pytest.fixture
@@ -36,7 +36,8 @@ def spec(tmp_path):
 def _saved(spec, tmp_path, n=4):
     """A run with committed checkpoints at steps 2 and 4; returns the params at step 2."""
     m, opt, sched = make()
-    ckpt = CheckpointManager(spec, rank=0, world_size=1, local_root=str(tmp_path / "local"))
+    ckpt = CheckpointManager(spec, m, opt, sched, rank=0, world_size=1,
+                             local_root=str(tmp_path / "local"))
     p = TrainProgress()
     run_steps(ckpt, m, opt, sched, p, 2)
     ckpt.wait()
@@ -97,8 +98,9 @@ def test_malformed_commit_falls_back_to_the_previous_checkpoint(spec, tmp_path, 
     bucket = open_bucket(spec.bucket_uri)
     bucket.put_bytes(f"{step_prefix(spec.run_id, 4)}/{COMMIT_NAME}", body)
     m2, opt2, sched2 = make(seed=1)
-    ckpt = CheckpointManager(spec, rank=0, world_size=1, local_root=str(tmp_path / "local2"))
-    prog = ckpt.restore(m2, opt2, sched2)
+    ckpt = CheckpointManager(spec, m2, opt2, sched2, rank=0, world_size=1,
+                             local_root=str(tmp_path / "local2"))
+    prog = ckpt.restore()
     assert prog.step == 2 and ckpt.restored_step == 2
     kinds = [e["event"] for e in ckpt.events]
     assert "checkpoint_invalid" in kinds and kinds[-1] == "checkpoint_restored"
@@ -130,7 +132,7 @@ def test_bad_metrics_lines_never_stop_training(tmp_path):
     assert log.lines == good[:2] and log.skipped_lines == 5
     log.close()
 
-    from vicuna_cloud.skypilot.progress import read_progress
+    from vicuna_cloud.run_progress import read_progress
 
     prog = read_progress(bucket, "r")
     assert prog.error is None and prog.last_metrics["step"] == 9
@@ -139,8 +141,8 @@ def test_bad_metrics_lines_never_stop_training(tmp_path):
 def test_final_without_export_marker_is_not_exported(tmp_path):
     """#5: final/ with config files and no EXPORT.json was 'finished (final/ exported)'
     and chat died in a traceback."""
-    from vicuna_cloud.local.models import ExportNotFound, local_export_dir
-    from vicuna_cloud.skypilot.progress import read_progress
+    from vicuna_cloud.exported_model import ExportNotFound, local_export_dir
+    from vicuna_cloud.run_progress import read_progress
 
     bucket = open_bucket(str(tmp_path / "b"))
     bucket.put_bytes("runs/r/run.json", b"{}")
