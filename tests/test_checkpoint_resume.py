@@ -107,8 +107,16 @@ def test_sigkill_mid_upload_mid_write_and_corrupt_newest(reference, tmp_path):
     assert p2.returncode == -9, p2.stderr[-3000:]
     seen = console_losses(p2)
     assert min(seen) == 3 and all(reference["console"][s] == v for s, v in seen.items())
-    # Nothing of step 6 reached the bucket; its local staging is cleared at the next start.
-    assert list_checkpoints(b, RUN_ID) == {2: True, 4: True}
+    # Rank 0 died before uploading anything of step 6, so step 6 is not committed. Rank 1's
+    # upload thread runs on its own and may put some of its own files up before the SIGKILL
+    # reaches it (seen on a loaded machine): legal leftovers (no COMMIT = not a checkpoint),
+    # deleted at the next start. Its local staging is cleared at the next start too.
+    after_kill = list_checkpoints(b, RUN_ID)
+    assert {s: ok for s, ok in after_kill.items() if s != 6} == {2: True, 4: True}
+    sp6 = step_prefix(RUN_ID, 6) + "/"
+    six = {o.key[len(sp6):] for o in b.list(sp6)}
+    assert six <= {"extra-1.pt", "__1_0.distcp", "ranks/1.json"}, six
+    assert after_kill.get(6, False) is False
     # (Staging is per lease generation: the second attempt is generation 1.)
     assert (tmp_path / "local" / RUN_ID / "gen-1" / "save" / "step-00000006").is_dir()
 
@@ -128,6 +136,9 @@ def test_sigkill_mid_upload_mid_write_and_corrupt_newest(reference, tmp_path):
     assert [(e["ckpt_step"], e["fallback_to"]) for e in fb] == [(4, 2)]
     assert "__1_0.distcp" in fb[0]["reason"]
     assert events(spec.bucket_uri, "checkpoint_restored")[-1]["ckpt_step"] == 2
+    # Step 6's leftovers (if rank 1 got any up) were deleted, never restored or committed.
+    deleted = {e["ckpt_step"] for e in events(spec.bucket_uri, "checkpoint_leftovers_deleted")}
+    assert (6 in deleted) == (6 in after_kill), (deleted, after_kill)
 
     # Retention: the last two committed checkpoints, nothing else.
     assert list_checkpoints(b, RUN_ID) == {6: True, 8: True}

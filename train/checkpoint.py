@@ -19,7 +19,8 @@ meet through the bucket.
 Test hook (tests only, documented in checkpoints/README.md): VICUNA_TEST_KILL_AT=phase:step
 makes rank 0 SIGKILL the whole job (torchrun, every worker) at that exact point; phases:
 step (maybe_save entry after that step, i.e. plain training), save (before staging), written (shards on local disk), upload (one file uploaded), commit
-(all markers in, COMMIT.json not yet written), committed (after COMMIT.json).
+(all markers in, COMMIT.json not yet written), committed (after COMMIT.json). The point
+is rank 0's: other ranks may have uploaded some of their files before the kill reaches them.
 """
 
 from __future__ import annotations
