@@ -104,8 +104,9 @@ def test_damaged_run_spec_of_the_run_id(s3_with_data, capsys, monkeypatch, no_su
     b = open_bucket(bucket)
     b.put_bytes("runs/damaged-run/run.json", b'{"run_id": "damaged-run", "torn')
     before = keys(bucket)
+    monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_test")  # past the gated-model check
     r = run_cli(capsys, monkeypatch, "launch", "7b", "--bucket", bucket, "--data", data,
-                "--run-id", "damaged-run")
+                "--run-id", "damaged-run", "--allow-dirty")
     _assert_one_line_error(r, "runs/damaged-run/run.json", "no readable run spec", "--run-id")
     assert keys(bucket) == before and no_submit == []
     assert b.get_bytes("runs/damaged-run/run.json") == b'{"run_id": "damaged-run", "torn'
@@ -132,8 +133,11 @@ def test_missing_cloud_credentials(s3_with_data, tmp_path, capsys, monkeypatch, 
         m.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
         m.setenv("HOME", str(tmp_path))
         m.setenv("NO_GCE_CHECK", "True")  # this machine is no GCE VM: skip the probe
-        r = run_cli(capsys, m, "launch", "7b", "--bucket", bucket, "--data", data)
+        r = run_cli(capsys, m, "launch", "7b", "--cloud", "any", "--bucket", bucket,
+                    "--data", data)
         _assert_one_line_error(r, "no AWS or GCP credentials", "aws configure", "gcloud auth")
+        r = run_cli(capsys, m, "launch", "7b", "--bucket", bucket, "--data", data)
+        _assert_one_line_error(r, "no AWS credentials", "aws configure")  # the bucket's cloud
         r = run_cli(capsys, m, "launch", "7b", "--cloud", "gcp", "--bucket", bucket,
                     "--data", data)
         _assert_one_line_error(r, "no GCP credentials", "gcloud auth application-default login")

@@ -11,7 +11,8 @@ import sys
 import pytest
 import torch
 
-from vicuna_cloud.exit_codes import EXIT_CONFIG, EXIT_GPU_UNAVAILABLE
+from vicuna_cloud.exit_codes import (EXIT_CONFIG, EXIT_GPU_UNAVAILABLE, EXIT_TRANSIENT,
+                                     RECOVERABLE_EXIT_CODES)
 from vicuna_cloud.recipes import TINY, all_presets, get_preset
 from vicuna_cloud.run_store import spec_from_preset
 from vicuna_cloud.skypilot.run_script import run_script
@@ -158,7 +159,10 @@ def test_gpu_run_on_a_cpu_torch_stops_before_training(tmp_path):
     err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
     assert len(err) == 1 and "asks for GPUs" in err[0] and "CPU wheel" in err[0]
     assert [i.key for i in bucket.list(f"runs/{spec.run_id}/")] == [f"runs/{spec.run_id}/run.json"]
-    assert EXIT_GPU_UNAVAILABLE not in (0, EXIT_CONFIG)
+    # A driver/wheel mismatch stays 78; a lost GPU is the VM's fault: the transient 69,
+    # which job_recovery restarts on a new cluster (not an error restart).
+    assert EXIT_GPU_UNAVAILABLE == EXIT_TRANSIENT and EXIT_GPU_UNAVAILABLE != EXIT_CONFIG
+    assert EXIT_GPU_UNAVAILABLE in RECOVERABLE_EXIT_CODES
 
 
 @pytest.mark.slow

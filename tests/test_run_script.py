@@ -133,63 +133,81 @@ def test_torch_pin_matches_pyproject():
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]["train"]
     assert f"torch=={TORCH_VERSION}" in extras
+    node = (REPO / "train" / "requirements.txt").read_text().splitlines()
+    assert f"torch=={TORCH_VERSION}" in node
 
 
 def _setup_sandbox(tmp_path):
-    """Stand-in python3 that 'creates' a venv whose python logs every call."""
+    """A node HOME whose ~/.local/bin/uv is a stand-in that logs every call and 'creates' a
+    venv whose python answers setup's questions; a workdir with the real requirements."""
     home = tmp_path / "home"
-    (home).mkdir()
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    (home / ".local" / "bin").mkdir(parents=True)
+    work = tmp_path / "work"
+    (work / "train").mkdir(parents=True)
+    (work / "train" / "requirements.txt").write_bytes(
+        (REPO / "train" / "requirements.txt").read_bytes())
     log = tmp_path / "calls.log"
     venv_python = f"""#!/bin/bash
 echo "venv-python $*" >> {log}
-if [ "$1" = "-c" ]; then
-  case "$2" in *__version__*) echo 0.1.0 ;; esac
-fi
+case "$2" in *sysconfig*) echo "$(dirname "$0")/../site" ;; *__version__*) echo 0.1.0 ;; esac
 exit 0
 """
-    _exe(bin_dir / "python3", f"""#!/bin/bash
-echo "python3 $*" >> {log}
-if [ "$1 $2" = "-m venv" ]; then
-  mkdir -p "$3/bin"
-  cat > "$3/bin/python" <<'PY'
+    _exe(home / ".local" / "bin" / "uv", f"""#!/bin/bash
+echo "uv $*" >> {log}
+if [ "$1" = "venv" ]; then
+  eval "d=\${{$#}}"; mkdir -p "$d/bin" "$d/site"
+  cat > "$d/bin/python" <<'PY'
 {venv_python}PY
-  chmod +x "$3/bin/python"
+  chmod +x "$d/bin/python"
 fi
 """)
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(home)}
-    return env, log, home
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home)}
+    return env, log, home, work
 
 
-def test_setup_installs_torch_first_then_this_tree_and_skips_on_recovery(tmp_path):
-    env, log, home = _setup_sandbox(tmp_path)
+def test_setup_makes_a_311_venv_by_uv_installs_the_pins_and_skips_on_recovery(tmp_path):
+    env, log, home, work = _setup_sandbox(tmp_path)
     version = "0.1.0+gabcdef123456"
-    proc = _run(setup_script(version), env, tmp_path)
+    proc = _run(setup_script(version), env, work)
     assert proc.returncode == 0, proc.stderr
     calls = log.read_text().splitlines()
-    pip = [c for c in calls if "-m pip install" in c]
-    assert pip[1].endswith(f"torch=={TORCH_VERSION}")
-    assert pip[2].endswith("-e .[train]")
-    assert (home / ".vicuna-cloud" / "installed").read_text().strip() == version
-    # A recovery onto the same VM: nothing is installed again.
+    uv = [c for c in calls if c.startswith("uv ")]
+    assert uv[0] == f"uv venv --quiet --python 3.11 {home}/.vicuna-cloud/venv"
+    assert uv[1].endswith(f"pip install --quiet --python {home}/.vicuna-cloud/venv/bin/python "
+                          "-r train/requirements.txt")
+    assert not any("wandb" in c for c in calls)  # no WANDB_API_KEY: no W&B
+    assert (home / ".vicuna-cloud" / "venv" / "site" / "vicuna_cloud_workdir.pth"
+            ).read_text().strip() == str(work)
+    assert (home / ".vicuna-cloud" / "installed").read_text().startswith(version + " python3.11")
+    # A recovery onto the same disk: nothing is installed again.
     log.unlink()
-    proc = _run(setup_script(version), env, tmp_path)
+    proc = _run(setup_script(version), env, work)
     assert proc.returncode == 0 and "setup skipped" in proc.stdout
-    assert not any("pip install" in c for c in log.read_text().splitlines())
+    assert not any(c.startswith("uv ") for c in log.read_text().splitlines())
+    # W&B asked for (its key arrives as a secret in setup's environment): installs it.
+    log.unlink()
+    proc = _run(setup_script(version), {**env, "WANDB_API_KEY": "k"}, work)
+    assert proc.returncode == 0, proc.stderr
+    assert any(c.endswith(" wandb==0.31.0") for c in log.read_text().splitlines())
     # Another code version: installs again.
     log.unlink()
-    proc = _run(setup_script("0.1.0+gffffffffffff"), env, tmp_path)
+    proc = _run(setup_script("0.1.0+gffffffffffff"), env, work)
     assert proc.returncode == 0
-    assert any(f"torch=={TORCH_VERSION}" in c for c in log.read_text().splitlines())
+    assert any(" -r train/requirements.txt" in c for c in log.read_text().splitlines())
 
 
-def test_setup_refuses_a_workdir_of_another_version(tmp_path):
-    env, log, home = _setup_sandbox(tmp_path)
-    proc = _run(setup_script("0.2.0+g123"), env, tmp_path)
+def test_setup_refuses_a_workdir_of_another_version_or_other_requirements(tmp_path):
+    env, log, home, work = _setup_sandbox(tmp_path)
+    proc = _run(setup_script("0.2.0+g123"), env, work)
     assert proc.returncode == 78
     assert "wants 0.2.0+g123" in proc.stderr
     assert not (home / ".vicuna-cloud" / "installed").exists()
+    (work / "train" / "requirements.txt").write_text("torch\n")  # not what was rendered
+    proc = _run(setup_script("0.1.0"), env, work)
+    assert proc.returncode == 78 and "is not the one the task was" in proc.stderr
+    (home / ".local" / "bin" / "uv").unlink()  # not a SkyPilot node
+    proc = _run(setup_script("0.1.0"), env, work)
+    assert proc.returncode == 78 and "no uv at" in proc.stderr
 
 
 def test_scripts_carry_no_hyperparameters():
@@ -201,6 +219,7 @@ def test_scripts_carry_no_hyperparameters():
 
 @pytest.mark.parametrize("written,torchrun_rc,expected", [
     ("75", 1, 75),   # preemption notice: SkyPilot must see 75 (recover_on_exit_codes)
+    ("69", 1, 69),   # transient fault (storage, NCCL): recovered too
     ("78", 1, 78),   # bad spec
     ("", 1, 1),      # a crash that wrote nothing stays a failure
     ("", 0, 0),      # success (or a budget stop) stays 0

@@ -1,6 +1,6 @@
 """Issue 14 #4, #6, #10: exit codes and messages that say the truth.
 
-- a bucket outage while reading run.json is transient (exit 1, the job retries), not a
+- a bucket outage while reading run.json is transient (exit 69, recovered), not a
   config error (78, never retried);
 - --bucket on a relaunch must match the bucket run.json names (the trainer follows
   run.json), or the command fails naming both;
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from vicuna_cloud.exit_codes import EXIT_CONFIG, EXIT_FAILED
+from vicuna_cloud.exit_codes import EXIT_CONFIG, EXIT_TRANSIENT
 from vicuna_cloud.run_store import RunSpecConflict, write_run_spec
 from vicuna_cloud.storage import open_bucket
 
@@ -39,7 +39,7 @@ def test_storage_outage_reading_the_spec_is_transient(tmp_path):
                VICUNA_STORAGE_CONNECT_TIMEOUT_S="1")
     r = subprocess.run([sys.executable, "-m", "train", "s3://down-bucket/runs/r1/run.json"],
                        env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert r.returncode == EXIT_FAILED, r.stderr[-2000:]
+    assert r.returncode == EXIT_TRANSIENT, r.stderr[-2000:]
     assert "storage" in r.stderr and "Traceback" not in r.stderr
 
 

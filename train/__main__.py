@@ -1,10 +1,10 @@
 """``python -m train --run-uri URI``: what torchrun starts on every GPU.
 
-Exit codes (vicuna_cloud/exit_codes.py): 0 completed or budget stop, 75 preempted (the
-managed job recovers), 78 bad run spec or data, or CUDA that cannot work with this torch
-build (restarting will not help), 69 fewer usable GPUs than processes on this VM (a new VM
-may help), 77 another live writer holds the run's lease, 1 anything else (a storage outage
-included: the job retries).
+Exit codes (vicuna_cloud/exit_codes.py): 0 completed or budget stop, 75 preempted and 69
+a fault of the place (storage outage, NCCL/CUDA or network error, a GPU that vanished or
+fewer usable GPUs than processes: the managed job recovers on a new cluster), 78 bad run
+spec or data, or CUDA that cannot work with this torch build (restarting will not help),
+77 another live writer holds the run's lease, 1 anything else (a bug: not retried).
 
 torchrun does not pass its workers' exit codes on: any failing worker makes it exit 1.
 So when ``$VICUNA_EXIT_CODE_FILE`` is set, each node's local rank 0 also writes its exit
@@ -22,7 +22,14 @@ import argparse
 import os
 import sys
 
-from vicuna_cloud.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_GPU_UNAVAILABLE, EXIT_LEASE_HELD
+from vicuna_cloud.exit_codes import (EXIT_CONFIG, EXIT_FAILED, EXIT_GPU_UNAVAILABLE,
+                                     EXIT_LEASE_HELD, EXIT_TRANSIENT)
+
+#: Words of torch's errors that come from the place, not the program: a lost peer, a
+#: collective that timed out, a GPU fault. "out of memory" is deliberately not here: the
+#: same VM size runs out again.
+_TRANSIENT_WORDS = ("NCCL", "Connection reset", "Connection closed", "Broken pipe",
+                    "timed out", "CUDA error: uncorrectable ECC", "unspecified launch failure")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,13 +76,50 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr)
         return EXIT_LEASE_HELD
-    except StorageError as e:  # transient by nature: exit 1 so the job may retry
+    except StorageError as e:  # an outage is the place's fault: 69, recovered (not 1)
+        code = exit_code_for(e)
         rank = os.environ.get("RANK", "0")
-        print(f"error (rank {rank}): storage: {str(e).splitlines()[0]} (the job may retry)",
+        how = "the job recovers on a new cluster" if code == EXIT_TRANSIENT else "not retried"
+        print(f"error (rank {rank}): storage: {str(e).splitlines()[0]} (exit {code}: {how})",
               file=sys.stderr)
-        return EXIT_FAILED
+        return code
     except KeyboardInterrupt:
         return EXIT_FAILED
+    except Exception as e:  # noqa: BLE001 - classified, printed, then the traceback
+        code = exit_code_for(e)
+        if code == EXIT_TRANSIENT:
+            rank = os.environ.get("RANK", "0")
+            print(f"error (rank {rank}, transient: exit {code}, the job recovers on a new "
+                  f"cluster): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                  file=sys.stderr)
+            import traceback
+            traceback.print_exc()
+            return code
+        raise
+
+
+def exit_code_for(e: BaseException) -> int:
+    """EXIT_TRANSIENT for a fault of the place (storage, network, collective, GPU fault),
+    EXIT_FAILED for anything else. Config errors are caught before this."""
+    from vicuna_cloud.storage import BucketAccessError, StorageError
+
+    if isinstance(e, BucketAccessError):  # credentials or a deleted bucket: not by retrying
+        return EXIT_FAILED
+    if isinstance(e, (StorageError, ConnectionError, TimeoutError)):
+        return EXIT_TRANSIENT
+    try:
+        import torch.distributed as dist
+        dist_errors = tuple(getattr(dist, n) for n in ("DistError", "DistBackendError",
+                                                         "DistNetworkError", "DistStoreError")
+                            if hasattr(dist, n))
+    except ImportError:  # pragma: no cover - torch is always there on a node
+        dist_errors = ()
+    if dist_errors and isinstance(e, dist_errors):
+        return EXIT_TRANSIENT
+    text = str(e)
+    if isinstance(e, RuntimeError) and any(w in text for w in _TRANSIENT_WORDS):
+        return EXIT_TRANSIENT
+    return EXIT_FAILED
 
 
 def write_exit_code(code: int) -> None:
@@ -94,8 +138,8 @@ def write_exit_code(code: int) -> None:
 if __name__ == "__main__":
     try:
         code = main()
-    except BaseException:
-        write_exit_code(EXIT_FAILED)
+    except BaseException as exc:
+        write_exit_code(exit_code_for(exc) if isinstance(exc, Exception) else EXIT_FAILED)
         raise
     write_exit_code(code)
     try:

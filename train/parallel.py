@@ -53,7 +53,8 @@ class GPUConfigError(ValueError):
 
 class GPUUnavailable(RuntimeError):
     """The run asks for GPUs and this node shows fewer usable GPUs than it runs processes:
-    a property of this VM, which a new VM may not share (exit 69)."""
+    a fault of this VM, which a new VM may not share: exit 69 (EXIT_GPU_UNAVAILABLE is
+    EXIT_TRANSIENT), recovered on a new cluster without counting as an error restart."""
 
 
 _DRIVER_MISMATCH = ("driver on your system is too old", "driver version is insufficient",

@@ -211,6 +211,22 @@ def _default_pricer(cloud, region, zone, accelerators, instance_type):
     return pricing.price_at(cloud, region, zone, accelerators, instance_type)
 
 
+def _spec_pricer(spec: RunSpec):
+    """Prices from run.json's launch-time table first (a node has no skypilot, hence no
+    catalog), then SkyPilot's catalog where it is installed (the laptop, tests)."""
+    def price(cloud, region, zone, accelerators, instance_type):
+        from vicuna_cloud import pricing
+
+        if spec.budget.node_prices:
+            try:
+                return pricing.price_from_table(spec.budget.node_prices, cloud, region, zone,
+                                                accelerators, instance_type)
+            except pricing.PricingError:
+                pass
+        return _default_pricer(cloud, region, zone, accelerators, instance_type)
+    return price
+
+
 class LedgerRecorder:
     """Writes this attempt's segment; answers "will the next interval pass the budget?".
 
@@ -230,7 +246,7 @@ class LedgerRecorder:
         self.env = env
         self.background = background
         self._boot_time = boot_time
-        self._pricer = pricer
+        self._pricer = _spec_pricer(spec) if pricer is _default_pricer else pricer
         self._price_timeout = price_timeout
         self._attempts = max(1, write_attempts)
         self._retry_wait = retry_wait

@@ -349,3 +349,37 @@ def summarize(accelerators: str, cloud: str = "any") -> PriceSummary:
 
 def flagged(prices: Iterable[NodePrice]) -> list[NodePrice]:
     return [p for p in prices if p.flags]
+
+
+def price_from_table(rows, cloud: str, region: Optional[str], zone: Optional[str],
+                     accelerators: str, instance_type: Optional[str] = None) -> NodePrice:
+    """A segment's price from the rows launch copied into run.json (budget.node_prices):
+    the zone's row, else the cheapest row of the region. No skypilot needed (the node has
+    none). Raises PricingError when no row matches."""
+    cloud = (cloud or "").lower()
+    mine = [r for r in rows if r.cloud == cloud and r.accelerators == accelerators
+            and (instance_type is None or r.instance_type == instance_type)]
+    exact = [r for r in mine if zone and r.zone == zone]
+    note = ""
+    if not exact:
+        exact = sorted((r for r in mine if region and r.region == region),
+                       key=lambda r: (r.spot if r.spot is not None else math.inf, r.on_demand))
+        note = f" (zone {zone} not in the table: cheapest in region)" if zone else " (region)"
+    if not exact:
+        raise PricingError(f"no launch-time price for {accelerators} in {zone or region} "
+                           f"({cloud}) in run.json")
+    r = exact[0]
+    flags = () if r.spot is not None else (FLAG_NO_SPOT,)
+    return NodePrice(r.cloud, r.region, zone or r.zone, r.instance_type, r.accelerators,
+                     r.on_demand, r.spot, f"run.json launch-time {r.source}{note}", flags)
+
+
+def table_rows(accelerators: str, cloud: str = "any") -> list[dict]:
+    """zone_prices() as run.json rows (budget.node_prices); [] when the catalog has none."""
+    try:
+        prices = zone_prices(accelerators, cloud)
+    except PricingError:
+        return []
+    return [{"cloud": p.cloud, "region": p.region, "zone": p.zone,
+             "instance_type": p.instance_type, "accelerators": p.accelerators,
+             "on_demand": p.on_demand, "spot": p.spot, "source": p.source} for p in prices]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import subprocess
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Optional
 
 from vicuna_cloud import bucket_keys
@@ -30,16 +33,57 @@ def new_run_id(preset: Preset, now: Optional[datetime] = None) -> str:
     return f"vicuna-{preset.name}-{version}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
-def code_version() -> str:
-    """Package version plus the git commit when running from a checkout."""
+@dataclass(frozen=True)
+class GitState:
+    """The checkout that ships to the nodes (SkyPilot syncs the workdir minus .gitignore)."""
+
+    commit: Optional[str]
+    dirty: bool
+    summary: str = ""       # "2 modified, 1 untracked"
+    fingerprint: str = ""   # sha256 prefix of the changes, so two dirty launches differ
+
+
+def _git(root: str, *args: str) -> Optional[str]:
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-            timeout=5, cwd=__file__.rsplit("/", 2)[0],
-        ).stdout.strip()
+        proc = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                              cwd=root)
     except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+g{sha}" if sha else __version__
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def git_state(root: Optional[str] = None) -> GitState:
+    """Commit and dirtiness of the tree at ``root`` (default: this package's checkout)."""
+    root = root or str(Path(__file__).resolve().parents[1])
+    sha = (_git(root, "rev-parse", "--short=12", "HEAD") or "").strip()
+    if not sha:
+        return GitState(None, False)
+    status = _git(root, "status", "--porcelain", "--untracked-files=all") or ""
+    lines = [ln for ln in status.splitlines() if ln.strip()]
+    if not lines:
+        return GitState(sha, False)
+    untracked = sum(ln.startswith("??") for ln in lines)
+    diff = _git(root, "diff", "HEAD", "--binary") or ""
+    h = hashlib.sha256(diff.encode())
+    for ln in sorted(ln for ln in lines if ln.startswith("??")):
+        path = Path(root, ln[3:].strip().strip('"'))
+        h.update(ln.encode())
+        try:
+            h.update(path.read_bytes())
+        except OSError:
+            pass
+    summary = ", ".join(p for p in (f"{len(lines) - untracked} modified" if len(lines) > untracked
+                                    else "", f"{untracked} untracked" if untracked else "") if p)
+    return GitState(sha, True, summary, h.hexdigest()[:8])
+
+
+def code_version(root: Optional[str] = None) -> str:
+    """Package version plus the git commit when running from a checkout; a tree with
+    changes is recorded as such (``+g<sha>.dirty.<fingerprint>``)."""
+    g = git_state(root)
+    if not g.commit:
+        return __version__
+    return f"{__version__}+g{g.commit}" + (f".dirty.{g.fingerprint}" if g.dirty else "")
 
 
 def spec_from_preset(

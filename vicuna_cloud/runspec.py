@@ -170,10 +170,27 @@ class Resources(_Strict):
     cloud: Literal["aws", "gcp", "any", "local"] = Cloud.ANY.value  # a Cloud value
 
 
+class NodePriceRow(_Strict):
+    """One zone's catalog price of one node, copied into run.json at launch: the node
+    installs no skypilot (so has no catalog) and prices its ledger segment from these."""
+
+    cloud: str
+    region: str
+    zone: Optional[str] = None
+    instance_type: str
+    accelerators: str
+    on_demand: float = Field(ge=0)
+    spot: Optional[float] = Field(None, ge=0)
+    source: str
+
+
 class Budget(_Strict):
     max_cost_usd: Optional[float] = Field(None, gt=0)
     heartbeat_seconds: float = Field(60.0, gt=0, le=60.0)
     local_price_per_hour: float = Field(0.0, ge=0, description="Local runs only.")
+    node_prices: list[NodePriceRow] = Field(
+        default_factory=list,
+        description="The catalog's node price per zone at launch (cloud runs).")
 
 
 class DiskBill(_Strict):

@@ -14,6 +14,7 @@ class LocalHTTPService:
 
     server_class: type[ThreadingHTTPServer] = ThreadingHTTPServer
     port: int = 0
+    host: str = "127.0.0.1"  # the rehearsal serves on its bridge address (its own netns)
     _server: Optional[ThreadingHTTPServer] = None
     _thread: Optional[threading.Thread] = None
     url: str = ""
@@ -22,11 +23,11 @@ class LocalHTTPService:
         raise NotImplementedError
 
     def start(self):
-        self._server = self.server_class(("127.0.0.1", self.port), self._handler_class())
+        self._server = self.server_class((self.host, self.port), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.url = f"http://{self.host}:{self._server.server_address[1]}"
         return self
 
     def stop(self) -> None:

@@ -52,7 +52,12 @@ VERSION_OPT = typer.Option(None, "--version", help="v0, v1.1, v1.3, v1.5, v1.5-1
 BASE_MODEL_OPT = typer.Option(None, "--base-model", help="Hugging Face id.")
 NODES_OPT = typer.Option(None, "--nodes")
 GPUS_OPT = typer.Option(None, "--gpus", help="e.g. A100-80GB:8")
-CLOUD_OPT = typer.Option("any", "--cloud", help="aws, gcp or any.")
+CLOUD_OPT = typer.Option(None, "--cloud",
+                         help="aws, gcp or any; default: the bucket's cloud (any crosses "
+                              "clouds: egress on every checkpoint).")
+REGION_OPT = typer.Option(None, "--region",
+                          help="A region name or any; default: the bucket's region when "
+                               "launch can read it.")
 RUN_ID_OPT = typer.Option(None, "--run-id")
 
 
@@ -65,7 +70,8 @@ def render(
     spot: bool = typer.Option(True, "--spot/--no-spot"),
     nodes: Optional[int] = NODES_OPT,
     gpus: Optional[str] = GPUS_OPT,
-    cloud: str = CLOUD_OPT,
+    cloud: Optional[str] = CLOUD_OPT,
+    region: Optional[str] = REGION_OPT,
     bucket: str = typer.Option(EXAMPLE_BUCKET, "--bucket"),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset URI (datasets/<sha256>)."),
     run_id: Optional[str] = RUN_ID_OPT,
@@ -77,7 +83,8 @@ def render(
 
     text = sdk.render(sdk.RenderRequest(
         preset=preset, version=version, base_model=base_model, spot=spot, nodes=nodes,
-        gpus=gpus, cloud=cloud, bucket=bucket, data=data, run_id=run_id, name=name))
+        gpus=gpus, cloud=cloud, region=region, bucket=bucket, data=data, run_id=run_id,
+        name=name))
     if output is None:
         print(text, end="")
         return
@@ -92,6 +99,14 @@ def render(
 
 
 # --- launch -------------------------------------------------------------------------------
+def _placement_text(pl: dict) -> str:
+    if not pl:
+        return "-"
+    where = pl["cloud"] + (f" {pl['region']}" if pl.get("region") else " (any region)")
+    bucket = pl["bucket_cloud"] + (f" {pl['bucket_region']}" if pl.get("bucket_region") else "")
+    return f"{where}; bucket on {bucket}" + "".join(f"; {n}" for n in pl.get("notes") or [])
+
+
 def _launch_table(p, dry_run: bool, extra: dict) -> Table:
     title = "Dry run: nothing submitted, nothing written to the bucket" if dry_run else "Launched"
     t = Table(title=title, show_header=False)
@@ -107,6 +122,8 @@ def _launch_table(p, dry_run: bool, extra: dict) -> Table:
         ("dataset", notes.get("dataset")
          or f"{p.spec.dataset.uri} (sha256 {(p.spec.dataset.sha256 or '?')[:12]}...)"),
         ("task", "accepted by sky.Task.from_yaml_config"),
+        ("placement", _placement_text(p.placement)),
+        ("code", p.spec.code_version),
     ]
     if choice is not None:
         rows += [
@@ -145,13 +162,16 @@ def launch(
     spot: Optional[bool] = typer.Option(None, "--spot/--no-spot", help="Cloud: spot VMs (default) or on-demand."),
     nodes: Optional[int] = NODES_OPT,
     gpus: Optional[str] = GPUS_OPT,
-    cloud: Optional[str] = typer.Option(None, "--cloud", help="aws, gcp or any (default)."),
+    cloud: Optional[str] = CLOUD_OPT,
+    region: Optional[str] = REGION_OPT,
     bucket: Optional[str] = typer.Option(None, "--bucket", help="s3://BUCKET/prefix or gs://BUCKET/prefix."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset URI from `data upload`."),
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop at this spend (USD)."),
     name: Optional[str] = typer.Option(None, "--name", help="Managed job name."),
     run_id: Optional[str] = RUN_ID_OPT,
     dry_run: bool = typer.Option(False, "--dry-run", help="Check everything, submit nothing."),
+    allow_dirty: bool = typer.Option(False, "--allow-dirty",
+                                     help="Launch although the work tree has uncommitted changes."),
     out: Optional[Path] = typer.Option(None, "--out", help="Dry run: write task.yaml and run.json here."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable summary."),
     local: bool = typer.Option(False, "--local", help="Run on this machine's CPU instead."),
@@ -169,7 +189,8 @@ def launch(
         options.reject(_given([
             ("--data", data is not None), ("--gpus", gpus is not None),
             ("--nodes", nodes is not None),
-            ("--cloud", cloud is not None), ("--name", name is not None),
+            ("--cloud", cloud is not None), ("--region", region is not None),
+            ("--allow-dirty", allow_dirty), ("--name", name is not None),
             ("--spot/--no-spot", spot is not None), ("--dry-run", dry_run),
             ("--out", out is not None), ("--json", json_out)]),
             "with --local", "drop them (a local run uses the sample corpus on this CPU), or "
@@ -187,9 +208,13 @@ def launch(
                    "on a cloud run", "drop them, or add --local to run on this machine")
     if out is not None and not dry_run:
         options.reject(["--out"], "without --dry-run", "add --dry-run, or drop --out")
-    _launch_cloud(preset, version, base_model, True if spot is None else spot, nodes, gpus,
-                  cloud or "any", bucket, data, max_cost, name, run_id, dry_run, out, json_out,
-                  take_over)
+    from vicuna_cloud import sdk
+
+    _launch_cloud(sdk.LaunchRequest(
+        preset=preset, version=version, base_model=base_model,
+        spot=True if spot is None else spot, nodes=nodes, gpus=gpus, cloud=cloud, region=region,
+        bucket=bucket, data=data, max_cost=max_cost, name=name, run_id=run_id, dry_run=dry_run,
+        allow_dirty=allow_dirty), out, json_out, take_over)
 
 
 def _check_lease(p, take_over: bool) -> None:
@@ -214,13 +239,14 @@ def _check_lease(p, take_over: bool) -> None:
     raise UserError(state.refusal(now))
 
 
-def _launch_cloud(preset, version, base_model, spot, nodes, gpus, cloud, bucket, data, max_cost,
-                  name, run_id, dry_run, out, json_out, take_over: bool = False) -> None:
+def _warn(text: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {text}", highlight=False)
+
+
+def _launch_cloud(req, out, json_out, take_over: bool = False) -> None:
     from vicuna_cloud import sdk
 
-    req = sdk.LaunchRequest(preset=preset, version=version, base_model=base_model, spot=spot,
-                            nodes=nodes, gpus=gpus, cloud=cloud, bucket=bucket, data=data,
-                            max_cost=max_cost, name=name, run_id=run_id, dry_run=dry_run)
+    dry_run = req.dry_run
     p = sdk.plan(req, optimize=False)
     with console.status("Asking SkyPilot's optimizer (local catalog)"):
         from vicuna_cloud.sdk.cloud import choose
@@ -233,13 +259,15 @@ def _launch_cloud(preset, version, base_model, spot, nodes, gpus, cloud, bucket,
             written = sdk.write_dry_run(p, out)
             extra["written"] = f"{out}/task.yaml, {out}/run.json"
             summary["written"] = written
+        for w in p.warnings:
+            _warn(w)
         if json_out:
             print_json(summary)
         else:
             console.print(_launch_table(p, True, extra))
         return
     _check_lease(p, take_over)
-    res = sdk.launch(p)
+    res = sdk.launch(p, warn=_warn)
     if res.warning:
         err_console.print(f"[yellow]warning:[/] {res.warning}", highlight=False)
     summary.update(job_id=res.job_id, run_uri=res.run_uri)

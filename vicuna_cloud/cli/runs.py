@@ -182,5 +182,6 @@ def cancel(
         console.print(f"cancelled local run {run} (launcher pid {ident} exited after its "
                       "checkpoint); resume with the same --run-id", highlight=False)
     else:
-        console.print(f"cancelled job {ident} (run {run}); its checkpoints stay in the bucket",
+        console.print(f"cancel requested for job {ident} (run {run}; it was running); its "
+                      "checkpoints stay in the bucket",
                       highlight=False)

@@ -3,7 +3,8 @@
 It starts the task's command (``torchrun ... -m train --run-uri URI``) in a session of its
 own, and restarts it like a managed job's recovery would:
 - exit 0: done; EXIT_CONFIG: the input is wrong, restarting will not help: stop;
-- EXIT_PREEMPTED (clean exit after a notice): recover, not counted as a failure;
+- EXIT_PREEMPTED (clean exit after a notice) or EXIT_TRANSIENT (storage/network fault):
+  recover, not counted as a failure (the task's recover_on_exit_codes);
 - any other non-zero exit: a failure; after ``max_failures`` of them, give up;
 - with ``preemptions=N`` it SIGKILLs the whole process tree at N seeded points of the
   run (only once the current attempt has trained, i.e. reported a new metrics record) and
@@ -37,7 +38,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Sequence
 
-from vicuna_cloud.exit_codes import EXIT_CONFIG, EXIT_LEASE_HELD, EXIT_PREEMPTED
+from vicuna_cloud.exit_codes import EXIT_CONFIG, EXIT_LEASE_HELD, RECOVERABLE_EXIT_CODES
 from vicuna_cloud.local import proctree
 
 EXIT_CANCELLED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -191,7 +192,7 @@ class Supervisor:
                     attempt.outcome = "lease-held"
                     self.on_event("lease-held", attempt)
                     return SupervisorResult(EXIT_LEASE_HELD, "lease-held", self.attempts)
-                elif code == EXIT_PREEMPTED:
+                elif code in RECOVERABLE_EXIT_CODES:  # as the task's recover_on_exit_codes
                     attempt.outcome = "recovering"
                     recoveries += 1
                     self.on_event("recovering", attempt)

@@ -37,28 +37,33 @@ def render(req: RenderRequest) -> str:
     preset = options.preset(req.preset, req.version, req.base_model, req.gpus, req.nodes)
     cloud = options.cloud(req.cloud)
     parsed = options.bucket_uri(req.bucket)
+    # render is offline: the bucket's region is not looked up (launch does it).
+    place = options.placement(str(parsed), cloud, req.region, look_up_region=False,
+                              check_credentials=False)
     run_id = options.run_id(req.run_id) or _example_run_id(preset)
     data = req.data or str(parsed.child(bucket_keys.example_dataset()))
     options.bucket_uri(data, "--data")
     opts = TaskOptions(
         run_id=run_id, run_uri=str(parsed.child(bucket_keys.run_spec(run_id))),
         run_prefix_uri=str(parsed.child(bucket_keys.run_prefix(run_id))),
-        data_uri=data, use_spot=req.spot, cloud=cloud, name=options.job_name(req.name),
-        code_version=code_version,
+        data_uri=data, use_spot=req.spot, cloud=place.cloud, region=place.region,
+        name=options.job_name(req.name), code_version=code_version,
     )
     config = build_task_config(preset, opts)
     validate_task_config(config)
     return to_yaml(config, _render_header(req, preset, cloud, code_version))
 
 
-def _render_header(req: RenderRequest, preset: Preset, cloud: str, code_version: str) -> str:
+def _render_header(req: RenderRequest, preset: Preset, cloud: Optional[str],
+                   code_version: str) -> str:
     """The YAML's header: the `render` command that reproduces the file, every non-default
     option included."""
     args = [preset.name, "--version", preset.version]
     if not req.spot:
         args.append("--no-spot")
     for flag, value, default in (("--base-model", req.base_model, None), ("--nodes", req.nodes, None),
-                                 ("--gpus", req.gpus, None), ("--cloud", cloud, "any"),
+                                 ("--gpus", req.gpus, None), ("--cloud", cloud, None),
+                                 ("--region", req.region, None),
                                  ("--bucket", req.bucket, EXAMPLE_BUCKET), ("--data", req.data, None),
                                  ("--run-id", req.run_id, None), ("--name", req.name, None)):
         if value is not None and value != default:
@@ -107,13 +112,14 @@ def dataset_ref(data_uri: str) -> tuple[str, str]:
     return data_uri.rstrip("/"), sha
 
 
-def _check_inputs(req: LaunchRequest) -> tuple[Preset, str, Optional[str], Optional[str]]:
+def _check_inputs(req: LaunchRequest) -> tuple[Preset, Optional[str], Optional[str],
+                                               Optional[str]]:
     """(preset, cloud, job name, run id): the checks that need no network, in the order
     the CLI has always reported them."""
     preset = options.preset(req.preset, req.version, req.base_model, req.gpus, req.nodes)
-    if preset.name == "tiny" and preset.hardware.accelerator == "cpu":
+    if preset.hardware.accelerator == "cpu" and req.gpus is None:
         raise ConfigError("the tiny preset runs on CPU: use `vicuna-cloud launch tiny --local`, "
-                          "or give --gpus for a cloud run")
+                          "or give --gpus (cpu:1 --nodes 2 is a cents-cheap rehearsal on CPU VMs)")
     cloud = options.cloud(req.cloud)
     name = options.job_name(req.name)
     run_id = options.run_id(req.run_id)
@@ -126,14 +132,14 @@ def _check_inputs(req: LaunchRequest) -> tuple[Preset, str, Optional[str], Optio
 
 
 def _usable_clouds(req: LaunchRequest, cloud: str, notes: dict[str, str]) -> list[str]:
-    """Clouds with credentials here; a dry run without a bucket notes their absence."""
+    """Clouds with credentials here; a dry run notes their absence (it needs none)."""
     from vicuna_cloud.runspec import Cloud
     from vicuna_cloud.skypilot import credentials
 
     try:
         return credentials.check(cloud)
     except CredentialsError as e:
-        if not req.dry_run or req.bucket is not None:
+        if not req.dry_run:
             raise
         notes["credentials"] = f"none found (a launch needs them): {e}"
         return list(Cloud.priced()) if cloud == Cloud.ANY.value else [cloud]
@@ -159,8 +165,11 @@ def plan(req: LaunchRequest, *, optimize: bool = True) -> LaunchPlan:
     """
     from vicuna_cloud.storage import open_bucket
 
+    from vicuna_cloud.skypilot.locality import CLOUD_OF_SCHEME
+
     preset, cloud, name, run_id = _check_inputs(req)
     notes: dict[str, str] = {}
+    warnings: list[str] = []
     parsed = options.bucket_uri(req.bucket if req.bucket is not None else EXAMPLE_BUCKET)
     if req.data is None and not req.dry_run:
         raise ConfigError(
@@ -169,22 +178,79 @@ def plan(req: LaunchRequest, *, optimize: bool = True) -> LaunchPlan:
             "datasets/<sha256> URI it prints")
     if req.data is not None:
         options.bucket_uri(req.data, "--data")
-    usable = _usable_clouds(req, cloud, notes)
+    usable = _usable_clouds(req, cloud or CLOUD_OF_SCHEME[parsed.scheme], notes)
     bkt = open_bucket(str(parsed))
-    if req.bucket is not None:
-        _check_bucket(bkt, parsed)
-    else:
+    if req.bucket is None:
         notes["bucket"] = f"not given, not checked ({EXAMPLE_BUCKET} shown; launch needs --bucket)"
-    if req.data is not None:
+    elif "credentials" in notes:
+        notes["bucket"] = f"{parsed} not checked (no credentials to read it with)"
+    else:
+        _check_bucket(bkt, parsed)
+    if req.data is not None and "credentials" not in notes:
         data_uri, sha = dataset_ref(req.data)
     else:
-        data_uri, sha = str(parsed.child(bucket_keys.example_dataset())), None
-        notes["dataset"] = "not given (launch needs --data from `vicuna-cloud data upload`)"
-    p = _build(req, preset, cloud, name, run_id or _new_run_id(preset), bkt, data_uri, sha)
-    p.clouds, p.not_checked = usable, notes
+        data_uri, sha = (req.data or str(parsed.child(bucket_keys.example_dataset()))), None
+        notes["dataset"] = ("not given (launch needs --data from `vicuna-cloud data upload`)"
+                            if req.data is None else "not read (no credentials)")
+    place = options.placement(str(parsed), cloud, req.region,
+                              look_up_region=req.bucket is not None and "credentials" not in notes,
+                              check_credentials=not req.dry_run)
+    warnings += place.warnings
+    _check_gated(preset, req.dry_run, warnings)
+    _check_clean_tree(req, warnings)
+    p = _build(req, preset, place, name, run_id or _new_run_id(preset), bkt, data_uri, sha)
+    p.clouds = [c for c in usable if place.cloud in ("any", c)] or usable
+    p.not_checked, p.warnings = notes, warnings
+    p.placement = {"cloud": place.cloud, "region": place.region,
+                   "bucket_cloud": place.bucket_cloud, "bucket_region": place.bucket_region,
+                   "notes": list(place.notes)}
     if optimize:
         p.optimizer = choose(p)
     return p
+
+
+#: Base models whose weights Hugging Face gates behind a licence click: a node without
+#: HF_TOKEN fails at download, after paying for the cluster.
+GATED_PREFIXES = ("meta-llama/",)
+
+
+def _check_gated(preset: Preset, dry_run: bool, warnings: list[str]) -> None:
+    gated = [m for m in {preset.base_model, preset.tokenizer} if m.startswith(GATED_PREFIXES)]
+    if not gated or os.environ.get("HF_TOKEN"):
+        return
+    msg = (f"{gated[0]} is gated on Hugging Face: export HF_TOKEN=<a token whose account "
+           "accepted its licence> before launching (it travels as a SkyPilot secret, never "
+           "in a file)")
+    if not dry_run:
+        raise ConfigError(msg)
+    warnings.append("launch will refuse: " + msg)
+
+
+def _check_clean_tree(req: LaunchRequest, warnings: list[str]) -> None:
+    """The nodes run the synced work tree: uncommitted changes are refused (or recorded)."""
+    from vicuna_cloud import run_store
+
+    git = run_store.git_state()
+    if not git.dirty:
+        return
+    msg = (f"the work tree has changes not in commit {git.commit or '?'} ({git.summary}): "
+           "the nodes would run code that no commit holds")
+    if not req.dry_run and not req.allow_dirty:
+        raise ConfigError(msg + "; commit them, or pass --allow-dirty to launch anyway")
+    warnings.append(msg + ("" if req.allow_dirty else "; launch refuses without --allow-dirty"))
+
+
+def _with_node_prices(spec, preset: Preset, cloud: str):
+    """Copy the catalog's zone prices into run.json: the node has no skypilot to price
+    its ledger segment with (vicuna_cloud.ledger reads budget.node_prices first)."""
+    from vicuna_cloud.pricing import table_rows
+    from vicuna_cloud.runspec import NodePriceRow
+
+    if preset.hardware.accelerator == "cpu":
+        return spec
+    rows = [NodePriceRow(**r) for r in table_rows(preset.hardware.accelerators, cloud)]
+    return spec.model_copy(update={"budget": spec.budget.model_copy(
+        update={"node_prices": rows})})
 
 
 def _new_run_id(preset: Preset) -> str:
@@ -193,7 +259,7 @@ def _new_run_id(preset: Preset) -> str:
     return new_run_id(preset)
 
 
-def _build(req: LaunchRequest, preset: Preset, cloud: str, name: Optional[str], run_id: str,
+def _build(req: LaunchRequest, preset: Preset, place, name: Optional[str], run_id: str,
            bkt, data_uri: str, sha: Optional[str]) -> LaunchPlan:
     """Spec and task, the task parsed by SkyPilot with the secrets from the environment."""
     from vicuna_cloud.run_store import spec_from_preset
@@ -203,13 +269,14 @@ def _build(req: LaunchRequest, preset: Preset, cloud: str, name: Optional[str], 
 
     spec = spec_from_preset(
         preset, run_id=run_id, dataset_uri=data_uri, dataset_sha256=sha,
-        bucket_uri=bkt.uri, use_spot=req.spot, cloud=cloud, max_cost_usd=req.max_cost,
+        bucket_uri=bkt.uri, use_spot=req.spot, cloud=place.cloud, max_cost_usd=req.max_cost,
     )
+    spec = _with_node_prices(spec, preset, place.cloud)
     opts = TaskOptions(
         run_id=run_id, run_uri=bkt.child_uri(bucket_keys.run_spec(run_id)),
         run_prefix_uri=bkt.child_uri(bucket_keys.run_prefix(run_id)),
-        data_uri=data_uri, use_spot=req.spot, cloud=cloud, name=name,
-        code_version=spec.code_version, workdir=_workdir(),
+        data_uri=data_uri, use_spot=req.spot, cloud=place.cloud, region=place.region,
+        name=name, code_version=spec.code_version, workdir=_workdir(),
     )
     secrets = {k: os.environ[k] for k in SECRET_NAMES if os.environ.get(k)}
     config = build_task_config(preset, opts)
@@ -265,7 +332,7 @@ def write_dry_run(p: LaunchPlan, out: Path) -> list[str]:
 
 
 # --- launch -------------------------------------------------------------------------------
-def launch(p: LaunchPlan) -> LaunchResult:
+def launch(p: LaunchPlan, warn=None) -> LaunchResult:
     """Write run.json (never over a different run's), submit the managed job, record the
     run in this machine's index. Raises before submitting if anything fails."""
     from vicuna_cloud import run_index
@@ -284,6 +351,12 @@ def launch(p: LaunchPlan) -> LaunchResult:
         raise StorageUnavailable(f"cannot write the run spec to {p.bucket_uri}: "
                                  f"{str(e).splitlines()[0]}; nothing was submitted, launch again "
                                  f"with --run-id {rid}") from None
+    for w in p.warnings if warn else ():  # every check passed: say what is odd, then pay
+        warn(w)
+    starting = submit.local_server_will_start()
+    if starting and warn:
+        warn(f"no SkyPilot API server answers at {starting}: SkyPilot starts a local one now "
+             "(about 12 s; stop it later with `sky api stop`)")
     try:
         job_id = submit.launch(p._task, p.job_name)
     except submit.ApiUnreachable as e:

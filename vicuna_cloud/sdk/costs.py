@@ -127,7 +127,7 @@ def estimate_inputs(req: EstimateRequest) -> EstimateInputs:
     from vicuna_cloud import pricing
     from vicuna_cloud.costs import estimate as est
 
-    cloud = options.cloud(req.cloud)
+    cloud = options.cloud(req.cloud) or "any"  # an estimate has no bucket to follow
     preset = options.preset(req.preset, req.version)
     if preset.hardware.bf16_peak_tflops <= 0:
         raise ConfigError(f"preset {preset.name} trains on the CPU: nothing to price; estimate "

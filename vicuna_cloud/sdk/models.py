@@ -37,7 +37,9 @@ class TaskRequest(_Request):
     spot: bool = True
     nodes: Optional[int] = None
     gpus: Optional[str] = Field(None, description="NAME:COUNT, e.g. A100-80GB:8")
-    cloud: str = Field("any", description="aws, gcp or any")
+    cloud: Optional[str] = Field(None, description="aws, gcp or any; default: the bucket's cloud")
+    region: Optional[str] = Field(None, description="a region or any; default: the bucket's "
+                                  "region when launch can read it")
     name: Optional[str] = Field(None, description="managed job name (default: the run id)")
     run_id: Optional[str] = None
 
@@ -56,6 +58,8 @@ class LaunchRequest(TaskRequest):
     data: Optional[str] = Field(None, description="dataset URI printed by `data upload`")
     max_cost: Optional[float] = Field(None, description="stop at this spend (USD)")
     dry_run: bool = False
+    allow_dirty: bool = Field(False, description="launch although the work tree has "
+                              "uncommitted changes (recorded in the code version)")
 
 
 class LocalLaunchRequest(_Request):
@@ -117,6 +121,10 @@ class LaunchPlan(BaseModel):
     not_checked: dict[str, str] = Field(description="dry run: what was not given, so not checked")
     optimizer: Optional[OptimizerPick] = None
     dry_run: bool = False
+    warnings: list[str] = Field(default_factory=list, description="said before submitting: "
+                                "a dirty tree, a crossing of clouds or regions, a missing token")
+    placement: dict[str, JsonValue] = Field(default_factory=dict, description="where the "
+                                            "nodes run relative to the bucket")
     _task: object = PrivateAttr(default=None)  # the parsed sky.Task (secrets inside)
 
     def summary(self) -> dict[str, JsonValue]:
@@ -126,7 +134,9 @@ class LaunchPlan(BaseModel):
                 "bucket": self.bucket_uri, "run_uri": self.run_uri,
                 "dataset": self.spec.dataset.uri, "dataset_sha256": self.spec.dataset.sha256,
                 "optimizer": self.optimizer.as_dict() if self.optimizer else None,
-                "secrets": sorted(self.secret_names), "not_checked": dict(self.not_checked),
+                "secrets": sorted(self.secret_names), "code_version": self.spec.code_version,
+                "placement": dict(self.placement), "warnings": list(self.warnings),
+                "not_checked": dict(self.not_checked),
                 "billing": self.spec.billing.model_dump()}
 
 
@@ -144,6 +154,9 @@ class RunStatus(BaseModel):
     state: str
     recoveries: Optional[int]
     recoveries_from: Optional[str] = None  # "skypilot" | "ledger"
+    cloud: Optional[str] = None
+    region: Optional[str] = None
+    failure_reason: Optional[str] = None
     progress: str
     checkpoints: int
     segments: int

@@ -31,12 +31,30 @@ def preset(name: str, version: Optional[str], base_model: Optional[str] = None,
     return get_preset(name, version, base_model=base_model, nodes=nodes, **hw)
 
 
-def cloud(value: Optional[str]) -> str:
-    """--cloud: aws, gcp or any (Cloud.choosable)."""
-    value = (value or Cloud.ANY.value).lower().strip()
+def cloud(value: Optional[str]) -> Optional[str]:
+    """--cloud: aws, gcp or any (Cloud.choosable); None follows the bucket
+    (vicuna_cloud.skypilot.locality)."""
+    if value is None:
+        return None
+    value = value.lower().strip()
     if value not in Cloud.choosable():
-        raise ConfigError(f"unknown --cloud {value!r}; use aws, gcp or any")
+        raise ConfigError(f"unknown --cloud {value!r}; use aws, gcp or any (or omit it to run "
+                          "next to the bucket)")
     return value
+
+
+def placement(bucket: str, cloud: Optional[str], region: Optional[str], *,
+              look_up_region: bool, check_credentials: bool):
+    """Where the nodes run: next to the bucket unless told otherwise (locality.resolve)."""
+    from vicuna_cloud.skypilot.locality import LocalityError, resolve
+
+    if region is not None and not re.fullmatch(r"[a-z0-9-]{2,40}|any", region.strip()):
+        raise ConfigError(f"--region {region!r} must be a region name like us-east-1, or any")
+    try:
+        return resolve(bucket, cloud, region and region.strip(), look_up_region=look_up_region,
+                       check_credentials=check_credentials)
+    except LocalityError as e:
+        raise ConfigError(str(e)) from None
 
 
 def bucket_uri(uri: str, flag: str = "--bucket", cloud_only: bool = True) -> BucketURI:

@@ -5,16 +5,28 @@ SkyPilot's client lets through (``job_recovery`` keys and strategy, exit code 13
 then by SkyPilot's own parser, ``sky.Task.from_yaml_config``, on a deep copy (it mutates
 its argument).
 
-Decisions (see also tasks/README.md):
-- job_recovery EAGER_NEXT_REGION: after a spot preemption the same region is the one most
-  likely still short of capacity; the checkpoint lives in the bucket, so moving on costs
-  only its download. ``recover_on_exit_codes`` lists EXIT_PREEMPTED (75, the trainer's
-  clean exit after a preemption notice) and never 137 (OOM kill: retrying cannot help).
-- file_mounts: the dataset is COPY-ed (read-only, local disk speed, fetched once per VM);
-  the run prefix is MOUNT-ed for people and tools on the node to look at. The trainer
-  itself reads and writes the bucket through vicuna_cloud.storage (atomic objects,
-  COMMIT.json last), never through the FUSE mount.
-- workdir: the source tree that renders the task, synced by SkyPilot; setup installs it.
+Decisions, each checked against SkyPilot 0.14.1's source (tasks/README.md cites the lines):
+- job_recovery: ``max_restarts_on_errors: 0``: any exit not listed in
+  ``recover_on_exit_codes`` ends the job at once (a bad spec, a failed setup, a bug would
+  fail the same way on a new cluster); ``recover_on_exit_codes`` lists EXIT_PREEMPTED (75)
+  and EXIT_TRANSIENT (69: storage outage, NCCL/CUDA/network fault), which restart without
+  counting. Never 137 (OOM kill: retrying cannot help). Preemptions recover regardless.
+- One file_mount, the run prefix MOUNT-ed at RUN_MOUNT (``$VICUNA_RUN_DIR``): setup's
+  ``python3 -m vicuna_cloud.nodeside open`` (and run's ``gate``) run before any install,
+  with the image's Python and the standard library only, so they cannot reach S3/GCS
+  themselves; they read run.json and write this VM's ledger segment through the mount.
+  Nothing else uses it: the trainer downloads the dataset and reads/writes the run prefix
+  through vicuna_cloud.storage (atomic objects, COMMIT.json last), and there is no dataset
+  COPY (it would only add time and failure modes to every recovery).
+- Locality: the cloud (and the region, when launch could read it) follow the bucket;
+  crossing is an explicit ``--cloud any`` / ``--region any`` that launch warns about.
+- disk_tier ``high``: checkpoints are staged on the boot disk before upload; see
+  DISK_TIER below for the arithmetic.
+- network_tier ``best`` for multi-node on AWS only (EFA on p4de/p5). On GCP, 0.14.1's
+  ``best`` means GPUDirect-TCPX with a Container-Optimized-OS image
+  (sky/clouds/gcp.py, make_deploy_resources_variables), which A100 a2 VMs do not have.
+- workdir: the source tree that renders the task, synced by SkyPilot; setup puts it on
+  the venv's path.
 """
 
 from __future__ import annotations
@@ -25,19 +37,26 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from vicuna_cloud import __version__
-from vicuna_cloud.exit_codes import EXIT_PREEMPTED
+from vicuna_cloud.exit_codes import EXIT_CONFIG, EXIT_FAILED, RECOVERABLE_EXIT_CODES
 from vicuna_cloud.recipes import Preset
 from vicuna_cloud.skypilot.run_script import run_script, setup_script
 from vicuna_cloud.errors import ConfigError
 from vicuna_cloud.runspec import Cloud
 
-#: Where the dataset copy and the run-prefix mount appear on every node.
-DATA_MOUNT = "/vicuna/data"
+#: Where the run prefix is mounted for vicuna_cloud.nodeside (its only reader/writer).
 RUN_MOUNT = "/vicuna/run"
 SECRET_NAMES = ("HF_TOKEN", "WANDB_API_KEY")
 RECOVERY_STRATEGY = "EAGER_NEXT_REGION"
-MAX_RESTARTS_ON_ERRORS = 3
-RECOVER_ON_EXIT_CODES = (EXIT_PREEMPTED,)
+#: Nothing that exits with a code outside recover_on_exit_codes is tried again.
+MAX_RESTARTS_ON_ERRORS = 0
+RECOVER_ON_EXIT_CODES = RECOVERABLE_EXIT_CODES
+#: Checkpoints are staged on the boot disk, then uploaded (train/checkpoint.py). 7B's full
+#: state is ~81 GB per save: gp3 at ``high`` (7,000 IOPS, 7000//16 = 437 MB/s by
+#: sky/clouds/aws.py _get_disk_specs) writes it in ~3 min, well inside the ~20 min between
+#: saves, for ~$0.07/h on 256 GB; ``best`` is io2 at 20,000 IOPS, ~$1.8/h. GCP: pd-ssd.
+DISK_TIER = "high"
+#: CPU-only presets (tiny): vCPUs asked per process.
+CPUS_PER_PROCESS = 2
 
 # What SkyPilot 0.14.1 understands in job_recovery (sky/utils/schemas.py and the
 # strategies registered in sky/jobs/recovery_strategy.py). The client-side schema allows
@@ -47,6 +66,8 @@ JOB_RECOVERY_STRATEGIES = frozenset({"EAGER_NEXT_REGION", "FAILOVER"})
 NEVER_RECOVER_ON = frozenset({137})  # SIGKILL/OOM: the same VM size will be killed again
 
 CLOUDS = Cloud.choosable()
+#: Which cloud a bucket scheme lives on: the default cloud of a launch follows it.
+CLOUD_OF_SCHEME = {"s3": "aws", "gs": "gcp"}
 #: Job names: SkyPilot 0.14.1's task-name rule (sky/task.py) capped at 63 characters:
 #: letters and digits, joined by at most two of '.', '_', '-'.
 NAME_PATTERN = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9]+(?:[._-]{1,2}[A-Za-z0-9]+)*$")
@@ -66,6 +87,7 @@ class TaskOptions:
     data_uri: str
     use_spot: bool = True
     cloud: str = "any"
+    region: Optional[str] = None  # the bucket's region, when launch could read it
     name: Optional[str] = None
     code_version: str = __version__
     workdir: str = "."
@@ -85,23 +107,34 @@ def _resources(preset: Preset, opts: TaskOptions) -> dict[str, Any]:
         raise TaskValidationError(
             f"unknown cloud {opts.cloud!r}; use --cloud aws, gcp or any"
         )
-    res: dict[str, Any] = {
-        "accelerators": preset.hardware.accelerators,
+    hw = preset.hardware
+    res: dict[str, Any] = {}
+    if hw.accelerator == "cpu":  # a CPU rehearsal of the real thing: no accelerator
+        res["cpus"] = f"{hw.gpus_per_node * CPUS_PER_PROCESS}+"
+    else:
+        res["accelerators"] = hw.accelerators
+    res.update({
         "use_spot": opts.use_spot,
         "disk_size": preset.disk_size_gb,
-        # Checkpoints are written to local disk by nothing but the pip/HF caches, yet
-        # loading the base model and restoring shards is disk-bound: take the best tier.
-        "disk_tier": "best",
+        "disk_tier": DISK_TIER,
         "job_recovery": {
             "strategy": RECOVERY_STRATEGY,
             "max_restarts_on_errors": MAX_RESTARTS_ON_ERRORS,
             "recover_on_exit_codes": list(RECOVER_ON_EXIT_CODES),
         },
-    }
+    })
+    fast = hw.nodes > 1 and hw.accelerator != "cpu"
     if opts.cloud == "any":
-        res["any_of"] = [{"cloud": c} for c in Cloud.priced()]
+        aws: dict[str, Any] = {"cloud": "aws"}
+        if fast:
+            aws["network_tier"] = "best"
+        res["any_of"] = [aws, {"cloud": "gcp"}]
     else:
         res["cloud"] = opts.cloud
+        if opts.region:
+            res["region"] = opts.region
+        if fast and opts.cloud == "aws":
+            res["network_tier"] = "best"
     return res
 
 
@@ -123,22 +156,28 @@ def build_task_config(preset: Preset, opts: TaskOptions) -> dict[str, Any]:
         "workdir": opts.workdir,
         "num_nodes": preset.hardware.nodes,
         "resources": _resources(preset, opts),
-        "envs": {
-            "VICUNA_RUN_ID": opts.run_id,
-            "VICUNA_RUN_URI": opts.run_uri,
-            "VICUNA_CODE_VERSION": opts.code_version,
-            "VICUNA_DATA_DIR": DATA_MOUNT,
-            "VICUNA_RUN_DIR": RUN_MOUNT,
-        },
+        "envs": _envs(preset, opts),
         # Values are given at launch from the user's environment, never written here.
         "secrets": {name_: None for name_ in SECRET_NAMES},
+        # nodeside's only way to the bucket before setup installs anything (see above).
         "file_mounts": {
-            DATA_MOUNT: {"source": opts.data_uri.rstrip("/"), "mode": "COPY"},
             RUN_MOUNT: {"source": opts.run_prefix_uri.rstrip("/"), "mode": "MOUNT"},
         },
         "setup": setup_script(opts.code_version),
         "run": run_script(),
     }
+
+
+def _envs(preset: Preset, opts: TaskOptions) -> dict[str, Any]:
+    envs: dict[str, Any] = {
+        "VICUNA_RUN_ID": opts.run_id,
+        "VICUNA_RUN_URI": opts.run_uri,
+        "VICUNA_CODE_VERSION": opts.code_version,
+        "VICUNA_RUN_DIR": RUN_MOUNT,
+    }
+    if preset.hardware.accelerator == "cpu":  # SkyPilot sets 0 GPUs per node for these
+        envs["VICUNA_PROCS_PER_NODE"] = str(preset.hardware.gpus_per_node)
+    return envs
 
 
 def check_job_recovery(config: dict[str, Any]) -> None:
@@ -171,6 +210,13 @@ def check_job_recovery(config: dict[str, Any]) -> None:
             raise TaskValidationError(
                 f"recover_on_exit_codes must not contain {sorted(bad)} (killed for memory: "
                 "recovering would pay for the same failure again)"
+            )
+        never = {EXIT_CONFIG, EXIT_FAILED}.intersection(codes)
+        if never or int(jr.get("max_restarts_on_errors") or 0) != 0:
+            raise TaskValidationError(
+                "job_recovery must not retry a config error or a bug: "
+                "max_restarts_on_errors must be 0 and recover_on_exit_codes must not hold "
+                f"{EXIT_CONFIG} or {EXIT_FAILED} (a new cluster would fail the same way)"
             )
 
 
