@@ -21,8 +21,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 # --- what the node installs ---------------------------------------------------------------
 def _third_party_imports() -> set[str]:
-    """Top-level modules imported by train/ and the vicuna_cloud modules it reaches."""
-    seen, todo, third = set(), [f"train.{p.stem}" for p in (REPO / "train").glob("*.py")], set()
+    """Top-level modules that `python -m train` (train/__main__.py) reaches, through train/
+    and vicuna_cloud, imports inside functions included (serving and export tools that
+    live in train/ but are not the training entry point are not followed)."""
+    seen, todo, third = set(), ["train", "train.__main__"], set()
     while todo:
         mod = todo.pop()
         if mod in seen:
