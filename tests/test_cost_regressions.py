@@ -301,8 +301,9 @@ def test_launch_records_the_fallback_and_caps_the_hourly_price(tmp_path):
     assert b.launch_price_per_hour == pytest.approx(8.0274)
     assert b.launch_price_per_hour <= b.fallback_price_per_hour <= b.max_hourly_cost + 1e-6
     assert "highest catalog price" in b.fallback_price_source
-    assert b.disks["aws"].disk_type == "io2" and b.disks["aws"].iops == 20000
-    assert b.disks["gcp"].disk_type == "pd-ssd"  # a2: no pd-extreme (SkyPilot's mapping)
+    # disk_tier high (skypilot/task.py): gp3 at 7,000 IOPS by SkyPilot's own mapping.
+    assert b.disks["aws"].disk_type == "gp3" and b.disks["aws"].iops == 7000
+    assert set(b.disks) == {"aws"}  # the cloud follows the s3:// bucket (skypilot/locality)
     assert b.controller_price_per_hour == pytest.approx(0.384)  # m6i.2xlarge, on-demand
     # Without a cap: no max_hourly_cost, the fallback is the highest price anywhere.
     r = CliRunner().invoke(app, ["launch", "7b", "--spot", "--dry-run", "--out",

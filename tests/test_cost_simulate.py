@@ -54,8 +54,9 @@ def test_cli_simulate_json(monkeypatch):
                               "--preemptions-per-hour", "0.5", "--json"])
     assert res.exit_code == 0, res.output
     d = json.loads(res.output)
-    # node + its io2 disk (256 GB, 20k IOPS) + the controller (m6i.2xlarge, 50 GB gp3)
-    disk = (256 * 0.125 + 20000 * 0.065) / 730
+    # node + its disk_tier high disk (gp3, 256 GB, 7,000 IOPS of which 3,000 free) + the
+    # controller (m6i.2xlarge, 50 GB gp3)
+    disk = (256 * 0.08 + (7000 - 3000) * 0.005) / 730
     assert d["price_per_hour_all_nodes"] == pytest.approx(8.0274 + disk + 0.384 + 50 * 0.08 / 730)
     assert d["chosen"]["cost_p90"] >= d["chosen"]["cost_p50"] > 0
     minutes = [r["interval_minutes"] for r in d["intervals"]]

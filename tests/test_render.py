@@ -31,7 +31,8 @@ def test_committed_tasks_match_the_renderer(name):
 
 
 def _cases():
-    out = [(p.name, p.version, None) for p in all_presets() if p.name != "tiny"]
+    # CPU presets (tiny, small) render a CPU task; tiny is also asked for a GPU here.
+    out = [(p.name, p.version, None) for p in all_presets() if p.hardware.accelerator != "cpu"]
     return out + [("tiny", "v1.1", "A100-80GB:1")]
 
 
@@ -72,7 +73,8 @@ def test_every_preset_renders_a_task_skypilot_accepts(name, version, gpus):
     # ...except the ledger segment that opens first, stdlib-only, through the mount.
     opener = "python3 -m vicuna_cloud.nodeside open"
     assert setup.count(opener) == 1 and setup.index(opener) < setup.index('"$UV" venv')
-    bare = setup.replace(opener, "nodeside-open").replace('"$UV" pip', "uv-pip")  # uv's pip subcommand is not the image's pip
+    # uv's pip subcommand is not the image's pip
+    bare = setup.replace(opener, "nodeside-open").replace('"$UV" pip', "uv-pip")
     assert not re.search(r"(^|[\s;(])(python3?|pip3?)\s", bare, re.M), setup
     assert re.search(r'"\$UV" venv --quiet --python "\$WANT_PYTHON"', setup)
     assert re.search(r'"\$UV" pip install --quiet --python "\$VENV/bin/python" -r', setup)

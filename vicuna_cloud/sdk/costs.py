@@ -155,14 +155,13 @@ def estimate_inputs(req: EstimateRequest) -> EstimateInputs:
                           mfu_source=mfu_source)
 
 
-DISK_TIER = "best"  # what the task asks SkyPilot for (vicuna_cloud/skypilot/task.py)
-
-
 def bill_rates(preset, prices, work):
     """Disk, egress and controller rates for the cloud of the headline (cheapest) node."""
     from vicuna_cloud import billing, pricing
     from vicuna_cloud.costs import estimate as est
     from vicuna_cloud.costs.launch_bill import CONTROLLER_DISK, CONTROLLER_DISK_GB, disk_spec
+    # The tier the task asks SkyPilot for: the estimate prices the disk the node gets.
+    from vicuna_cloud.skypilot.task import DISK_TIER
 
     row = prices.cheapest_spot
     dtype, iops = disk_spec(row.cloud, DISK_TIER, row.instance_type)
