@@ -41,7 +41,7 @@ CONFIG_ERRORS: tuple[type[Exception], ...] = (ConfigError, TokenizerNotFound,
 def _collective_ok(d: parallel.Dist, error: Optional[BaseException]) -> None:
     """Raise on every rank if any rank failed, so no rank waits forever in a collective.
     A config error anywhere is a config error everywhere (exit 78: do not restart);
-    anything else (a storage outage) is a plain failure (exit 1: the job may retry)."""
+    anything else (a storage outage) is transient (exit 69 from train/__main__: recovered on a new cluster)."""
     config = isinstance(error, CONFIG_ERRORS)
     config_bad, other_bad = parallel.all_reduce_sum(
         [1.0 if config else 0.0, 1.0 if error is not None and not config else 0.0], d.device)
@@ -83,7 +83,7 @@ def load_spec(uri: str) -> RunSpec:
         loc = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"run spec {uri} is invalid: {loc}: {first['msg']}") from None
     except StorageError:
-        raise  # an outage or a permission blip is not bad input: exit 1, the job retries
+        raise  # an outage or a permission blip is not bad input: exit 69, recovered on a new cluster
     except ValueError as e:  # a malformed URI: wrong on its face
         raise ConfigError(f"cannot read run spec {uri}: {str(e).splitlines()[0]}") from None
 
