@@ -241,7 +241,9 @@ def test_two_nodes_preempted_mid_run_resume_on_fresh_nodes_to_the_same_weights(s
     assert codes == [0, 0], logs(gen2, "setup.log")
     report["setup_s_fresh_nodes"] = [round(n.setup_seconds, 1) for n in gen2]
     t0 = time.time()
-    codes = wait_all(start_run(p._task, gen2, "vc-run-2", job_id=3))
+    # A recovery of the same managed job: same SKYPILOT_TASK_ID, so the same lease owner.
+    codes = wait_all(start_run(p._task, gen2, "vc-run-2", job_id=3,
+                               task_id="sky-managed-rehearsal_vc-run_2"))
     assert codes == [0, 0], logs(gen2, "run-3.log")
     stage.last = gen2
     assert f"resuming at step {first[-1]}" in (gen2[0].root / "run-3.log").read_text()

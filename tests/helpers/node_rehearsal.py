@@ -243,8 +243,10 @@ def run_setup(task, nodes: list[Node], cluster: str, timeout: float = 900) -> li
     return codes
 
 
-def start_run(task, nodes: list[Node], cluster: str, job_id: int = 1) -> list[subprocess.Popen]:
-    """The run section on every node at once, with SkyPilot's variables."""
+def start_run(task, nodes: list[Node], cluster: str, job_id: int = 1,
+              task_id: str | None = None) -> list[subprocess.Popen]:
+    """The run section on every node at once, with SkyPilot's variables. ``task_id``: a
+    recovery of a managed job keeps its SKYPILOT_TASK_ID (the run lease's owner)."""
     from sky.backends.task_codegen import TaskCodeGen
     from sky.skylet import log_lib
 
@@ -252,7 +254,7 @@ def start_run(task, nodes: list[Node], cluster: str, job_id: int = 1) -> list[su
     procs = []
     for rank, node in enumerate(nodes):
         envs = {**cluster_envs(task, nodes, cluster),
-                "SKYPILOT_TASK_ID": f"sky-managed-rehearsal_{cluster}_{job_id}",
+                "SKYPILOT_TASK_ID": task_id or f"sky-managed-rehearsal_{cluster}_{job_id}",
                 "SKYPILOT_NODE_IPS": "\n".join(n.ip for n in nodes),
                 "SKYPILOT_NUM_NODES": str(len(nodes)),
                 # ceil(num_gpus) of the task's resources: a CPU task asks for none.
