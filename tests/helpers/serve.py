@@ -9,7 +9,6 @@ demo's tuned model (issue 15) can replace it once it lands.
 
 from __future__ import annotations
 
-import os
 
 RUN = "serve-test-run"
 
@@ -42,5 +41,5 @@ def publish(bucket_uri: str, export_dir: str, run_id: str = RUN,
                             dataset_uri=f"{bucket_uri}/datasets/x", dataset_sha256=None,
                             bucket_uri=bucket_uri, cloud="local")
     write_run_spec(b, spec.model_copy(update={"template": template}))
-    for name in sorted(os.listdir(export_dir)):
-        b.put_file(f"runs/{run_id}/final/{name}", os.path.join(export_dir, name))
+    from train.export import upload_dir  # the trainer's writer: files, then EXPORT.json
+    upload_dir(b, export_dir, f"runs/{run_id}/final", step=1)
