@@ -68,7 +68,7 @@ def test_status_list_fits_80_columns(local_bucket_uri, tmp_path, capsys, monkeyp
                                              backend="local"))
     from vicuna_cloud.cli.common import console
 
-    monkeypatch.setattr(console, "width", 200)  # piped: the wide list has the bucket
+    monkeypatch.setattr(console, "width", 320)  # piped: the wide list has the bucket
     r = run_cli(capsys, monkeypatch, "status")
     assert r.code == 0, r.err
     assert local_bucket_uri in r.out and "vicuna-a-very-long-run-identifier-20261201-101502" in r.out
