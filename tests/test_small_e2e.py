@@ -82,13 +82,18 @@ def test_two_preemptions_end_with_the_weights_of_the_uninterrupted_run(p0, p2, h
 
 
 def test_status_shows_the_eval_loss(p0, home, bucket):
-    r = subprocess.run([sys.executable, "-m", "vicuna_cloud", "status", "small-p0", "--json"],
-                       env=dict(os.environ, VICUNA_CLOUD_HOME=str(home)), capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    row = json.loads(r.stdout)["runs"][0]
+    def status(*args):
+        r = subprocess.run([sys.executable, "-m", "vicuna_cloud", "status", *args, "--json"],
+                           env=dict(os.environ, VICUNA_CLOUD_HOME=str(home)),
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    # The list view (`status --json`) has one row per run; `status RUN --json` is the detail.
+    row = next(x for x in status()["runs"] if x["run_id"] == "small-p0")
     assert "eval loss" in row["progress"]
     assert row["eval"]["first"]["step"] == 0 and row["eval"]["last"]["eval_loss"] > 0
+    assert status("small-p0")["eval_loss"] == row["eval"]["last"]["eval_loss"]
 
 
 def test_chat_answers_the_capital_of_france(p0, home, bucket):
