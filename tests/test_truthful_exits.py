@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,6 @@ from vicuna_cloud.exit_codes import EXIT_CONFIG, EXIT_TRANSIENT
 from vicuna_cloud.run_store import RunSpecConflict, write_run_spec
 from vicuna_cloud.storage import open_bucket
 
-from helpers.cloud_servers import free_port
 from conftest import DUMMY_CONVERSATIONS
 from helpers.cli import run_cli
 from helpers.train import tiny_spec
@@ -32,13 +32,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_storage_outage_reading_the_spec_is_transient(tmp_path):
     """#4: load_spec turned a storage error into exit 78, so the job was never retried."""
-    env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}",
-               AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-               AWS_DEFAULT_REGION="us-east-1", VICUNA_STORAGE_RETRY_ATTEMPTS="1",
-               VICUNA_STORAGE_RETRY_REQUEST_ATTEMPTS="1", VICUNA_STORAGE_RETRY_DEADLINE_S="2",
-               VICUNA_STORAGE_CONNECT_TIMEOUT_S="1")
-    r = subprocess.run([sys.executable, "-m", "train", "s3://down-bucket/runs/r1/run.json"],
-                       env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    # A port bound but never listening refuses every connection for as long as we hold it
+    # (a merely "free" port can be taken by another server meanwhile). Both endpoint
+    # variables point at it: the session's moto fixture exports AWS_ENDPOINT_URL_S3, which
+    # botocore prefers over AWS_ENDPOINT_URL.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as dead:
+        dead.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{dead.getsockname()[1]}"
+        env = dict(os.environ, AWS_ENDPOINT_URL=url, AWS_ENDPOINT_URL_S3=url,
+                   AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                   AWS_DEFAULT_REGION="us-east-1", VICUNA_STORAGE_RETRY_ATTEMPTS="1",
+                   VICUNA_STORAGE_RETRY_REQUEST_ATTEMPTS="1", VICUNA_STORAGE_RETRY_DEADLINE_S="2",
+                   VICUNA_STORAGE_CONNECT_TIMEOUT_S="1")
+        r = subprocess.run([sys.executable, "-m", "train", "s3://down-bucket/runs/r1/run.json"],
+                           env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == EXIT_TRANSIENT, r.stderr[-2000:]
     assert "storage" in r.stderr and "Traceback" not in r.stderr
 
