@@ -25,7 +25,7 @@ demo: $(STAMP)
 
 # The whole suite: what CI runs.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # The day-to-day loop: no torchrun, no object-store servers (markers: see tests/conftest.py).
 test-fast: $(STAMP)
