@@ -97,12 +97,15 @@ def spec_from_preset(
     cloud: str = "any",
     max_cost_usd: Optional[float] = None,
     local_price_per_hour: float = 0.0,
-    seed: int = 42,
+    seed: Optional[int] = None,
     checkpoint: Optional[CheckpointPolicy] = None,
     hyper_overrides: Optional[dict] = None,
     eval_sha256: Optional[str] = None,
+    overrides: Optional[dict] = None,
 ) -> RunSpec:
-    hyper = preset.hyper.model_copy(update={"seed": seed})
+    """The run spec of a new run: the preset's values (already carrying any --set/--config,
+    sdk/overrides.py), ``seed`` when given, and ``overrides`` recorded as given."""
+    hyper = preset.hyper if seed is None else preset.hyper.model_copy(update={"seed": seed})
     if hyper_overrides:  # checked by the model, as a hand-written run.json would be
         hyper = Hyperparameters.model_validate({**hyper.model_dump(), **hyper_overrides})
     return RunSpec(
@@ -130,7 +133,21 @@ def spec_from_preset(
         budget=Budget(max_cost_usd=max_cost_usd, local_price_per_hour=local_price_per_hour),
         checkpoint=checkpoint or CheckpointPolicy(),
         code_version=code_version(),
+        overrides=dict(overrides or {}),
     )
+
+
+def spec_differences(existing: RunSpec, new: RunSpec) -> list[str]:
+    """'hyper.learning_rate: run.json has 2e-05, this launch 1e-05' for every value of the
+    sections --set/--config may change (hyper, checkpoint) that differs."""
+    out = []
+    for section in ("hyper", "checkpoint"):
+        have, want = getattr(existing, section), getattr(new, section)
+        for name in type(have).model_fields:
+            a, b = getattr(have, name), getattr(want, name)
+            if a != b:
+                out.append(f"{section}.{name}: run.json has {a}, this launch {b}")
+    return out
 
 
 def run_spec_uri(bucket_uri: str, run_id: str) -> str:
@@ -155,10 +172,13 @@ def write_run_spec(bucket: Bucket, spec: RunSpec) -> str:
                 f"{bucket.child_uri(key)} names bucket {existing.bucket_uri}, not "
                 f"{spec.bucket_uri}: its checkpoints and ledger live there. Launch with "
                 f"--bucket {existing.bucket_uri}, or choose a new --run-id")
-        if existing.training_hash() != spec.training_hash():
+        differ = spec_differences(existing, spec)
+        if differ or existing.training_hash() != spec.training_hash():
+            what = f" ({'; '.join(differ)})" if differ else ""
             raise RunSpecConflict(
-                f"{bucket.child_uri(key)} already holds a different run spec; choose a new "
-                "--run-id (or --name) or delete that run first"
+                f"{bucket.child_uri(key)} already holds a different run spec{what}; relaunch "
+                "with the run's own settings (the same --set/--config), choose a new --run-id "
+                "(or --name), or delete that run first"
             )
         return bucket.child_uri(key)
     bucket.put_bytes(key, spec.to_json().encode())

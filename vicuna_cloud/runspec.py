@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from vicuna_cloud.errors import ConfigError
 
@@ -122,6 +122,11 @@ class Hyperparameters(_Strict):
                 "a conversation must fit in one micro-batch; raise micro_batch_tokens"
             )
         return self
+
+
+#: Hyperparameters that change what is logged or evaluated, never the trained weights
+#: (eval runs under no_grad and draws no random numbers): not in the training hash.
+NON_WEIGHT_HYPER = ("log_every_steps", "eval_every_steps")
 
 
 class DatasetRef(_Strict):
@@ -250,6 +255,10 @@ class RunSpec(_Strict):
     billing: Billing = Billing()
     code_version: str
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    overrides: dict[str, JsonValue] = Field(
+        default_factory=dict, description="The keys `launch --set/--config` changed from the "
+        "preset, with their validated values (hyper.learning_rate: 1e-05); the values "
+        "themselves are in hyper/checkpoint above. Never part of the training hash.")
 
     @field_validator("run_id")
     @classmethod
@@ -302,6 +311,10 @@ class RunSpec(_Strict):
         # Fields added later hash as before while unset, so older runs still resume.
         if payload["dataset"].get("eval_sha256") is None:
             payload["dataset"].pop("eval_sha256", None)
+        # What only changes what is logged, not the weights, hashes at its default, so an
+        # override of it (`--set hyper.log_every_steps=10`) keeps the hash.
+        for name in NON_WEIGHT_HYPER:
+            payload["hyper"][name] = Hyperparameters.model_fields[name].default
         if payload["hyper"].get("eval_every_steps") is None:
             payload["hyper"].pop("eval_every_steps", None)
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()

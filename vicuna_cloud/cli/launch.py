@@ -59,6 +59,13 @@ REGION_OPT = typer.Option(None, "--region",
                           help="A region name or any; default: the bucket's region when "
                                "launch can read it.")
 RUN_ID_OPT = typer.Option(None, "--run-id")
+SET_OPT = typer.Option(
+    None, "--set", metavar="KEY=VALUE",
+    help="Override one run-spec value, e.g. --set hyper.learning_rate=1e-5 (repeatable; "
+         "hyper.* and checkpoint.* keys, checked by the run spec's model).")
+CONFIG_OPT = typer.Option(
+    None, "--config", metavar="FILE.yaml",
+    help="YAML file of overrides, the same keys nested (hyper: {epochs: 2}); --set wins.")
 
 
 # --- render -------------------------------------------------------------------------------
@@ -77,6 +84,8 @@ def render(
     run_id: Optional[str] = RUN_ID_OPT,
     name: Optional[str] = typer.Option(None, "--name"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write here, not stdout."),
+    set_: Optional[list[str]] = SET_OPT,
+    config: Optional[str] = CONFIG_OPT,
 ):
     """Write the SkyPilot task YAML for a preset, checked by SkyPilot's own parser."""
     from vicuna_cloud import sdk
@@ -84,7 +93,7 @@ def render(
     text = sdk.render(sdk.RenderRequest(
         preset=preset, version=version, base_model=base_model, spot=spot, nodes=nodes,
         gpus=gpus, cloud=cloud, region=region, bucket=bucket, data=data, run_id=run_id,
-        name=name))
+        name=name, overrides=set_ or [], config=config))
     if output is None:
         print(text, end="")
         return
@@ -181,6 +190,8 @@ def launch(
     take_over: bool = typer.Option(
         False, "--take-over", help="Take the run over from a writer whose heartbeat is stale "
         "(see `vicuna-cloud status`); refused while it is live."),
+    set_: Optional[list[str]] = SET_OPT,
+    config: Optional[str] = CONFIG_OPT,
 ):
     """Launch a run as a SkyPilot managed job (or --local), resuming after preemptions."""
     from vicuna_cloud.sdk import options
@@ -201,7 +212,8 @@ def launch(
                                    preemptions=preemptions or 0,
                                    seed=DEFAULT_SEED if seed is None else seed,
                                    price_per_hour=price_per_hour or 0.0, max_cost=max_cost,
-                                   base_model=base_model, take_over=take_over))
+                                   base_model=base_model, take_over=take_over,
+                                   overrides=set_ or [], config=config))
     options.reject(_given([("--preemptions", preemptions is not None),
                            ("--price-per-hour", price_per_hour is not None),
                            ("--seed", seed is not None)]),
@@ -214,7 +226,8 @@ def launch(
         preset=preset, version=version, base_model=base_model,
         spot=True if spot is None else spot, nodes=nodes, gpus=gpus, cloud=cloud, region=region,
         bucket=bucket, data=data, max_cost=max_cost, name=name, run_id=run_id, dry_run=dry_run,
-        allow_dirty=allow_dirty), out, json_out, take_over)
+        allow_dirty=allow_dirty, overrides=set_ or [], config=config), out, json_out,
+        take_over)
 
 
 def _check_lease(p, take_over: bool) -> None:

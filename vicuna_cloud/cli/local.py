@@ -55,7 +55,8 @@ def run_local(*, preset: str, version: Optional[str], bucket: Optional[str],
               run_id: Optional[str], preemptions: int, seed: int, price_per_hour: float,
               max_cost: Optional[float], base_model: Optional[str] = None,
               hyper_overrides: Optional[dict] = None,
-              checkpoint_steps: Optional[int] = None, take_over: bool = False) -> int:
+              checkpoint_steps: Optional[int] = None, take_over: bool = False,
+              overrides: Optional[list[str]] = None, config: Optional[str] = None) -> int:
     """Run it, show it; returns the process exit code. (``hyper_overrides`` and
     ``checkpoint_steps``: Python callers, e.g. tests wanting fewer steps of the real model.)"""
     from vicuna_cloud import sdk
@@ -64,7 +65,8 @@ def run_local(*, preset: str, version: Optional[str], bucket: Optional[str],
                                  preemptions=preemptions, seed=seed,
                                  price_per_hour=price_per_hour, max_cost=max_cost,
                                  base_model=base_model, hyper_overrides=hyper_overrides,
-                                 checkpoint_steps=checkpoint_steps, take_over=take_over)
+                                 checkpoint_steps=checkpoint_steps, take_over=take_over,
+                                 overrides=overrides or [], config=config)
     screen = _Screen(preemptions, price_per_hour)
     try:
         res = sdk.launch_local(req, on_event=screen)

@@ -51,6 +51,8 @@ def detail_table(d) -> Table:
              ("segments", "; ".join(f"{s.index}: steps {s.steps}, {_money(s.cost_usd)}, {s.end}"
                                     for s in d.segments)),
              ("last heartbeat", hb), ("bucket", d.bucket)]
+    if d.overrides:
+        rows.insert(3, ("overrides", ", ".join(f"{k}={v}" for k, v in d.overrides.items())))
     for k, v in rows:
         t.add_row(k, v)
     return t

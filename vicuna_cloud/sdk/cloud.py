@@ -35,6 +35,7 @@ def render(req: RenderRequest) -> str:
 
     code_version = req.code_version or __version__
     preset = options.preset(req.preset, req.version, req.base_model, req.gpus, req.nodes)
+    preset, ov, _ = with_overrides(preset, req)
     cloud = options.cloud(req.cloud)
     parsed = options.bucket_uri(req.bucket)
     # render is offline: the bucket's region is not looked up (launch does it).
@@ -51,11 +52,21 @@ def render(req: RenderRequest) -> str:
     )
     config = build_task_config(preset, opts)
     validate_task_config(config)
-    return to_yaml(config, _render_header(req, preset, cloud, code_version))
+    return to_yaml(config, _render_header(req, preset, cloud, code_version, ov))
+
+
+def with_overrides(preset: Preset, req, checkpoint=None):
+    """(preset carrying the request's --set/--config hyperparameters, the overrides,
+    the checkpoint policy): validated by the run spec's models (sdk/overrides.py)."""
+    from vicuna_cloud.sdk import overrides
+
+    ov, models = overrides.resolve(req.overrides, req.config, hyper=preset.hyper,
+                                   checkpoint=checkpoint)
+    return overrides.apply_to_preset(preset, models), ov, models["checkpoint"]
 
 
 def _render_header(req: RenderRequest, preset: Preset, cloud: Optional[str],
-                   code_version: str) -> str:
+                   code_version: str, ov=None) -> str:
     """The YAML's header: the `render` command that reproduces the file, every non-default
     option included."""
     args = [preset.name, "--version", preset.version]
@@ -68,6 +79,8 @@ def _render_header(req: RenderRequest, preset: Preset, cloud: Optional[str],
                                  ("--run-id", req.run_id, None), ("--name", req.name, None)):
         if value is not None and value != default:
             args += [flag, shlex.quote(str(value))]
+    for flag in (ov.as_flags() if ov else ()):
+        args += ["--set", shlex.quote(flag.removeprefix("--set "))]
     return (
         f"SkyPilot task for Vicuna {preset.size} {preset.version}, rendered by vicuna-cloud "
         f"{code_version}.\nDo not edit: `vicuna-cloud render {' '.join(args)}` writes it; "
@@ -114,9 +127,10 @@ def dataset_ref(data_uri: str) -> tuple[str, str]:
 
 def _check_inputs(req: LaunchRequest) -> tuple[Preset, Optional[str], Optional[str],
                                                Optional[str]]:
-    """(preset, cloud, job name, run id): the checks that need no network, in the order
-    the CLI has always reported them."""
+    """(preset with its overrides, cloud, job name, run id): the checks that need no
+    network, in the order the CLI has always reported them."""
     preset = options.preset(req.preset, req.version, req.base_model, req.gpus, req.nodes)
+    preset, _, _ = with_overrides(preset, req)
     if preset.hardware.accelerator == "cpu" and req.gpus is None:
         raise ConfigError("the tiny preset runs on CPU: use `vicuna-cloud launch tiny --local`, "
                           "or give --gpus (cpu:1 --nodes 2 is a cents-cheap rehearsal on CPU VMs)")
@@ -267,9 +281,11 @@ def _build(req: LaunchRequest, preset: Preset, place, name: Optional[str], run_i
         SECRET_NAMES, TaskOptions, build_task_config, validate_task_config,
     )
 
+    _, ov, checkpoint = with_overrides(preset, req)  # preset already carries the hyper
     spec = spec_from_preset(
         preset, run_id=run_id, dataset_uri=data_uri, dataset_sha256=sha,
         bucket_uri=bkt.uri, use_spot=req.spot, cloud=place.cloud, max_cost_usd=req.max_cost,
+        checkpoint=checkpoint, overrides=ov.validated,
     )
     spec = _with_node_prices(spec, preset, place.cloud)
     opts = TaskOptions(

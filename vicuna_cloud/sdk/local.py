@@ -26,9 +26,30 @@ from vicuna_cloud.errors import ConfigError, RunConflict, StorageUnavailable
 from vicuna_cloud.recipes import Preset
 from vicuna_cloud.runspec import RunSpec
 from vicuna_cloud.sdk import options
-from vicuna_cloud.sdk.models import LocalEvent, LocalLaunchRequest, LocalLaunchResult
+from vicuna_cloud.sdk.models import (
+    DEFAULT_SEED, LocalEvent, LocalLaunchRequest, LocalLaunchResult,
+)
 
 EventFn = Callable[[LocalEvent], None]
+
+
+def _local_overrides(p: Preset, req: LocalLaunchRequest):
+    """(preset with the overrides, overrides, checkpoint policy, seed) of a local run:
+    --set/--config over the Python callers' ``hyper_overrides`` over the preset; the local
+    checkpoint cadence is the base the checkpoint keys override."""
+    from vicuna_cloud.local.launch import LOCAL_CHECKPOINT_STEPS
+    from vicuna_cloud.runspec import CheckpointPolicy
+    from vicuna_cloud.sdk import overrides
+
+    steps = req.checkpoint_steps or p.extra.get("checkpoint_steps", LOCAL_CHECKPOINT_STEPS)
+    hyper = p.hyper.model_copy(update={"seed": req.seed})
+    extra = {f"hyper.{k}": v for k, v in (req.hyper_overrides or {}).items()}
+    ov, models = overrides.resolve(req.overrides, req.config, hyper=hyper, extra=extra,
+                                   checkpoint=CheckpointPolicy(interval_steps=steps, keep=2))
+    seed = models["hyper"].seed
+    if "hyper.seed" in ov.raw and req.seed not in (seed, DEFAULT_SEED):
+        raise ConfigError(f"--seed {req.seed} and hyper.seed={seed} disagree; give one of them")
+    return overrides.apply_to_preset(p, models), ov, models["checkpoint"], seed
 
 
 def _check(req: LocalLaunchRequest) -> Preset:
@@ -89,7 +110,8 @@ def _existing_spec(bkt, run_id: Optional[str]) -> Optional[RunSpec]:
                           f"{str(e).splitlines()[0]}") from None
 
 
-def _resume(spec: RunSpec, p: Preset, req: LocalLaunchRequest, bkt, emit: EventFn) -> None:
+def _resume(spec: RunSpec, p: Preset, req: LocalLaunchRequest, bkt, emit: EventFn,
+            ov=None) -> None:
     """An existing run: refuse a different one, say what is kept."""
     rid = spec.run_id
     if spec.bucket_uri != bkt.uri:  # the trainer follows run.json's bucket, not --bucket
@@ -104,15 +126,29 @@ def _resume(spec: RunSpec, p: Preset, req: LocalLaunchRequest, bkt, emit: EventF
         raise RunConflict(
             f"run {rid} exists in {bkt.uri} as preset {spec.preset} {spec.version} "
             f"seed {spec.hyper.seed}; relaunch with those, or choose a new --run-id")
+    if ov:
+        from vicuna_cloud.sdk.overrides import conflicts
+
+        differ = conflicts(spec, ov)
+        if differ:
+            raise RunConflict(
+                f"run {rid} exists in {bkt.uri} with other settings ({'; '.join(differ)}); "
+                "a run keeps its run.json: relaunch without those --set/--config values, or "
+                "choose a new --run-id")
     emit(LocalEvent(kind="resuming", run_id=rid,
                     message=f"Resuming run {rid} from {bkt.child_uri(bucket_keys.run_prefix(rid))}"))
+    if spec.overrides and not ov:
+        emit(LocalEvent(kind="note", run_id=rid, message=(
+            "the run keeps the overrides in its run.json: " + ", ".join(
+                f"{k}={v}" for k, v in spec.overrides.items()))))
     if (spec.budget.local_price_per_hour, spec.budget.max_cost_usd) != (req.price_per_hour, req.max_cost):
         emit(LocalEvent(kind="note", run_id=rid, message=(
             f"the run keeps its own price (${spec.budget.local_price_per_hour}/h) and budget "
             f"({spec.budget.max_cost_usd or 'none'}) from its run.json")))
 
 
-def _new_spec(p: Preset, req: LocalLaunchRequest, bkt, emit: EventFn) -> RunSpec:
+def _new_spec(p: Preset, req: LocalLaunchRequest, bkt, emit: EventFn, ov=None,
+              checkpoint=None) -> RunSpec:
     """Sample data prepared and uploaded, a new spec written to the bucket."""
     from vicuna_cloud.data.reader import DataError
     from vicuna_cloud.data.upload import upload_dataset
@@ -144,8 +180,9 @@ def _new_spec(p: Preset, req: LocalLaunchRequest, bkt, emit: EventFn) -> RunSpec
     steps = req.checkpoint_steps or p.extra.get("checkpoint_steps", LOCAL_CHECKPOINT_STEPS)
     spec = _spec_from_preset(p, req, new_run_id(p) if req.run_id is None else req.run_id,
                              bkt.uri, up.uri, up.sha256,
-                             CheckpointPolicy(interval_steps=steps, keep=2),
-                             eval_sha256=(raw.get("eval") or {}).get("sha256"))
+                             checkpoint or CheckpointPolicy(interval_steps=steps, keep=2),
+                             eval_sha256=(raw.get("eval") or {}).get("sha256"),
+                             overrides=ov.validated if ov else None)
     spec = spec.model_copy(update={"budget": Budget(
         max_cost_usd=req.max_cost, local_price_per_hour=req.price_per_hour,
         heartbeat_seconds=LOCAL_HEARTBEAT_S)})
@@ -154,14 +191,15 @@ def _new_spec(p: Preset, req: LocalLaunchRequest, bkt, emit: EventFn) -> RunSpec
 
 
 def _spec_from_preset(p, req, run_id, bucket_uri, dataset_uri, sha, checkpoint,
-                      eval_sha256=None) -> RunSpec:
+                      eval_sha256=None, overrides=None) -> RunSpec:
+    """``p`` already carries every override (``_local_overrides``)."""
     from vicuna_cloud.run_store import spec_from_preset
 
     return spec_from_preset(
         p, run_id=run_id, dataset_uri=dataset_uri, dataset_sha256=sha, bucket_uri=bucket_uri,
         use_spot=req.preemptions > 0, cloud="local", max_cost_usd=req.max_cost,
         local_price_per_hour=req.price_per_hour, seed=req.seed, checkpoint=checkpoint,
-        hyper_overrides=req.hyper_overrides, eval_sha256=eval_sha256)
+        eval_sha256=eval_sha256, overrides=overrides)
 
 
 def launch_local(req: LocalLaunchRequest = LocalLaunchRequest(),
@@ -174,10 +212,12 @@ def launch_local(req: LocalLaunchRequest = LocalLaunchRequest(),
 
     emit = on_event or (lambda event: None)
     p = _check(req)
+    p, ov, checkpoint, seed = _local_overrides(p, req)
+    req = req.model_copy(update={"seed": seed})  # hyper.seed= is the run's seed
     bkt = open_local_bucket(req.bucket or paths.default_bucket_uri())
     spec = _existing_spec(bkt, req.run_id)
     if spec is not None:
-        _resume(spec, p, req, bkt, emit)
+        _resume(spec, p, req, bkt, emit, ov)
         done = _finished(bkt, spec.run_id)
         if done is not None:  # relaunching a finished run: a no-op that says so
             out = LocalLaunchResult(run_id=spec.run_id, preset=p.name, bucket_uri=bkt.uri,
@@ -189,7 +229,7 @@ def launch_local(req: LocalLaunchRequest = LocalLaunchRequest(),
             out.cost, out.cost_error = _cost(bkt, out.run_id)
             return out
     else:
-        spec = _new_spec(p, req, bkt, emit)
+        spec = _new_spec(p, req, bkt, emit, ov, checkpoint)
     record_local_run(spec.run_id, bkt.uri, p.name)
     rid = spec.run_id
     try:  # one writer per run: a second launch is refused here (issue 14)

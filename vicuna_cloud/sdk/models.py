@@ -42,6 +42,10 @@ class TaskRequest(_Request):
                                   "region when launch can read it")
     name: Optional[str] = Field(None, description="managed job name (default: the run id)")
     run_id: Optional[str] = None
+    overrides: list[str] = Field(default_factory=list, description="run-spec overrides as "
+                                 "--set takes them: KEY=VALUE, e.g. hyper.learning_rate=1e-5")
+    config: Optional[str] = Field(None, description="a YAML file of overrides (the same "
+                                  "dotted keys as a nested mapping); --set wins over it")
 
 
 class RenderRequest(TaskRequest):
@@ -79,6 +83,9 @@ class LocalLaunchRequest(_Request):
     hyper_overrides: Optional[dict] = Field(None, description="hyperparameters replacing the "
                                             "preset's in a new run (e.g. fewer steps)")
     checkpoint_steps: Optional[int] = Field(None, description="checkpoint interval of a new run")
+    overrides: list[str] = Field(default_factory=list, description="run-spec overrides as "
+                                 "--set takes them: KEY=VALUE, e.g. hyper.epochs=2")
+    config: Optional[str] = Field(None, description="a YAML file of overrides; --set wins")
     take_over: bool = Field(False, description="take the run over from a writer whose "
                             "heartbeat is stale (vicuna_cloud/lease.py)")
 

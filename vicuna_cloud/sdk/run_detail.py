@@ -12,7 +12,7 @@ import time
 from datetime import datetime, timezone
 from typing import Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, JsonValue
 
 from vicuna_cloud.errors import StorageUnavailable
 
@@ -52,6 +52,8 @@ class RunDetail(BaseModel):
     api_error: Optional[str] = Field(None, description="SkyPilot unreachable: the state is "
                                      "what the bucket knows")
     notes: list[str] = Field(default_factory=list)
+    overrides: dict[str, JsonValue] = Field(default_factory=dict, description="what `launch "
+                                            "--set/--config` changed from the preset (run.json)")
 
 
 def _metrics(bucket, run_id: str) -> tuple[Optional[dict], Optional[float], Optional[float]]:
@@ -76,6 +78,19 @@ def _metrics(bucket, run_id: str) -> tuple[Optional[dict], Optional[float], Opti
         if last is not None and eval_loss is not None and len(secs) >= 10:
             break
     return last, eval_loss, (sum(secs) / len(secs) if secs else None)
+
+
+def _overrides(bucket, run_id: str) -> dict:
+    """run.json's record of --set/--config ({} for a run without, or an unreadable spec:
+    status reports what it can)."""
+    from vicuna_cloud import bucket_keys
+    from vicuna_cloud.runspec import RunSpec
+    from vicuna_cloud.storage import StorageError
+
+    try:
+        return dict(RunSpec.from_json(bucket.get_bytes(bucket_keys.run_spec(run_id))).overrides)
+    except (StorageError, ValueError):
+        return {}
 
 
 def _phase(rc, final: bool, has_step: bool) -> str:
@@ -113,7 +128,9 @@ def run_detail(run_id: str, bucket: Optional[str] = None, *, now: Optional[float
     row = rep.runs[0]
     last, eval_loss, step_s = _metrics(bkt, run_id)
     if rc is None:
-        return _before_ledger(rec, row, prog, last, eval_loss, rep.api_error)
+        d = _before_ledger(rec, row, prog, last, eval_loss, rep.api_error)
+        d.overrides = _overrides(bkt, run_id)
+        return d
     hb = segs[-1].last_heartbeat if segs else None
     eta = None
     if rc.status == "running" and rc.total_steps and step_s:
@@ -135,7 +152,8 @@ def run_detail(run_id: str, bucket: Optional[str] = None, *, now: Optional[float
         last_heartbeat=(datetime.fromtimestamp(hb, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
                         if hb else None),
         heartbeat_age_seconds=round(now - hb, 1) if hb else None,
-        bucket=rec.bucket_uri, api_error=rep.api_error, notes=rc.notes)
+        bucket=rec.bucket_uri, api_error=rep.api_error, notes=rc.notes,
+        overrides=_overrides(bkt, run_id))
 
 
 def _before_ledger(rec, row, prog, last, eval_loss, api_error) -> RunDetail:
