@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 import typer
+from typer.core import TyperOption
+
+
+def _flags_take_no_value() -> None:
+    """Typer 0.29 prints a type beside every option, `<bool>` beside a flag, as if it
+    took a value (`--json <bool>`); a flag shows nothing there. Display only: parsing and
+    the options themselves are untouched."""
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_vicuna", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich._vicuna = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_take_no_value()
 
 app = typer.Typer(
     name="vicuna-cloud",
     help="Fine-tune Vicuna-style chat models on preemptible cloud GPUs: resumable, and within budget.",
+    epilog="Example: vicuna-cloud launch small --local   (then: vicuna-cloud status RUN, "
+           "vicuna-cloud plot RUN, vicuna-cloud chat RUN)",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",

@@ -15,6 +15,7 @@ from vicuna_cloud.cli import app
 from vicuna_cloud.cli.common import UserError, console, print_json
 
 base_app = typer.Typer(help="Base models from local files (GGUF, Hugging Face directories).",
+                        epilog="Example: vicuna-cloud base import model.gguf",
                        no_args_is_help=True)
 app.add_typer(base_app, name="base")
 
@@ -27,7 +28,10 @@ def import_cmd(
                                       "content-addressed store, $VICUNA_MODEL_CACHE)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Convert once to a safetensors directory that `--base-model DIR` accepts; cached."""
+    """Convert once to a safetensors directory that `--base-model DIR` accepts; cached.
+
+    Example: vicuna-cloud base import builtin:smollm2-135m
+    """
     from vicuna_cloud.base_models import BaseModelError, import_base
 
     try:

@@ -21,10 +21,14 @@ def chat(
     run: str = typer.Argument(..., help="Run id (looked up in the bucket) or an exported model directory."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="One message; omit for an interactive chat."),
     bucket: Optional[str] = typer.Option(None, "--bucket", help="Bucket URI (default: where this machine launched the run, else the local bucket)."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, max=4096),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, max=4096,
+                                        help="Most tokens generated per reply."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
 ) -> None:
-    """Generate replies with a run's exported model, through the Vicuna chat template."""
+    """Generate replies with a run's exported model, through the Vicuna chat template.
+
+    Example: vicuna-cloud chat tiny-20261201-101500 --prompt "Who are you?"
+    """
     from vicuna_cloud import sdk
 
     model_dir, template = sdk.chat_model(run, bucket)

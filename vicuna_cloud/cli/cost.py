@@ -58,7 +58,10 @@ def cost(
                                      help="Do not ask SkyPilot's API server."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
-    """Spend of a run (per segment), of all runs, or an estimate before launch."""
+    """Spend of a run (per segment), of all runs, or an estimate before launch.
+
+    Example: vicuna-cloud cost --estimate 7b --version v1.1
+    """
     if estimate_preset and simulate_preset:
         raise UserError("give either --estimate or --simulate, not both")
     if (estimate_preset or simulate_preset) and run:

@@ -22,6 +22,7 @@ from vicuna_cloud.cli.app import app
 from vicuna_cloud.cli.common import console, err_console, print_json
 
 data_app = typer.Typer(help="Clean raw ShareGPT data, upload it, inspect the loss mask.",
+                        epilog="Example: vicuna-cloud data prepare sharegpt_raw.json --out data/v1",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -55,7 +56,10 @@ def prepare_cmd(
     force: bool = typer.Option(False, "--force", help="Replace a different dataset in --out."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
-    """Clean, filter, split and count a raw dump into DIR/train.jsonl + manifest.json."""
+    """Clean, filter, split and count a raw dump into DIR/train.jsonl + manifest.json.
+
+    Example: vicuna-cloud data prepare sharegpt_raw.json --out data/v1 --max-length 2048
+    """
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                TimeRemainingColumn)
 
@@ -112,7 +116,10 @@ def upload_cmd(
     uri: str = typer.Argument(..., help="s3://bucket/prefix, gs://bucket/prefix or a local dir."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Upload content-addressed to URI/datasets/<sha256>/ (no-op when already there)."""
+    """Upload content-addressed to URI/datasets/<sha256>/ (no-op when already there).
+
+    Example: vicuna-cloud data upload data/v1 s3://my-bucket/vicuna
+    """
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     from vicuna_cloud import sdk
@@ -136,11 +143,16 @@ def upload_cmd(
 def inspect_cmd(
     file: str = typer.Argument(..., help="train.jsonl (or any ShareGPT .json/.jsonl)."),
     n: int = typer.Option(3, "--n", help="How many conversations."),
-    tokenizer: str = typer.Option("builtin:llama-sp", "--tokenizer"),
-    template: str = typer.Option("vicuna_v1.1", "--template"),
+    tokenizer: str = typer.Option("builtin:llama-sp", "--tokenizer",
+                                  help="Tokenizer dir, HF id, or builtin:llama-sp (as prepared)."),
+    template: str = typer.Option("vicuna_v1.1", "--template",
+                                 help="Chat template the file was prepared with."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
-    """Show conversations rendered: trained tokens highlighted, masked tokens dim."""
+    """Show conversations rendered: trained tokens highlighted, masked tokens dim.
+
+    Example: vicuna-cloud data inspect data/v1/train.jsonl --n 3
+    """
     from rich.text import Text
 
     from vicuna_cloud import sdk

@@ -15,6 +15,7 @@ from vicuna_cloud.cli.app import app
 from vicuna_cloud.cli.common import console, print_json
 
 delta_app = typer.Typer(help="Delta weights: target minus base, exact, tensor by tensor.",
+                        epilog="Example: vicuna-cloud delta make --base ./llama-7b --target ./vicuna-7b --out ./delta",
                         no_args_is_help=True)
 app.add_typer(delta_app, name="delta")
 
@@ -44,7 +45,10 @@ def make_cmd(
     out: str = typer.Option(..., "--out", help="New directory for the delta."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Write target-minus-base deltas with a manifest of hashes (exact, streaming)."""
+    """Write target-minus-base deltas with a manifest of hashes (exact, streaming).
+
+    Example: vicuna-cloud delta make --base ./llama-7b --target ./vicuna-7b --out ./vicuna-7b-delta
+    """
     from vicuna_cloud import sdk
 
     result = sdk.make_delta(base, target, out)
@@ -58,7 +62,10 @@ def apply_cmd(
     out: str = typer.Option(..., "--out", help="New directory for the rebuilt model."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Rebuild the fine-tuned model from base + delta; refuses a base that is not the one."""
+    """Rebuild the fine-tuned model from base + delta; refuses a base that is not the one.
+
+    Example: vicuna-cloud delta apply --base ./llama-7b --delta ./vicuna-7b-delta --out ./vicuna-7b
+    """
     from vicuna_cloud import sdk
 
     result = sdk.apply_delta(base, delta, out)

@@ -44,7 +44,10 @@ def eval_cmd(
     no_judge: bool = typer.Option(False, "--no-judge", help="Generate answers only."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable report."),
 ) -> None:
-    """Answer MT-Bench / Vicuna-bench questions and grade them with an LLM judge."""
+    """Answer MT-Bench / Vicuna-bench questions and grade them with an LLM judge.
+
+    Example: vicuna-cloud eval tiny-20261201-101500 --bench mt-bench --questions question.jsonl --judge-model gpt-4
+    """
     from vicuna_cloud import sdk
 
     report = sdk.evaluate(sdk.EvaluateRequest(

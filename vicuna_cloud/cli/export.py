@@ -21,7 +21,10 @@ def export(
                                          help="Bucket URI (default: where this machine launched the run)."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Turn any committed checkpoint of a run into a Hugging Face model directory."""
+    """Turn any committed checkpoint of a run into a Hugging Face model directory.
+
+    Example: vicuna-cloud export tiny-20261201-101500 --out ./vicuna-tiny
+    """
     from vicuna_cloud import sdk
 
     res = sdk.export(run, out, step=step, bucket=bucket,

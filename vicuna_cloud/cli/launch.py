@@ -23,7 +23,10 @@ DEFAULT_SEED = 42
 # --- presets ------------------------------------------------------------------------------
 @app.command()
 def presets(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")):
-    """List the Vicuna presets (size x version) with hardware and a memory estimate."""
+    """List the Vicuna presets (size x version) with hardware and a memory estimate.
+
+    Example: vicuna-cloud presets --json
+    """
     from vicuna_cloud import sdk
 
     rows = [r.model_dump() for r in sdk.presets()]
@@ -50,7 +53,7 @@ def presets(json_out: bool = typer.Option(False, "--json", help="Machine-readabl
 PRESET_ARG = typer.Argument(..., help="tiny, 7b, 13b or 33b.")
 VERSION_OPT = typer.Option(None, "--version", help="v0, v1.1, v1.3, v1.5, v1.5-16k.")
 BASE_MODEL_OPT = typer.Option(None, "--base-model", help="Hugging Face id.")
-NODES_OPT = typer.Option(None, "--nodes")
+NODES_OPT = typer.Option(None, "--nodes", help="Nodes (VMs) of the run (default: the preset's).")
 GPUS_OPT = typer.Option(None, "--gpus", help="e.g. A100-80GB:8")
 CLOUD_OPT = typer.Option(None, "--cloud",
                          help="aws, gcp or any; default: the bucket's cloud (any crosses "
@@ -58,7 +61,7 @@ CLOUD_OPT = typer.Option(None, "--cloud",
 REGION_OPT = typer.Option(None, "--region",
                           help="A region name or any; default: the bucket's region when "
                                "launch can read it.")
-RUN_ID_OPT = typer.Option(None, "--run-id")
+RUN_ID_OPT = typer.Option(None, "--run-id", help="The run's id (default: a new one); an existing id resumes that run.")
 SET_OPT = typer.Option(
     None, "--set", metavar="KEY=VALUE",
     help="Override one run-spec value, e.g. --set hyper.learning_rate=1e-5 (repeatable; "
@@ -74,20 +77,24 @@ def render(
     preset: str = PRESET_ARG,
     version: Optional[str] = VERSION_OPT,
     base_model: Optional[str] = BASE_MODEL_OPT,
-    spot: bool = typer.Option(True, "--spot/--no-spot"),
+    spot: bool = typer.Option(True, "--spot/--no-spot", help="Spot VMs (default) or on-demand."),
     nodes: Optional[int] = NODES_OPT,
     gpus: Optional[str] = GPUS_OPT,
     cloud: Optional[str] = CLOUD_OPT,
     region: Optional[str] = REGION_OPT,
-    bucket: str = typer.Option(EXAMPLE_BUCKET, "--bucket"),
+    bucket: str = typer.Option(EXAMPLE_BUCKET, "--bucket", metavar="URI",
+                               help="s3://BUCKET/prefix or gs://BUCKET/prefix the task names."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset URI (datasets/<sha256>)."),
     run_id: Optional[str] = RUN_ID_OPT,
-    name: Optional[str] = typer.Option(None, "--name"),
+    name: Optional[str] = typer.Option(None, "--name", help="Managed job name (default: the run id)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write here, not stdout."),
     set_: Optional[list[str]] = SET_OPT,
     config: Optional[str] = CONFIG_OPT,
 ):
-    """Write the SkyPilot task YAML for a preset, checked by SkyPilot's own parser."""
+    """Write the SkyPilot task YAML for a preset, checked by SkyPilot's own parser.
+
+    Example: vicuna-cloud render 7b --version v1.5 --set hyper.learning_rate=1e-5 -o task.yaml
+    """
     from vicuna_cloud import sdk
 
     text = sdk.render(sdk.RenderRequest(
@@ -193,7 +200,12 @@ def launch(
     set_: Optional[list[str]] = SET_OPT,
     config: Optional[str] = CONFIG_OPT,
 ):
-    """Launch a run as a SkyPilot managed job (or --local), resuming after preemptions."""
+    """Launch a run as a SkyPilot managed job (or --local), resuming after preemptions.
+
+    Example: vicuna-cloud launch 7b --spot --bucket s3://my-bucket/vicuna --data s3://my-bucket/vicuna/datasets/SHA256 --max-cost 140 --set hyper.epochs=2 --dry-run
+
+    Example: vicuna-cloud launch small --local --set hyper.learning_rate=5e-5
+    """
     from vicuna_cloud.sdk import options
 
     if local:

@@ -42,13 +42,17 @@ def serve(
     spot: bool = typer.Option(False, "--spot/--no-spot", help="Spot replicas (SkyServe replaces preempted ones)."),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="e.g. L4:1 (default: by model size)."),
     cloud: str = typer.Option("any", "--cloud", help="aws, gcp or any."),
-    replicas: int = typer.Option(1, "--replicas", min=1, max=16),
+    replicas: int = typer.Option(1, "--replicas", min=1, max=16,
+                                  help="SkyServe replicas of the endpoint (cloud)."),
     name: Optional[str] = typer.Option(None, "--name", help="Service name."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Render and check; launch nothing."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write the task YAML here."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable summary."),
 ) -> None:
-    """Serve a run's export with an OpenAI-compatible API (vLLM on SkyServe, or --local)."""
+    """Serve a run's export with an OpenAI-compatible API (vLLM on SkyServe, or --local).
+
+    Example: vicuna-cloud serve tiny-20261201-101500 --local --port 8000
+    """
     if local:
         _serve_local(run, bucket, port)
         return
