@@ -12,13 +12,14 @@ from typing import Optional
 
 import typer
 
+from vicuna_cloud.cli import completion
 from vicuna_cloud.cli.app import app
 from vicuna_cloud.cli.common import err_console
 
 
 @app.command("chat")
 def chat(
-    run: str = typer.Argument(..., help="Run id (looked up in the bucket) or an exported model directory."),
+    run: str = typer.Argument(..., autocompletion=completion.run_ids, help="Run id (looked up in the bucket) or an exported model directory."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="One message; omit for an interactive chat."),
     bucket: Optional[str] = typer.Option(None, "--bucket", help="Bucket URI (default: where this machine launched the run, else the local bucket)."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, max=4096,

@@ -17,6 +17,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from vicuna_cloud.cli import completion
 from vicuna_cloud.cli.app import app
 from vicuna_cloud.cli.common import UserError, console, err_console, print_json
 
@@ -31,14 +32,15 @@ def _num(x: Optional[float], nd: int = 2) -> str:
 
 @app.command()
 def cost(
-    run: Optional[str] = typer.Argument(None, help="Run id (default: every run)."),
+    run: Optional[str] = typer.Argument(None, autocompletion=completion.run_ids, help="Run id (default: every run)."),
     bucket: Optional[str] = typer.Option(None, "--bucket", help="Bucket the run lives in "
                                          "(default: where this machine launched it)."),
     estimate_preset: Optional[str] = typer.Option(
-        None, "--estimate", metavar="PRESET", help="Estimate a preset's cost before launch."),
+        None, "--estimate", metavar="PRESET", autocompletion=completion.presets, help="Estimate a preset's cost before launch."),
     simulate_preset: Optional[str] = typer.Option(
-        None, "--simulate", metavar="PRESET", help="Monte Carlo of a preset's spot run."),
-    version: Optional[str] = typer.Option(None, "--version", help="Vicuna version (v1.1, ...)."),
+        None, "--simulate", metavar="PRESET", autocompletion=completion.presets, help="Monte Carlo of a preset's spot run."),
+    version: Optional[str] = typer.Option(None, "--version", help="Vicuna version (v1.1, ...).",
+                                           autocompletion=completion.versions),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset dir or manifest.json "
                                        "(default: the version's reference workload)."),
     cloud: str = typer.Option("any", "--cloud", help="aws, gcp or any (cheapest)."),

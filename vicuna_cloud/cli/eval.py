@@ -10,13 +10,14 @@ from typing import List, Optional
 
 import typer
 
+from vicuna_cloud.cli import completion
 from vicuna_cloud.cli.app import app
 from vicuna_cloud.cli.common import console, err_console, print_json
 
 
 @app.command("eval")
 def eval_cmd(
-    run: str = typer.Argument(..., help="Run id or exported model dir (served locally), or "
+    run: str = typer.Argument(..., autocompletion=completion.run_ids, help="Run id or exported model dir (served locally), or "
                                         "with --base-url the model's name at that endpoint."),
     bench: str = typer.Option(..., "--bench", help="mt-bench or vicuna-bench."),
     questions: str = typer.Option(..., "--questions", help="Questions JSONL (MT-Bench's "

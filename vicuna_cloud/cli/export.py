@@ -7,13 +7,14 @@ from typing import Optional
 
 import typer
 
+from vicuna_cloud.cli import completion
 from vicuna_cloud.cli.app import app
 from vicuna_cloud.cli.common import console, print_json
 
 
 @app.command("export")
 def export(
-    run: str = typer.Argument(..., help="Run id (with --bucket) or the URI of its run.json."),
+    run: str = typer.Argument(..., autocompletion=completion.run_ids, help="Run id (with --bucket) or the URI of its run.json."),
     out: str = typer.Option(..., "--out", help="New directory for the Hugging Face model."),
     step: Optional[int] = typer.Option(None, "--step", min=0,
                                        help="Committed checkpoint step (default: the newest)."),

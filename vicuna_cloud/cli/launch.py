@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from vicuna_cloud.cli import completion
 from vicuna_cloud.cli.app import app
 from vicuna_cloud.cli.common import UserError, console, err_console, print_json
 
@@ -50,8 +51,10 @@ def presets(json_out: bool = typer.Option(False, "--json", help="Machine-readabl
 
 
 # --- options render and launch share (one definition, so the two stay in step) ----------
-PRESET_ARG = typer.Argument(..., help="tiny, 7b, 13b or 33b.")
-VERSION_OPT = typer.Option(None, "--version", help="v0, v1.1, v1.3, v1.5, v1.5-16k.")
+PRESET_ARG = typer.Argument(..., help="tiny, small, 7b, 13b or 33b.",
+                            autocompletion=completion.presets)
+VERSION_OPT = typer.Option(None, "--version", help="v0, v1.1, v1.3, v1.5, v1.5-16k.",
+                           autocompletion=completion.versions)
 BASE_MODEL_OPT = typer.Option(None, "--base-model", help="Hugging Face id.")
 NODES_OPT = typer.Option(None, "--nodes", help="Nodes (VMs) of the run (default: the preset's).")
 GPUS_OPT = typer.Option(None, "--gpus", help="e.g. A100-80GB:8")
@@ -61,9 +64,9 @@ CLOUD_OPT = typer.Option(None, "--cloud",
 REGION_OPT = typer.Option(None, "--region",
                           help="A region name or any; default: the bucket's region when "
                                "launch can read it.")
-RUN_ID_OPT = typer.Option(None, "--run-id", help="The run's id (default: a new one); an existing id resumes that run.")
+RUN_ID_OPT = typer.Option(None, "--run-id", autocompletion=completion.run_ids, help="The run's id (default: a new one); an existing id resumes that run.")
 SET_OPT = typer.Option(
-    None, "--set", metavar="KEY=VALUE",
+    None, "--set", metavar="KEY=VALUE", autocompletion=completion.override_keys,
     help="Override one run-spec value, e.g. --set hyper.learning_rate=1e-5 (repeatable; "
          "hyper.* and checkpoint.* keys, checked by the run spec's model).")
 CONFIG_OPT = typer.Option(

@@ -8,13 +8,14 @@ from typing import Optional
 
 import typer
 
+from vicuna_cloud.cli import completion
 from vicuna_cloud.cli.app import app
 from vicuna_cloud.cli.common import console
 
 
 @app.command()
 def plot(
-    run: str = typer.Argument(..., help="Run id (as `vicuna-cloud status` lists it)."),
+    run: str = typer.Argument(..., autocompletion=completion.run_ids, help="Run id (as `vicuna-cloud status` lists it)."),
     out: Optional[str] = typer.Option(
         None, "--out", "-o", metavar="FILE.png",
         help="Write a PNG here instead of drawing in the terminal."),

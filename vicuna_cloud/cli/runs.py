@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from vicuna_cloud.cli import completion
 from vicuna_cloud.cli.app import app
 from vicuna_cloud.cli.common import console, err_console, print_json
 
@@ -79,7 +80,7 @@ def list_table(rep, width: int) -> Table:
 
 @app.command()
 def status(
-    run: Optional[str] = typer.Argument(None, help="Run id; without it, every run launched "
+    run: Optional[str] = typer.Argument(None, autocompletion=completion.run_ids, help="Run id; without it, every run launched "
                                         "from this machine, one line each."),
     bucket: Optional[str] = typer.Option(None, "--bucket", metavar="URI",
                                          help="Bucket the run lives in, when it was launched "
@@ -149,7 +150,7 @@ def _watch(make, every: float, done) -> None:
 
 @app.command()
 def logs(
-    run: str = typer.Argument(..., help="Run id."),
+    run: str = typer.Argument(..., help="Run id.", autocompletion=completion.run_ids),
     follow: bool = typer.Option(True, "--follow/--no-follow",
                                 help="Keep printing new lines until the run stops."),
     bucket: Optional[str] = typer.Option(None, "--bucket", metavar="URI",
@@ -167,7 +168,7 @@ def logs(
 
 @app.command()
 def cancel(
-    run: str = typer.Argument(..., help="Run id."),
+    run: str = typer.Argument(..., help="Run id.", autocompletion=completion.run_ids),
     bucket: Optional[str] = typer.Option(None, "--bucket", metavar="URI",
                                          help="Bucket the run lives in, when it was launched "
                                          "from another machine."),

@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 
+from vicuna_cloud.cli import completion
 from vicuna_cloud.cli.app import app
 from vicuna_cloud.cli.common import UserError, console, err_console, print_json
 
@@ -35,7 +36,7 @@ def _serve_local(run: str, bucket: Optional[str], port: int) -> None:
 
 @app.command("serve")
 def serve(
-    run: str = typer.Argument(..., help="Run id (or, with --local, an exported model dir)."),
+    run: str = typer.Argument(..., autocompletion=completion.run_ids, help="Run id (or, with --local, an exported model dir)."),
     local: bool = typer.Option(False, "--local", help="Serve on this machine's CPU (127.0.0.1)."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="--local: port."),
     bucket: Optional[str] = typer.Option(None, "--bucket", help="Bucket of the run."),
