@@ -19,12 +19,15 @@ Rules of the catalog (schema v8):
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import hashlib
 import math
 import os
 import statistics
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 from vicuna_cloud.errors import ConfigError
 from vicuna_cloud.runspec import Cloud
@@ -37,6 +40,111 @@ _EPS = 1e-3  # catalog rows carry rounding noise (32.9365 spot vs 32.93646 on-de
 
 class PricingError(ConfigError):
     """No price can be found (unknown accelerator, cloud without such nodes, no catalog)."""
+
+
+class CatalogUnavailable(PricingError):
+    """SkyPilot's price catalog is not on this machine and cannot be downloaded."""
+
+
+#: How to get past a missing catalog; callers with a price flag add it (sky_catalog(fix=)).
+CATALOG_FIX = "connect to the internet once (SkyPilot then keeps it in {dir})"
+
+
+def _offline_reason(e: BaseException) -> str:
+    """'cannot resolve raw.githubusercontent.com' rather than urllib3's three nested reprs."""
+    import socket
+    from urllib.parse import urlsplit
+
+    import requests
+
+    req = getattr(e, "request", None)
+    url = getattr(req, "url", None) or ""
+    host = urlsplit(url).hostname or "the catalog server"
+    chain, seen = [], e
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    names = {type(x).__name__ for x in chain}
+    if any(isinstance(x, socket.gaierror) for x in chain) or "NameResolutionError" in names:
+        why = f"cannot resolve {host}"
+    elif isinstance(e, requests.exceptions.Timeout):
+        why = f"{host} did not answer in time"
+    elif isinstance(e, requests.exceptions.HTTPError) and e.response is not None:
+        why = f"HTTP {e.response.status_code} from {host}"
+    elif isinstance(e, requests.exceptions.ConnectionError):
+        why = f"cannot connect to {host}"
+    else:
+        why = f"{type(e).__name__} from {host}"
+    name = url.rsplit("/catalogs/", 1)[-1] if "/catalogs/" in url else ""
+    return why + (f" (fetching {name})" if name else "")
+
+
+_FIX: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("catalog_fix",
+                                                                     default=None)
+
+
+@contextlib.contextmanager
+def sky_catalog(fix: Optional[str] = None) -> Iterator[None]:
+    """Around every call that may read SkyPilot's catalog: SkyPilot's own output (its
+    spinner payloads, "Failed to fetch ... catalog" log lines) never reaches the user,
+    and a catalog that is missing and cannot be downloaded is one CatalogUnavailable
+    line saying what to do (``fix``: another way out, e.g. a price flag, for every
+    catalog read inside this block)."""
+    import logging
+
+    import requests
+    from sky import sky_logging
+
+    token = _FIX.set(fix) if fix else None
+    try:
+        with sky_logging.silent(), sky_logging.set_sky_logging_levels(logging.CRITICAL + 1):
+            yield
+    except requests.exceptions.RequestException as e:
+        raise CatalogUnavailable(_catalog_message(_offline_reason(e))) from None
+    finally:
+        if token is not None:
+            _FIX.reset(token)
+
+
+def _catalog_message(reason: str) -> str:
+    from sky.catalog import common as catalog_common
+
+    where = os.path.dirname(catalog_common.get_catalog_path("x"))
+    fix = _FIX.get()
+    ways = CATALOG_FIX.format(dir=where) + (f" or {fix}" if fix else "")
+    return f"the price catalog is not cached and cannot be fetched: {reason}; {ways}"
+
+
+def given_price(accelerators: str, cloud: str, price_per_hour: float) -> "PriceSummary":
+    """A price the user gave (--price-per-hour: one node, spot) in place of the catalog's:
+    every zone at that price; the cloud's disk and egress rates apply (aws for 'any')."""
+    if price_per_hour <= 0:
+        raise PricingError(f"--price-per-hour must be a positive number of US dollars "
+                           f"(got {price_per_hour})")
+    c = _clouds(cloud)[0]
+    row = NodePrice(c, "", None, "", accelerators, price_per_hour, price_per_hour,
+                    f"--price-per-hour ${price_per_hour:g} (given; {c} disk and egress rates)")
+    return PriceSummary(accelerators=accelerators, cloud=cloud, cheapest_spot=row,
+                        cheapest_on_demand=row, spot_median=price_per_hour,
+                        spot_max=price_per_hour, zones=1)
+
+
+def _offline(fn):
+    """sky_catalog() around one pricing function."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with sky_catalog():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def _reraise_offline(e: BaseException) -> None:
+    """Inside a broad except: a download failure is not 'no such node' (sky_catalog
+    turns it into CatalogUnavailable)."""
+    import requests
+
+    if isinstance(e, requests.exceptions.RequestException):
+        raise e
 
 
 @dataclass(frozen=True)
@@ -136,6 +244,7 @@ def _clouds(cloud: str) -> tuple[str, ...]:
     return (cloud,)
 
 
+@_offline
 def instance_type_for(accelerators: str, cloud: str) -> str:
     """The instance type SkyPilot picks for these accelerators on this cloud."""
     import sky.catalog
@@ -146,6 +255,7 @@ def instance_type_for(accelerators: str, cloud: str) -> str:
             name, count, use_spot=False, clouds=cloud
         )
     except Exception as e:  # sky raises various types for unknown names
+        _reraise_offline(e)
         raise PricingError(f"no {accelerators} node on {cloud} in the catalog: {e}") from None
     if not types:
         hint = f" (close matches: {', '.join(fuzzy[:4])})" if fuzzy else ""
@@ -171,6 +281,7 @@ def _zones(regions) -> list[tuple[str, str]]:
     return out
 
 
+@_offline
 def zone_prices(accelerators: str, cloud: str = "any") -> list[NodePrice]:
     """Every zone's node price for these accelerators, cheapest spot first."""
     import sky.catalog
@@ -181,6 +292,8 @@ def zone_prices(accelerators: str, cloud: str = "any") -> list[NodePrice]:
     for c in _clouds(cloud):
         try:
             itype = instance_type_for(accelerators, c)
+        except CatalogUnavailable:
+            raise
         except PricingError as e:
             errors.append(str(e))
             continue
@@ -239,6 +352,7 @@ def cheapest(accelerators: str, cloud: str = "any", use_spot: bool = True) -> No
     return min(prices, key=lambda p: p.price(use_spot))
 
 
+@_offline
 def price_at(cloud: str, region: Optional[str], zone: Optional[str], accelerators: str,
              instance_type: Optional[str] = None, zone_id: Optional[str] = None) -> NodePrice:
     """The catalog price of the node a segment runs on.
@@ -290,6 +404,7 @@ def highest_price(accelerators: str, cloud: str, use_spot: bool,
     return max(prices, key=lambda p: p.price(use_spot))
 
 
+@_offline
 def controller_price(cloud: str) -> NodePrice:
     """On-demand price of the VM SkyPilot 0.14 makes the managed-jobs controller (its
     default resources: cpus 4+, memory 4x), cheapest region; raises PricingError."""
@@ -298,6 +413,7 @@ def controller_price(cloud: str) -> NodePrice:
     try:
         itype = sky.catalog.get_default_instance_type(cpus="4+", memory="4x", clouds=cloud)
     except Exception as e:  # noqa: BLE001 - sky raises various types
+        _reraise_offline(e)
         raise PricingError(f"no controller instance type on {cloud}: {e}") from None
     if not itype:
         raise PricingError(f"no controller instance type on {cloud} in the catalog")
@@ -378,6 +494,8 @@ def table_rows(accelerators: str, cloud: str = "any") -> list[dict]:
     """zone_prices() as run.json rows (budget.node_prices); [] when the catalog has none."""
     try:
         prices = zone_prices(accelerators, cloud)
+    except CatalogUnavailable:
+        raise  # not "no rows": nothing could be priced at all
     except PricingError:
         return []
     return [{"cloud": p.cloud, "region": p.region, "zone": p.zone,

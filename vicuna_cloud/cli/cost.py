@@ -54,6 +54,9 @@ def cost(
         None, "--restart-minutes", help="Billed setup after each (re)start (10)."),
     checkpoint_minutes: Optional[float] = typer.Option(
         None, "--checkpoint-minutes", help="Checkpoint interval (default: Young's optimum)."),
+    price_per_hour: Optional[float] = typer.Option(
+        None, "--price-per-hour", metavar="USD", help="--estimate/--simulate: one node's spot "
+        "price per hour instead of SkyPilot's catalog (e.g. offline, or a quote)."),
     trials: int = typer.Option(2000, "--trials", help="Monte Carlo trials."),
     seed: int = typer.Option(0, "--seed", help="--simulate: seed of the Monte Carlo draws."),
     no_skypilot: bool = typer.Option(False, "--no-skypilot",
@@ -76,7 +79,8 @@ def cost(
         req = sdk.EstimateRequest(
             preset=estimate_preset or simulate_preset, version=version, data=data,
             cloud=cloud, mfu=mfu, mfu_from=mfu_from, preemptions_per_hour=rate,
-            restart_minutes=restart_minutes, checkpoint_minutes=checkpoint_minutes)
+            restart_minutes=restart_minutes, checkpoint_minutes=checkpoint_minutes,
+            price_per_hour=price_per_hour)
         if estimate_preset:
             _show_estimate(sdk.estimate(req), json_out)
         else:
@@ -226,9 +230,11 @@ def _show_estimate(p: dict, json_out: bool) -> None:
         f"[bold]Vicuna {p['preset']} {p['version']}[/] on {p['hardware']['nodes']} x "
         f"{p['hardware']['accelerators']}, {p['epochs']:g} epochs, max length {p['max_length']:,}",
         highlight=False)
+    where = " ".join(x for x in (cs["cloud"], "/".join(y for y in (cs["region"], cs["zone"])
+                                                       if y), cs["instance_type"]) if x)
     console.print(
-        f"price: cheapest spot {_money(cs['spot'])}/node-hour ({cs['cloud']} {cs['region']}"
-        f"/{cs['zone']} {cs['instance_type']}); spot median {_money(pr['spot_median'])}, "
+        f"price: cheapest spot {_money(cs['spot'])}/node-hour ({where}); "
+        f"spot median {_money(pr['spot_median'])}, "
         f"on-demand min {_money(pr['cheapest_on_demand']['on_demand'])} over {pr['zones']} "
         "zones (rows the catalog flags never make these minima)", highlight=False)
     console.print(f"source: {cs['source']}", highlight=False)

@@ -110,6 +110,8 @@ class EstimateRequest(BaseModel):
     preemptions_per_hour: Optional[float] = None
     restart_minutes: Optional[float] = None
     checkpoint_minutes: Optional[float] = None
+    price_per_hour: Optional[float] = Field(None, description="one node's spot $/hour, in "
+                                            "place of the catalog's (e.g. offline)")
 
 
 class EstimateInputs(BaseModel):
@@ -147,12 +149,24 @@ def estimate_inputs(req: EstimateRequest) -> EstimateInputs:
         work = est.workload_from_manifest(manifest, preset, src)
     else:
         work = est.reference_workload(preset)
-    try:
-        prices = pricing.summarize(preset.hardware.accelerators, cloud)
-    except pricing.PricingError as e:
-        raise ConfigError(f"{e}; check --cloud") from None
+    prices = _prices(preset, cloud, req.price_per_hour)
     return EstimateInputs(preset=preset, assumptions=a, workload=work, prices=prices, cloud=cloud,
                           mfu_source=mfu_source)
+
+
+def _prices(preset, cloud: str, price_per_hour: Optional[float]):
+    """The catalog's spread of node prices, or the one given (--price-per-hour)."""
+    from vicuna_cloud import pricing
+
+    if price_per_hour is not None:
+        return pricing.given_price(preset.hardware.accelerators, cloud, price_per_hour)
+    try:
+        with pricing.sky_catalog(fix="pass --price-per-hour USD (one node's spot price)"):
+            return pricing.summarize(preset.hardware.accelerators, cloud)
+    except pricing.CatalogUnavailable:
+        raise
+    except pricing.PricingError as e:
+        raise ConfigError(f"{e}; check --cloud") from None
 
 
 def bill_rates(preset, prices, work):

@@ -77,13 +77,15 @@ def choose(task, clouds: tuple[str, ...] = Cloud.priced()) -> OptimizerChoice:
     are the ones SkyPilot itself would use).
     """
     import sky
-    from sky import exceptions, sky_logging
+    from sky import exceptions
     from sky.optimizer import Optimizer
+
+    from vicuna_cloud.pricing import sky_catalog
 
     dag = sky.Dag()
     dag.add(task)
-    try:
-        with catalog_only(clouds), sky_logging.silent():
+    try:  # sky_catalog: SkyPilot's output silenced; a catalog it cannot fetch is one line
+        with catalog_only(clouds), sky_catalog():
             Optimizer.optimize(dag, minimize=sky.OptimizeTarget.COST, quiet=True)
     except exceptions.ResourcesUnavailableError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "no candidates"
