@@ -197,92 +197,92 @@ def _show_all(bucket_uri: Optional[str], json_out: bool) -> None:
 
 # --- estimate and simulation ------------------------------------------------------------
 _EST_ROWS = (
-    ("trained tokens", lambda e: f"{e['trained_tokens'] / 1e6:,.1f} M"),
-    ("computed tokens", lambda e: f"{e['compute_tokens'] / 1e6:,.1f} M"),
-    ("attention length S", lambda e: f"{e['attention_seq']:,.0f}"),
-    ("FLOPs per token (6N + 12LH(S+1)/2)", lambda e: f"{e['flops_per_token'] / 1e9:,.2f} G"),
-    ("total FLOPs", lambda e: f"{e['total_flops'] / 1e18:,.1f} E"),
-    ("MFU", lambda e: f"{e['mfu']:.2f}"),
-    ("compute hours", lambda e: _num(e["compute_hours"])),
+    ("trained tokens", lambda e: f"{e.trained_tokens / 1e6:,.1f} M"),
+    ("computed tokens", lambda e: f"{e.compute_tokens / 1e6:,.1f} M"),
+    ("attention length S", lambda e: f"{e.attention_seq:,.0f}"),
+    ("FLOPs per token (6N + 12LH(S+1)/2)", lambda e: f"{e.flops_per_token / 1e9:,.2f} G"),
+    ("total FLOPs", lambda e: f"{e.total_flops / 1e18:,.1f} E"),
+    ("MFU", lambda e: f"{e.mfu:.2f}"),
+    ("compute hours", lambda e: _num(e.compute_hours)),
     ("checkpoint every / stall",
-     lambda e: f"{e['checkpoint_interval_minutes']:.0f} min / {e['checkpoint_stall_seconds']:.0f} s"),
-    ("checkpoint hours", lambda e: _num(e["checkpoint_hours"])),
-    ("setup hours", lambda e: _num(e["setup_hours"])),
-    ("preemption loss hours", lambda e: _num(e["preemption_hours"])),
-    ("expected preemptions", lambda e: _num(e["expected_preemptions"], 1)),
-    ("billed node-hours", lambda e: _num(e["billed_hours"])),
-    ("node", lambda e: _money(e["node_usd"])),
-    ("disk", lambda e: _money(e["disk_usd"])),
-    ("egress", lambda e: f"{_money(e['egress_usd'])} ({e['egress_gb']:,.0f} GB)"),
-    ("controller", lambda e: _money(e["controller_usd"])),
-    ("cost", lambda e: _money(e["cost_usd"])),
-    ("verdict", lambda e: e["verdict"]),
+     lambda e: f"{e.checkpoint_interval_minutes:.0f} min / {e.checkpoint_stall_seconds:.0f} s"),
+    ("checkpoint hours", lambda e: _num(e.checkpoint_hours)),
+    ("setup hours", lambda e: _num(e.setup_hours)),
+    ("preemption loss hours", lambda e: _num(e.preemption_hours)),
+    ("expected preemptions", lambda e: _num(e.expected_preemptions, 1)),
+    ("billed node-hours", lambda e: _num(e.billed_hours)),
+    ("node", lambda e: _money(e.node_usd)),
+    ("disk", lambda e: _money(e.disk_usd)),
+    ("egress", lambda e: f"{_money(e.egress_usd)} ({e.egress_gb:,.0f} GB)"),
+    ("controller", lambda e: _money(e.controller_usd)),
+    ("cost", lambda e: _money(e.cost_usd)),
+    ("verdict", lambda e: e.verdict),
 )
 
 
-def _show_estimate(p: dict, json_out: bool) -> None:
+def _show_estimate(p, json_out: bool) -> None:
+    """Tables of an ``sdk.EstimateReport`` (or its JSON, the same figures)."""
     if json_out:
-        print_json(p)
+        print_json(p.model_dump(mode="json"))
         return
-    o, f, pr = p["ours"], p["padded_ablation"], p["prices"]
-    cs = pr["cheapest_spot"]
+    o, f, pr = p.ours, p.padded_ablation, p.prices
+    cs = pr.cheapest_spot
     console.print(
-        f"[bold]Vicuna {p['preset']} {p['version']}[/] on {p['hardware']['nodes']} x "
-        f"{p['hardware']['accelerators']}, {p['epochs']:g} epochs, max length {p['max_length']:,}",
+        f"[bold]Vicuna {p.preset} {p.version}[/] on {p.hardware.nodes} x "
+        f"{p.hardware.accelerators}, {p.epochs:g} epochs, max length {p.max_length:,}",
         highlight=False)
-    where = " ".join(x for x in (cs["cloud"], "/".join(y for y in (cs["region"], cs["zone"])
-                                                       if y), cs["instance_type"]) if x)
+    where = " ".join(x for x in (cs.cloud, "/".join(y for y in (cs.region, cs.zone) if y),
+                                 cs.instance_type) if x)
     console.print(
-        f"price: cheapest spot {_money(cs['spot'])}/node-hour ({where}); "
-        f"spot median {_money(pr['spot_median'])}, "
-        f"on-demand min {_money(pr['cheapest_on_demand']['on_demand'])} over {pr['zones']} "
+        f"price: cheapest spot {_money(cs.spot)}/node-hour ({where}); "
+        f"spot median {_money(pr.spot_median)}, "
+        f"on-demand min {_money(pr.cheapest_on_demand.on_demand)} over {pr.zones} "
         "zones (rows the catalog flags never make these minima)", highlight=False)
-    console.print(f"source: {cs['source']}", highlight=False)
+    console.print(f"source: {cs.source}", highlight=False)
     t = Table(title="Estimate: ours (packed) vs a padding ablation (FastChat's padding, "
               "at our MFU)")
     t.add_column("")
     t.add_column("ours (packed)", justify="right")
-    t.add_column(f"padding ablation (padded to {p['max_length']:,}, equal MFU)", justify="right")
+    t.add_column(f"padding ablation (padded to {p.max_length:,}, equal MFU)", justify="right")
     for label, fmt in _EST_ROWS:
         t.add_row(label, fmt(o), fmt(f))
     console.print(t)
-    _show_lmsys(p)
-    for key, title in (("ours", "ours"), ("padded_ablation", "padding ablation")):
-        sens = p["sensitivity"][key]
+    _show_lmsys(p.lmsys_2023_as_run)
+    for sens, title in ((p.sensitivity.ours, "ours"),
+                        (p.sensitivity.padded_ablation, "padding ablation")):
         st = Table(title=f"Sensitivity ({title}): cost by MFU x price")
         st.add_column("MFU", justify="right")
-        for c in sens["columns"]:
+        for c in sens.columns:
             st.add_column(c, justify="right")
-        for row in sens["rows"]:
-            st.add_row(f"{row['mfu']:.2f}", *[_money(row[c]) for c in sens["columns"]])
+        for row in sens.rows:
+            st.add_row(f"{row['mfu']:.2f}", *[_money(row[c]) for c in sens.columns])
         console.print(st)
     console.print("assumptions:", highlight=False)
-    for line in p["workload"]["assumptions"] + p["bill_rates"]["sources"]:
+    for line in [*p.workload.assumptions, *p.bill_rates.sources]:
         console.print(f"  - {line}", highlight=False)
-    a = p["assumptions"]
+    a = p.assumptions
     console.print(
-        f"  - MFU {a['mfu']:.3g} ({a['mfu_source']}), {a['preemptions_per_hour']:.3g} "
-        f"preemptions/hour, {a['restart_minutes']:g} min billed setup per start; formulas in "
+        f"  - MFU {a.mfu:.3g} ({a.mfu_source}), {a.preemptions_per_hour:.3g} "
+        f"preemptions/hour, {a.restart_minutes:g} min billed setup per start; formulas in "
         "vicuna_cloud/costs/estimate.py", highlight=False)
-    ref = p["budget_reference"]
-    if ref["usd"] is not None:
-        console.print(f"  - budget reference: ${ref['usd']:,.0f} ({ref['how']})", highlight=False)
+    ref = p.budget_reference
+    if ref.usd is not None:
+        console.print(f"  - budget reference: ${ref.usd:,.0f} ({ref.how})", highlight=False)
 
 
-def _show_lmsys(p: dict) -> None:
-    lm = p.get("lmsys_2023_as_run")
-    if not lm:
+def _show_lmsys(lm) -> None:
+    if lm is None:
         return
-    t = Table(title=f"LMSYS 2023 as run: {lm['published_hours']:g} node-hours (padded "
-              f"recipe, implied MFU {lm['implied_mfu_padded']:.2f}), at today's catalog")
+    t = Table(title=f"LMSYS 2023 as run: {lm.published_hours:g} node-hours (padded "
+              f"recipe, implied MFU {lm.implied_mfu_padded:.2f}), at today's catalog")
     for col in ("spot min", "spot median", "on-demand min", "+ disk, controller",
                 "published"):
         t.add_column(col, justify="right")
-    n = lm["node_usd"]
+    n = lm.node_usd
     t.add_row(_money(n["spot_min"]), _money(n["spot_median"]), _money(n["on_demand_min"]),
-              _money(lm["disk_and_controller_usd"]), _money(lm["published_budget_usd"]))
+              _money(lm.disk_and_controller_usd), _money(lm.published_budget_usd))
     console.print(t)
-    console.print(f"  {lm['note']}", highlight=False)
+    console.print(f"  {lm.note}", highlight=False)
 
 
 def _show_simulation(req, trials: int, seed: int, json_out: bool) -> None:
@@ -294,28 +294,28 @@ def _show_simulation(req, trials: int, seed: int, json_out: bool) -> None:
         prog.add_task(f"simulating {trials:,} runs", total=None)
         p = sdk.simulate(req, trials, seed)
     if json_out:
-        print_json(p)
+        print_json(p.model_dump(mode="json"))
         return
-    c = p["chosen"]
+    c = p.chosen
     console.print(
-        f"[bold]{p['preset']} {p['version']}[/]: {p['work_hours']:.1f} h of compute at "
-        f"{_money(p['price_per_hour_all_nodes'])}/h, {p['preemptions_per_hour']:.3g} "
-        f"preemptions/h, restart {p['restart_minutes']:g} min, checkpoint stall "
-        f"{p['checkpoint_stall_seconds']:.0f} s", highlight=False)
+        f"[bold]{p.preset} {p.version}[/]: {p.work_hours:.1f} h of compute at "
+        f"{_money(p.price_per_hour_all_nodes)}/h, {p.preemptions_per_hour:.3g} "
+        f"preemptions/h, restart {p.restart_minutes:g} min, checkpoint stall "
+        f"{p.checkpoint_stall_seconds:.0f} s", highlight=False)
     console.print(
-        f"checkpoint every {c['interval_minutes']:.0f} min: cost p50 {_money(c['cost_p50'])}, "
-        f"p90 {_money(c['cost_p90'])}; billed hours p50 {c['hours_p50']:.1f}, p90 "
-        f"{c['hours_p90']:.1f}; closed form {_money(p['closed_form_cost_usd'])}",
+        f"checkpoint every {c.interval_minutes:.0f} min: cost p50 {_money(c.cost_p50)}, "
+        f"p90 {_money(c.cost_p90)}; billed hours p50 {c.hours_p50:.1f}, p90 "
+        f"{c.hours_p90:.1f}; closed form {_money(p.closed_form_cost_usd)}",
         highlight=False)
-    t = Table(title=f"Checkpoint interval ({c['trials']:,} trials each)")
+    t = Table(title=f"Checkpoint interval ({c.trials:,} trials each)")
     for col in ("every (min)", "cost p50", "cost p90", "hours p50", "hours p90",
                 "preemptions", "P(over budget)"):
         t.add_column(col, justify="right")
-    for r in p["intervals"]:
-        pob = "-" if r["p_over_budget"] is None else f"{r['p_over_budget']:.1%}"
-        t.add_row(f"{r['interval_minutes']:.0f}", _money(r["cost_p50"]), _money(r["cost_p90"]),
-                  f"{r['hours_p50']:.1f}", f"{r['hours_p90']:.1f}",
-                  f"{r['preemptions_mean']:.1f}", pob)
+    for r in p.intervals:
+        pob = "-" if r.p_over_budget is None else f"{r.p_over_budget:.1%}"
+        t.add_row(f"{r.interval_minutes:.0f}", _money(r.cost_p50), _money(r.cost_p90),
+                  f"{r.hours_p50:.1f}", f"{r.hours_p90:.1f}",
+                  f"{r.preemptions_mean:.1f}", pob)
     console.print(t)
-    if p["budget_usd"]:
-        console.print(f"budget: published ${p['budget_usd']:.0f}", highlight=False)
+    if p.budget_usd:
+        console.print(f"budget: published ${p.budget_usd:.0f}", highlight=False)

@@ -59,11 +59,10 @@ def eval_cmd(
         price_per_hour=price_per_hour, judge=not no_judge),
         progress=None if json_out else (lambda m: err_console.print(f"[dim]{m}[/]")))
     if json_out:
-        print_json(report)
+        print_json(report.model_dump(mode="json"))
         return
     from vicuna_cloud.evaluation.report import tables
 
     for t in tables(report):
         console.print(t)
-    console.print(f"[dim]answers: {report['answers']['path']}; report: "
-                  f"{report['report_path']}[/]")
+    console.print(f"[dim]answers: {report.answers.path}; report: {report.report_path}[/]")

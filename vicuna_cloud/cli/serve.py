@@ -70,13 +70,13 @@ def serve(
     endpoint = None if dry_run else sdk.serve(plan).endpoint
     summary = plan.summary(endpoint, dry_run)
     if json_out:
-        print_json(summary)
+        print_json(summary.model_dump(mode="json"))
         return
     from rich.table import Table
 
     t = Table(title="Dry run: nothing launched" if dry_run else "Service launched",
               show_header=False)
-    for k, v in summary.items():
+    for k, v in summary.model_dump().items():
         if k != "dry_run" and v is not None:
             t.add_row(k.replace("_", " "), str(v))
     console.print(t)

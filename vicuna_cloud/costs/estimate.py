@@ -48,8 +48,10 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
-from typing import Optional
+from dataclasses import dataclass, field, replace
+from typing import Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from vicuna_cloud.costs.flops import attention_flops_per_token, kernel_for
 from vicuna_cloud.errors import ConfigError
@@ -84,6 +86,11 @@ REFERENCE_OVERHEAD_TOKENS = 40.0
 REFERENCE_WEIGHTED_LENGTH_FACTOR = 1.6
 
 
+#: A figure that may be whole (3 epochs, 2,048 tokens): typed as a number, kept int or
+#: float as computed, so ``--json`` prints 3 where a plain float field would print 3.0.
+Number = Union[int, float]
+
+
 class EstimateError(ConfigError):
     pass
 
@@ -96,7 +103,7 @@ class Workload:
     samples: int
     tokens_per_epoch: int          # real tokens (packed compute)
     assistant_tokens_per_epoch: Optional[int]
-    weighted_sample_length: float  # token-weighted mean sample length (attention S)
+    weighted_sample_length: Number  # token-weighted mean sample length (attention S)
     source: str
     assumptions: tuple[str, ...] = field(default=())
 
@@ -284,13 +291,17 @@ class BillRates:
     sources: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Estimate:
+class Estimate(BaseModel):
+    """One recipe's figures and bill (``cost --estimate --json`` prints it as ``ours`` and
+    ``padded_ablation``; ``verdict`` is computed from the budget)."""
+
+    model_config = ConfigDict(frozen=True)
+
     mode: str                      # "packed" (ours) | "padded" (FastChat-faithful)
-    epochs: float
-    trained_tokens: float          # real tokens over all epochs
-    compute_tokens: float          # tokens the GPUs compute on (incl. padding)
-    attention_seq: float
+    epochs: Number
+    trained_tokens: Number          # real tokens over all epochs
+    compute_tokens: Number          # tokens the GPUs compute on (incl. padding)
+    attention_seq: Number
     attention_kernel: str
     flops_per_token: float
     total_flops: float
@@ -316,6 +327,7 @@ class Estimate:
     budget_usd: Optional[float]
     budget_label: str = ""
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def verdict(self) -> str:
         if self.budget_usd is None:
@@ -330,9 +342,7 @@ class Estimate:
         return f"over ${self.budget_usd:,.0f} by ${self.cost_usd - self.budget_usd:,.0f}"
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["verdict"] = self.verdict
-        return d
+        return self.model_dump()
 
 
 def reference_budget(preset: Preset, workload: Workload) -> tuple[Optional[float], str]:
@@ -419,8 +429,19 @@ def estimate(preset: Preset, workload: Workload, price_per_node_hour: float,
     )
 
 
+class LmsysAsRun(BaseModel):
+    """LMSYS's published 2023 node-hours priced at today's catalog."""
+
+    published_hours: float
+    implied_mfu_padded: float
+    published_budget_usd: Optional[float]
+    node_usd: dict[str, float] = Field(description="price column -> node dollars")
+    disk_and_controller_usd: float
+    note: str
+
+
 def lmsys_as_run(preset: Preset, workload: Workload, prices: dict[str, float],
-                 rates: BillRates = BillRates()) -> Optional[dict]:
+                 rates: BillRates = BillRates()) -> Optional[LmsysAsRun]:
     """The published hours at today's prices, and the MFU they imply for the padded
     recipe (what LMSYS ran: FastChat, padded to max_length, 8 A100s)."""
     hours = LMSYS_2023_HOURS.get(preset.size)
@@ -435,18 +456,16 @@ def lmsys_as_run(preset: Preset, workload: Workload, prices: dict[str, float],
         * ref_work.samples * ref.max_length
     implied = padded_flops / (hours * 3600.0 * hw.world_size * hw.bf16_peak_tflops * 1e12)
     extra = hours * (rates.disk_per_node_hour * hw.nodes + rates.controller_per_hour)
-    out = {
-        "published_hours": hours, "implied_mfu_padded": round(implied, 4),
-        "published_budget_usd": preset.published_budget_usd,
-        "node_usd": {k: round(hours * v * hw.nodes, 2) for k, v in prices.items()},
-        "disk_and_controller_usd": round(extra, 2),
-        "note": (f"{hours:g} node-hours as LMSYS reported for {preset.size} in 2023 (8 A100s, "
-                 "'in one day', v0/v1.1 data padded to 2,048), priced at today's catalog"),
-    }
+    note = (f"{hours:g} node-hours as LMSYS reported for {preset.size} in 2023 (8 A100s, "
+            "'in one day', v0/v1.1 data padded to 2,048), priced at today's catalog")
     if preset.version not in REFERENCE_VERSIONS:
         _, label = reference_budget(preset, workload)
-        out["note"] += f"; {preset.version} trains more tokens ({label.split('by ')[-1]})"
-    return out
+        note += f"; {preset.version} trains more tokens ({label.split('by ')[-1]})"
+    return LmsysAsRun(
+        published_hours=hours, implied_mfu_padded=round(implied, 4),
+        published_budget_usd=preset.published_budget_usd,
+        node_usd={k: round(hours * v * hw.nodes, 2) for k, v in prices.items()},
+        disk_and_controller_usd=round(extra, 2), note=note)
 
 
 def mfu_from_file(path: str) -> tuple[float, str]:
@@ -494,9 +513,17 @@ def mfu_from_file(path: str) -> tuple[float, str]:
 SENSITIVITY_MFU = (0.30, 0.40, 0.50, 0.60)
 
 
+class Sensitivity(BaseModel):
+    """Cost by MFU (rows) x price (columns); each row maps ``mfu`` and every column label
+    to a number."""
+
+    columns: list[str]
+    rows: list[dict[str, float]]
+
+
 def sensitivity(preset: Preset, workload: Workload, prices: dict[str, tuple[float, bool]],
                 assumptions: Assumptions, mode: str = "packed",
-                rates: BillRates = BillRates()) -> dict:
+                rates: BillRates = BillRates()) -> Sensitivity:
     """Cost for each MFU x price column. prices: label -> ($/node-hour, spot?)."""
     mfus = sorted(set(SENSITIVITY_MFU) | {round(assumptions.mfu, 4)})
     rows = []
@@ -507,7 +534,7 @@ def sensitivity(preset: Preset, workload: Workload, prices: dict[str, tuple[floa
                         preemptions_per_hour=assumptions.preemptions_per_hour if spot else 0.0)
             row[label] = round(estimate(preset, workload, price, a, mode, rates).cost_usd, 2)
         rows.append(row)
-    return {"columns": list(prices), "rows": rows}
+    return Sensitivity(columns=list(prices), rows=rows)
 
 
 #: What bench/gpu_check.py writes (its JSON ``kind``; ``mfu_from_file`` reads its ``mfu``).

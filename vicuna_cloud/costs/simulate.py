@@ -14,10 +14,11 @@ passing the budget. Model, per trial (vectorised over trials with numpy):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
+
 from vicuna_cloud.errors import ConfigError
 
 MAX_SEGMENTS = 20_000
@@ -27,8 +28,11 @@ class SimulationError(ConfigError):
     pass
 
 
-@dataclass(frozen=True)
-class SimResult:
+class SimResult(BaseModel):
+    """Spread of one checkpoint interval's simulated runs (p50/p90 of cost and hours)."""
+
+    model_config = ConfigDict(frozen=True)
+
     interval_minutes: float
     trials: int
     cost_p50: float
@@ -39,7 +43,7 @@ class SimResult:
     p_over_budget: Optional[float]
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return self.model_dump()
 
 
 def simulate(*, work_hours: float, restart_hours: float, interval_hours: float,

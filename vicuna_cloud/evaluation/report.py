@@ -8,10 +8,71 @@ turns' judgments.
 from __future__ import annotations
 
 from statistics import mean
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
+
+from pydantic import BaseModel
 
 from vicuna_cloud.evaluation.facts import PUBLISHED_MT_BENCH
 from vicuna_cloud.evaluation.questions import Question
+
+
+#: A score: the mean of whole ratings stays an int (8, not 8.0), as report.json has it.
+Score = Union[int, float]
+
+
+class CategoryScore(BaseModel):
+    score: Optional[Score]
+    n: int
+
+
+class Failures(BaseModel):
+    answers: int
+    judge_unparsed: int
+    judge_errors: int
+
+
+class EvalCost(BaseModel):
+    """The answering endpoint's time priced: hours x $/hour, and where the price is from."""
+
+    hours: float
+    price_per_hour: float
+    usd: float
+    source: Optional[str]
+
+
+class PublishedScore(BaseModel):
+    model: str
+    mt_bench: float
+
+
+class AnswerStats(BaseModel):
+    path: str
+    asked: int
+    reused: int
+    seconds: float
+    errors: list[str]
+
+
+class EvalReport(BaseModel):
+    """The report of one eval (``report.json``, ``eval --json``): scores per category, per
+    turn and overall, what failed, the cost, and the published scores beside them."""
+
+    bench: str
+    model: str
+    judge_model: str
+    questions: int
+    judgments: int
+    categories: dict[str, CategoryScore]
+    turns: dict[str, Optional[Score]]
+    overall: Optional[Score]
+    failed: Failures
+    judged_without_reference: int
+    judge_tokens: dict[str, int]
+    published: list[PublishedScore]
+    wall_seconds: float
+    cost: Optional[EvalCost]
+    answers: AnswerStats
+    report_path: str
 
 
 def _avg(xs: list[float]) -> Optional[float]:
@@ -57,36 +118,36 @@ def summarize(*, bench: str, model: str, judge_model: str, questions: Sequence[Q
     }
 
 
-def tables(report: dict):
+def tables(report: EvalReport):
     """The rich tables of a report (scores; published scores beside them)."""
     from rich.table import Table
 
     fmt = (lambda x: "-" if x is None else f"{x:.2f}")
-    t = Table(title=f"{report['bench']}: {report['model']} judged by {report['judge_model']}")
+    t = Table(title=f"{report.bench}: {report.model} judged by {report.judge_model}")
     t.add_column("category")
     t.add_column("score", justify="right")
     t.add_column("judgments", justify="right")
-    for c, v in report["categories"].items():
-        t.add_row(c, fmt(v["score"]), str(v["n"]))
+    for c, v in report.categories.items():
+        t.add_row(c, fmt(v.score), str(v.n))
     t.add_section()
-    for turn, v in report["turns"].items():
-        t.add_row(f"turn {turn}", fmt(v), "")
-    t.add_row("[bold]overall[/]", f"[bold]{fmt(report['overall'])}[/]", str(report["judgments"]))
-    f = report["failed"]
-    t.caption = (f"failed: {f['answers']} answer turn(s), {f['judge_unparsed']} judgment(s) "
-                 f"without a [[rating]], {f['judge_errors']} judge error(s); "
-                 f"{report['judged_without_reference']} judged without a reference answer")
-    if report.get("cost"):
-        c = report["cost"]
-        t.caption += (f"; eval {c['hours'] * 60:.1f} min x ${c['price_per_hour']:.2f}/h = "
-                      f"${c['usd']:.2f} ({c['source']})")
+    for turn, score in report.turns.items():
+        t.add_row(f"turn {turn}", fmt(score), "")
+    t.add_row("[bold]overall[/]", f"[bold]{fmt(report.overall)}[/]", str(report.judgments))
+    f = report.failed
+    t.caption = (f"failed: {f.answers} answer turn(s), {f.judge_unparsed} judgment(s) "
+                 f"without a [[rating]], {f.judge_errors} judge error(s); "
+                 f"{report.judged_without_reference} judged without a reference answer")
+    if report.cost:
+        c = report.cost
+        t.caption += (f"; eval {c.hours * 60:.1f} min x ${c.price_per_hour:.2f}/h = "
+                      f"${c.usd:.2f} ({c.source})")
     out = [t]
-    if report["published"]:
+    if report.published:
         p = Table(title="Published MT-Bench (GPT-4 judge; another judge is not comparable)")
         p.add_column("model")
         p.add_column("MT-Bench", justify="right")
-        for row in report["published"]:
-            p.add_row(row["model"], f"{row['mt_bench']:.2f}")
-        p.add_row(f"[bold]{report['model']} (this run)[/]", f"[bold]{fmt(report['overall'])}[/]")
+        for row in report.published:
+            p.add_row(row.model, f"{row.mt_bench:.2f}")
+        p.add_row(f"[bold]{report.model} (this run)[/]", f"[bold]{fmt(report.overall)}[/]")
         out.append(p)
     return out

@@ -3,14 +3,17 @@ Carlo over preemptions and checkpoint intervals (simulate)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field
 
 from vicuna_cloud import run_index
 from vicuna_cloud.costs import report
-from vicuna_cloud.costs.estimate import Assumptions, Workload
+from vicuna_cloud.costs.estimate import (
+    Assumptions, BillRates, Estimate, LmsysAsRun, Number, Sensitivity, Workload,
+)
+from vicuna_cloud.costs.simulate import SimResult
 from vicuna_cloud.errors import ConfigError, RunNotFound, StorageUnavailable
 from vicuna_cloud.pricing import PriceSummary
 from vicuna_cloud.recipes import Preset
@@ -198,7 +201,85 @@ def bill_rates(preset, prices, work):
                  csrc, "dataset bytes assumed 4 per token (JSONL text)"))
 
 
-def estimate(req: EstimateRequest) -> dict[str, JsonValue]:
+class Hardware(BaseModel):
+    accelerators: str
+    nodes: int
+    bf16_peak_tflops_per_gpu: float
+
+
+class AssumptionsUsed(BaseModel):
+    """The estimate's assumptions (costs.estimate.Assumptions) and where the MFU came from."""
+
+    mfu: float
+    preemptions_per_hour: float
+    restart_minutes: float
+    checkpoint_interval_minutes: Optional[float]
+    checkpoint_stall_seconds: Optional[float]
+    mfu_source: str
+
+
+class BillLines(BaseModel):
+    """Dollars of each line of ours (packed), rounded to cents."""
+
+    node: float
+    disk: float
+    egress: float
+    controller: float
+
+
+class SensitivityPair(BaseModel):
+    ours: Sensitivity
+    padded_ablation: Sensitivity
+
+
+class BudgetReference(BaseModel):
+    usd: Optional[float]
+    how: str
+
+
+class EstimateReport(BaseModel):
+    """What `cost --estimate --json` prints: every line of the bill for ours (packed)
+    beside a padding ablation, LMSYS 2023 as run, and the sensitivity tables."""
+
+    preset: str
+    version: str
+    hardware: Hardware
+    n_params: int
+    epochs: Number
+    max_length: int
+    workload: Workload
+    assumptions: AssumptionsUsed
+    prices: PriceSummary
+    price_source: str
+    bill_rates: BillRates
+    bill: BillLines
+    ours: Estimate
+    padded_ablation: Estimate
+    lmsys_2023_as_run: Optional[LmsysAsRun]
+    sensitivity: SensitivityPair
+    published_budget_usd: Optional[float]
+    budget_reference: BudgetReference
+
+
+class SimulationReport(BaseModel):
+    """What `cost --simulate --json` prints: the chosen interval and the interval table."""
+
+    preset: str
+    version: str
+    price_per_hour_all_nodes: float
+    price_source: str
+    price_lines: str
+    work_hours: float
+    restart_minutes: float
+    checkpoint_stall_seconds: float
+    preemptions_per_hour: float
+    closed_form_cost_usd: float
+    budget_usd: Optional[float]
+    chosen: SimResult
+    intervals: list[SimResult]
+
+
+def estimate(req: EstimateRequest) -> EstimateReport:
     """Every line of the bill (node, disk, egress, controller) for ours (packed) beside a
     padding ablation at equal MFU, LMSYS 2023 as run at today's catalog, a sensitivity
     table: the figures `cost --estimate --json` prints."""
@@ -219,34 +300,28 @@ def estimate(req: EstimateRequest) -> dict[str, JsonValue]:
     lmsys = est.lmsys_as_run(preset, work, {"spot_min": spot, "spot_median": prices.spot_median,
                                             "on_demand_min": od}, rates)
     ref, ref_label = est.reference_budget(preset, work)
-    return {
-        "preset": preset.name, "version": preset.version,
-        "hardware": {"accelerators": preset.hardware.accelerators,
-                     "nodes": preset.hardware.nodes,
-                     "bf16_peak_tflops_per_gpu": preset.hardware.bf16_peak_tflops},
-        "n_params": preset.arch.n_params, "epochs": preset.hyper.epochs,
-        "max_length": preset.max_length,
-        "workload": {"source": work.source, "conversations": work.conversations,
-                     "samples": work.samples, "tokens_per_epoch": work.tokens_per_epoch,
-                     "assistant_tokens_per_epoch": work.assistant_tokens_per_epoch,
-                     "weighted_sample_length": work.weighted_sample_length,
-                     "assumptions": list(work.assumptions)},
-        "assumptions": {**a.__dict__, "mfu_source": ctx.mfu_source},
-        "prices": prices.to_dict(), "price_source": prices.cheapest_spot.source,
-        "bill_rates": {**rates.__dict__, "sources": list(rates.sources)},
-        "bill": {k: round(getattr(ours, f"{k}_usd"), 2)
-                 for k in ("node", "disk", "egress", "controller")},
-        "ours": ours.to_dict(), "padded_ablation": padded.to_dict(),
-        "lmsys_2023_as_run": lmsys,
-        "sensitivity": {"ours": est.sensitivity(preset, work, columns, a, "packed", rates),
-                        "padded_ablation": est.sensitivity(preset, work, columns, a,
-                                                           "padded", rates)},
-        "published_budget_usd": preset.published_budget_usd,
-        "budget_reference": {"usd": None if ref is None else round(ref, 2), "how": ref_label},
-    }
+    return EstimateReport(
+        preset=preset.name, version=preset.version,
+        hardware=Hardware(accelerators=preset.hardware.accelerators,
+                          nodes=preset.hardware.nodes,
+                          bf16_peak_tflops_per_gpu=preset.hardware.bf16_peak_tflops),
+        n_params=preset.arch.n_params, epochs=preset.hyper.epochs,
+        max_length=preset.max_length, workload=work,
+        assumptions=AssumptionsUsed(**asdict(a), mfu_source=ctx.mfu_source),
+        prices=prices, price_source=prices.cheapest_spot.source, bill_rates=rates,
+        bill=BillLines(**{k: round(getattr(ours, f"{k}_usd"), 2)
+                          for k in ("node", "disk", "egress", "controller")}),
+        ours=ours, padded_ablation=padded, lmsys_2023_as_run=lmsys,
+        sensitivity=SensitivityPair(
+            ours=est.sensitivity(preset, work, columns, a, "packed", rates),
+            padded_ablation=est.sensitivity(preset, work, columns, a, "padded", rates)),
+        published_budget_usd=preset.published_budget_usd,
+        budget_reference=BudgetReference(usd=None if ref is None else round(ref, 2),
+                                         how=ref_label),
+    )
 
 
-def simulate(req: EstimateRequest, trials: int = 2000, seed: int = 0) -> dict[str, JsonValue]:
+def simulate(req: EstimateRequest, trials: int = 2000, seed: int = 0) -> SimulationReport:
     """Monte Carlo of the preset's spot run: cost and hours p50/p90 at the chosen interval
     and across a range of intervals (the figures `cost --simulate --json` prints). The
     hourly price is every hourly line: node and disk per node, plus the controller."""
@@ -267,14 +342,14 @@ def simulate(req: EstimateRequest, trials: int = 2000, seed: int = 0) -> dict[st
                   seed=seed, budget=preset.published_budget_usd)
     chosen_min = round(e.checkpoint_interval_minutes, 1)
     intervals = sorted(set(sim.DEFAULT_INTERVALS_MIN) | {chosen_min})
-    chosen = sim.simulate(interval_hours=chosen_min / 60.0, **common)
-    table = sim.interval_table(intervals_minutes=intervals, **common)
-    return {"preset": preset.name, "version": preset.version,
-            "price_per_hour_all_nodes": price, "price_source": prices.cheapest_spot.source,
-            "price_lines": "node + disk per node, plus the controller; egress not simulated",
-            "work_hours": e.compute_hours, "restart_minutes": a.restart_minutes,
-            "checkpoint_stall_seconds": e.checkpoint_stall_seconds,
-            "preemptions_per_hour": a.preemptions_per_hour,
-            "closed_form_cost_usd": e.cost_usd - e.egress_usd,
-            "budget_usd": preset.published_budget_usd,
-            "chosen": chosen.to_dict(), "intervals": [r.to_dict() for r in table]}
+    return SimulationReport(
+        preset=preset.name, version=preset.version, price_per_hour_all_nodes=price,
+        price_source=prices.cheapest_spot.source,
+        price_lines="node + disk per node, plus the controller; egress not simulated",
+        work_hours=e.compute_hours, restart_minutes=a.restart_minutes,
+        checkpoint_stall_seconds=e.checkpoint_stall_seconds,
+        preemptions_per_hour=a.preemptions_per_hour,
+        closed_form_cost_usd=e.cost_usd - e.egress_usd,
+        budget_usd=preset.published_budget_usd,
+        chosen=sim.simulate(interval_hours=chosen_min / 60.0, **common),
+        intervals=sim.interval_table(intervals_minutes=intervals, **common))

@@ -2,7 +2,7 @@
 
     report = sdk.evaluate(sdk.EvaluateRequest(run="vicuna-7b-...", bench="mt-bench",
                           questions="question.jsonl", judge_model="gpt-4"))
-    report["overall"], report["categories"]["math"]
+    report.overall, report.categories["math"].score
 
 Without ``base_url`` the run's export is served on 127.0.0.1 while the answers are
 generated; with it, ``run`` is the model's name there, and a service that `serve` launched
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from vicuna_cloud.errors import ConfigError
+from vicuna_cloud.evaluation.report import EvalReport
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class EvaluateRequest:
     judge: bool = True
 
 
-def evaluate(req: EvaluateRequest, progress: Optional[Callable[[str], None]] = None) -> dict:
+def evaluate(req: EvaluateRequest,
+             progress: Optional[Callable[[str], None]] = None) -> EvalReport:
     """Answers, judgments and the report (also written to ``<out>/report.json``)."""
     from vicuna_cloud.evaluation.run import EvalRequest, run_eval
 
@@ -63,7 +65,7 @@ def evaluate(req: EvaluateRequest, progress: Optional[Callable[[str], None]] = N
         if price is None and rec.get("price_per_hour") is not None:
             price, source = rec["price_per_hour"], f"serve {rec['service']}"
         stop = list(dict.fromkeys([*stop, *rec.get("stop", [])]))
-    return run_eval(EvalRequest(
+    return EvalReport.model_validate(run_eval(EvalRequest(
         model=model, bench=req.bench, questions=req.questions,
         out_dir=req.out or os.path.join("eval", model, req.bench),
         judge_model=req.judge_model, judge_base_url=req.judge_base_url,
@@ -72,4 +74,4 @@ def evaluate(req: EvaluateRequest, progress: Optional[Callable[[str], None]] = N
         limit=req.limit, max_tokens=req.max_tokens, parallel=req.parallel, stop=tuple(stop),
         price_per_hour=price,
         price_source=source or ("--price-per-hour" if price is not None else None),
-        judge=req.judge), progress=progress)
+        judge=req.judge), progress=progress))

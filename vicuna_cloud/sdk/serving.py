@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from pydantic import BaseModel, Field, JsonValue
+
 from vicuna_cloud import bucket_keys, run_index
 from vicuna_cloud.errors import BackendError, ConfigError, RunNotFound, StorageUnavailable
 from vicuna_cloud.serving.task import ExportInfo
@@ -30,10 +32,30 @@ class ServeRequest:
     name: Optional[str] = None
 
 
+class ServeSummary(BaseModel):
+    """What `serve --json` prints: the service as planned (and its endpoint once up)."""
+
+    run_id: str
+    service: str
+    dry_run: bool
+    model: str = Field(description="the export's URI the replicas read")
+    served_model_name: str
+    accelerators: str
+    use_spot: bool
+    replicas: int
+    vllm: str
+    stop_token_ids: list[int]
+    stop_strings: list[str]
+    max_model_len: int
+    api_key: str = Field(description="whether $VICUNA_SERVE_API_KEY guards the endpoint")
+    task: str
+    endpoint: Optional[str]
+
+
 @dataclass
 class ServePlan:
     run_id: str
-    config: dict
+    config: dict[str, JsonValue]  # the service task as rendered (secrets never inside)
     task: object  # the parsed sky.Task, as SkyPilot's parser returned it (secrets inside)
     secrets: dict[str, str] = field(repr=False)
     model_uri: str
@@ -45,19 +67,20 @@ class ServePlan:
         return to_yaml(self.config, f"SkyServe service for run {self.run_id}, rendered by "
                                     "`vicuna-cloud serve`; secrets come from the environment.")
 
-    def summary(self, endpoint: Optional[str] = None, dry_run: bool = True) -> dict:
+    def summary(self, endpoint: Optional[str] = None, dry_run: bool = True) -> ServeSummary:
         from vicuna_cloud.serving.task import API_KEY_SECRET, VLLM_VERSION
 
         res = self.config["resources"]
-        return {"run_id": self.run_id, "service": self.config["name"], "dry_run": dry_run,
-                "model": self.model_uri, "served_model_name": self.run_id,
-                "accelerators": res["accelerators"], "use_spot": res["use_spot"],
-                "replicas": self.config["service"]["replicas"], "vllm": VLLM_VERSION,
-                "stop_token_ids": list(self.info.eos_token_ids),
-                "stop_strings": list(self.info.stop_strings), "max_model_len": self.info.context,
-                "api_key": f"${API_KEY_SECRET} set" if self.secrets else
-                f"none (${API_KEY_SECRET} unset: the endpoint is open)",
-                "task": "accepted by sky.Task.from_yaml_config", "endpoint": endpoint}
+        return ServeSummary(
+            run_id=self.run_id, service=self.config["name"], dry_run=dry_run,
+            model=self.model_uri, served_model_name=self.run_id,
+            accelerators=res["accelerators"], use_spot=res["use_spot"],
+            replicas=self.config["service"]["replicas"], vllm=VLLM_VERSION,
+            stop_token_ids=list(self.info.eos_token_ids),
+            stop_strings=list(self.info.stop_strings), max_model_len=self.info.context,
+            api_key=f"${API_KEY_SECRET} set" if self.secrets else
+            f"none (${API_KEY_SECRET} unset: the endpoint is open)",
+            task="accepted by sky.Task.from_yaml_config", endpoint=endpoint)
 
 
 @dataclass(frozen=True)
