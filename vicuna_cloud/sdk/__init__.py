@@ -30,7 +30,7 @@ from vicuna_cloud.sdk.export import ExportResult, chat_command, chat_model, expo
 from vicuna_cloud.sdk.local import launch_local
 from vicuna_cloud.sdk.models import (
     LaunchPlan, LaunchRequest, LaunchResult, LocalEvent, LocalLaunchRequest, LocalLaunchResult,
-    OptimizerPick, RenderRequest, RunStatus, StatusReport,
+    OptimizerChoice, RenderRequest, RunStatus, StatusReport,
 )
 from vicuna_cloud.sdk.presets import presets
 from vicuna_cloud.sdk.runs import cancel, find_run, logs, status
@@ -46,7 +46,7 @@ __all__ = [
     "apply_delta", "evaluate", "local_server_command", "make_delta", "plan_serve", "serve",
     # requests, plans, results
     "EstimateRequest", "ExportResult", "LaunchPlan", "LaunchRequest", "LaunchResult",
-    "LocalEvent", "LocalLaunchRequest", "LocalLaunchResult", "OptimizerPick",
+    "LocalEvent", "LocalLaunchRequest", "LocalLaunchResult", "OptimizerChoice",
     "PrepareOptions", "RenderRequest", "RunStatus", "StatusReport",
     "DeltaResult", "EvaluateRequest", "ServePlan", "ServeRequest", "ServeResult", "WrongBase",
     # errors

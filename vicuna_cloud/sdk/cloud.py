@@ -21,7 +21,7 @@ from vicuna_cloud.errors import (
 from vicuna_cloud.recipes import Preset
 from vicuna_cloud.sdk import options
 from vicuna_cloud.sdk.models import (
-    EXAMPLE_BUCKET, LaunchPlan, LaunchRequest, LaunchResult, OptimizerPick, RenderRequest,
+    EXAMPLE_BUCKET, LaunchPlan, LaunchRequest, LaunchResult, OptimizerChoice, RenderRequest,
 )
 
 _DATA_HINT = ("prepare and upload it with `vicuna-cloud data prepare RAW.json --out DIR` and "
@@ -315,18 +315,14 @@ def _workdir() -> str:
     )
 
 
-def choose(p: LaunchPlan) -> OptimizerPick:
+def choose(p: LaunchPlan) -> OptimizerChoice:
     """SkyPilot's optimizer over the local catalog, for the clouds usable here; also
     records the bill's launch-time facts in the plan (costs/launch_bill.py)."""
     from vicuna_cloud.skypilot.optimizer import choose as sky_choose
 
     from vicuna_cloud.costs import launch_bill
 
-    c = sky_choose(p._task, clouds=tuple(p.clouds))
-    pick = OptimizerPick(cloud=c.cloud, region=c.region, zone=c.zone,
-                         instance_type=c.instance_type, accelerators=c.accelerators,
-                         use_spot=c.use_spot, nodes=c.nodes,
-                         price_per_node_hour=c.price_per_node_hour)
+    pick = sky_choose(p._task, clouds=tuple(p.clouds))
     # The launch price is known now: run.json's billing (fail-closed fallback, disks,
     # bucket, controller) and, with --max-cost, the task's max_hourly_cost.
     launch_bill.apply(p, pick)

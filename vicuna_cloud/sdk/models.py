@@ -18,6 +18,7 @@ from vicuna_cloud.local.live_view import StdoutProbe
 from vicuna_cloud.local.supervisor import Attempt
 from vicuna_cloud.recipes import Preset
 from vicuna_cloud.runspec import RunSpec
+from vicuna_cloud.skypilot.optimizer import OptimizerChoice
 
 #: What `render` shows when no --bucket is given (the committed tasks/*.yaml use it).
 EXAMPLE_BUCKET = "s3://my-vicuna-bucket"
@@ -90,28 +91,6 @@ class LocalLaunchRequest(_Request):
                             "heartbeat is stale (vicuna_cloud/lease.py)")
 
 
-class OptimizerPick(BaseModel):
-    """SkyPilot's optimizer choice for the task, from the local catalog."""
-
-    cloud: str
-    region: Optional[str]
-    zone: Optional[str]
-    instance_type: str
-    accelerators: str
-    use_spot: bool
-    nodes: int
-    price_per_node_hour: float
-
-    @property
-    def price_per_hour(self) -> float:
-        return self.price_per_node_hour * self.nodes
-
-    def as_dict(self) -> dict[str, JsonValue]:
-        d = self.model_dump()
-        d["price_per_hour"] = round(self.price_per_hour, 4)
-        return d
-
-
 class LaunchPlan(BaseModel):
     """A checked cloud launch: the run spec and the task SkyPilot accepted, nothing written
     or submitted yet. ``launch(plan)`` writes the spec and submits."""
@@ -126,7 +105,7 @@ class LaunchPlan(BaseModel):
                                     "stored here)")
     clouds: list[str] = Field(description="clouds with credentials here")
     not_checked: dict[str, str] = Field(description="dry run: what was not given, so not checked")
-    optimizer: Optional[OptimizerPick] = None
+    optimizer: Optional[OptimizerChoice] = None
     dry_run: bool = False
     warnings: list[str] = Field(default_factory=list, description="said before submitting: "
                                 "a dirty tree, a crossing of clouds or regions, a missing token")

@@ -16,8 +16,10 @@ Nothing else in SkyPilot is touched; real launches go through the API server unp
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
+
+from pydantic import BaseModel, ConfigDict, JsonValue
+
 from vicuna_cloud.errors import BackendError
 from vicuna_cloud.runspec import Cloud
 
@@ -26,8 +28,12 @@ class OptimizerError(BackendError, RuntimeError):
     """No catalog entry satisfies the task."""
 
 
-@dataclass(frozen=True)
-class OptimizerChoice:
+class OptimizerChoice(BaseModel):
+    """SkyPilot's optimizer choice for a task, from the local catalog (the SDK's plan
+    carries it as ``LaunchPlan.optimizer``)."""
+
+    model_config = ConfigDict(frozen=True)
+
     cloud: str
     region: Optional[str]
     zone: Optional[str]
@@ -41,8 +47,8 @@ class OptimizerChoice:
     def price_per_hour(self) -> float:
         return self.price_per_node_hour * self.nodes
 
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+    def as_dict(self) -> dict[str, JsonValue]:
+        d = self.model_dump()
         d["price_per_hour"] = round(self.price_per_hour, 4)
         return d
 
