@@ -22,6 +22,7 @@ added tokens), are stored whole in the delta and listed as ``full`` in the manif
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -134,6 +135,23 @@ def _publish(tmp: str, out_dir: str) -> None:
     os.replace(tmp, out_dir)
 
 
+@contextlib.contextmanager
+def _staged(out_dir: str, chunk_bytes: int):
+    """(temp dir, file handles, buffers) for writing ``out_dir``: the temp dir becomes
+    ``out_dir`` only if the body finishes, and is removed on any error, so a failed make
+    or apply leaves nothing behind."""
+    tmp = _fresh_out(out_dir)
+    handles = _Handles()
+    try:
+        yield tmp, handles, _Buffers(chunk_bytes)
+        _publish(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        handles.close()
+
+
 class _Handles:
     """Open files by path, closed together (a base may be sharded over many files)."""
 
@@ -173,11 +191,9 @@ def make_delta(base_dir: str, target_dir: str, out_dir: str, *,
     base = _index(_weight_files(base_dir, "--base"), "--base")
     targets = _weight_files(target_dir, "--target")
     _index(targets, "--target")  # duplicate names are an error here too
-    tmp = _fresh_out(out_dir)
-    handles, bufs = _Handles(), _Buffers(chunk_bytes)
     manifest_files, tensors_meta, base_meta, full = {}, {}, {}, []
     weight_bytes = 0
-    try:
+    with _staged(out_dir, chunk_bytes) as (tmp, handles, bufs):
         for tf in targets:
             name = os.path.basename(tf.path)
             kinds = {}
@@ -220,12 +236,6 @@ def make_delta(base_dir: str, target_dir: str, out_dir: str, *,
         }
         with open(os.path.join(tmp, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=1, sort_keys=True)
-        _publish(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        handles.close()
     return DeltaResult(out_dir, sorted(os.listdir(out_dir)), len(tensors_meta), len(base_meta),
                        full, weight_bytes, time.perf_counter() - t0, fingerprint)
 
@@ -308,11 +318,9 @@ def apply_delta(base_dir: str, delta_dir: str, out_dir: str, *,
     manifest = load_manifest(delta_dir)
     base = _index(_weight_files(base_dir, "--base"), "--base")
     check_base(manifest, base, base_dir)
-    tmp = _fresh_out(out_dir)
-    handles, bufs = _Handles(), _Buffers(chunk_bytes)
     tensors_meta = manifest["target"]["tensors"]
     weight_bytes = 0
-    try:
+    with _staged(out_dir, chunk_bytes) as (tmp, handles, bufs):
         for name, finfo in sorted(manifest["target"]["files"].items()):
             dpath = os.path.join(delta_dir, name)
             try:
@@ -342,12 +350,6 @@ def apply_delta(base_dir: str, delta_dir: str, out_dir: str, *,
                 raise DeltaError(f"--delta {src_path} is missing or damaged (sha256 differs); "
                                  "re-download the delta")
             shutil.copyfile(src_path, os.path.join(tmp, name))
-        _publish(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        handles.close()
     n_delta = sum(1 for m in tensors_meta.values() if m["kind"] == "delta")
     full = sorted(n for n, m in tensors_meta.items() if m["kind"] == "full")
     return DeltaResult(out_dir, sorted(os.listdir(out_dir)), len(tensors_meta), n_delta, full,
