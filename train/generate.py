@@ -10,8 +10,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable, Optional, TypeVar
 
 from vicuna_cloud.templates import TemplateError, get_template
+
+T = TypeVar("T")
+
+
+def load_or_report(load: Callable[[], T], model_dir: str) -> Optional[T]:
+    """``load()``, or None after one ``error:`` line on stderr when the template is unknown
+    or ``model_dir`` cannot be loaded (the caller exits 2): bad input, not a traceback.
+    Shared by this chat and the local server (train/serve.py)."""
+    try:
+        return load()
+    except TemplateError as e:
+        print(f"error: {e}", file=sys.stderr)
+    except OSError as e:
+        print(f"error: cannot load the model from {model_dir}: {str(e).splitlines()[0]}",
+              file=sys.stderr)
+    return None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -73,14 +90,9 @@ class Chat:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        chat = Chat(args.model, args.template, args.max_new_tokens, args.temperature, args.seed)
-    except TemplateError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: cannot load the model from {args.model}: {str(e).splitlines()[0]}",
-              file=sys.stderr)
+    chat = load_or_report(lambda: Chat(args.model, args.template, args.max_new_tokens,
+                                       args.temperature, args.seed), args.model)
+    if chat is None:
         return 2
     if args.prompt is not None:
         print(chat.reply(args.prompt), flush=True)

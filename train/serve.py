@@ -28,7 +28,7 @@ from typing import Iterator, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vicuna_cloud.templates import TemplateError, get_template
+from vicuna_cloud.templates import get_template
 
 HOST = "127.0.0.1"  # never another interface: this server has no authentication
 
@@ -305,14 +305,10 @@ def main(argv=None) -> int:
 
     args = parse_args(argv)
     name = args.name or os.path.basename(os.path.abspath(args.model).rstrip("/"))
-    try:
-        engine = Engine(args.model, args.template, name)
-    except TemplateError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: cannot load the model from {args.model}: {str(e).splitlines()[0]}",
-              file=sys.stderr)
+    from train.generate import load_or_report
+
+    engine = load_or_report(lambda: Engine(args.model, args.template, name), args.model)
+    if engine is None:
         return 2
     print(f"serving {name} at http://{HOST}:{args.port}/v1 (template {args.template})",
           file=sys.stderr, flush=True)
