@@ -7,9 +7,11 @@ before anything imports sky. Files without .meta/*.md5 are never re-downloaded. 
 and the scratch VICUNA_CLOUD_HOME are removed when the session ends.
 
 Markers (``make test-fast`` runs ``-m "not slow and not servers"``):
-- ``slow``: torchrun end to end, or a real model in a subprocess; set by hand.
+- ``slow``: torchrun end to end, the trainer or a real model in a child process, or a
+  fuzz run in one (each costs seconds of start-up); set by hand.
 - ``servers``: needs the moto S3 or fake-gcs-server servers (seconds to start); set here
-  from the fixtures a test uses, so a new test is marked without anyone remembering to.
+  from the fixtures a test uses (also one it asks for by name through a parameter), so a
+  new test is marked without anyone remembering to.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if (_SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
-                or params.get("bucket_uri") in _SERVER_BUCKETS):
+                or params.get("bucket_uri") in _SERVER_BUCKETS
+                or _SERVER_FIXTURES & {v for v in params.values() if isinstance(v, str)}):
             item.add_marker(pytest.mark.servers)
 
 

@@ -15,11 +15,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 MAX_RECORD_MIB = 1
 BOUND_MIB = 32 + 16 * MAX_RECORD_MIB
 
 
+@pytest.mark.slow  # 40 hypothesis examples of multi-MiB attacks in a child process
 def test_prepare_fuzz_no_traceback_and_bounded_memory():
     env = dict(os.environ, FUZZ_EXAMPLES="40", FUZZ_AS_LIMIT_GB="6", OMP_NUM_THREADS="1",
                TOKENIZERS_PARALLELISM="false")

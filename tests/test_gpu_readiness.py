@@ -139,6 +139,7 @@ def test_cuda_problems_are_told_apart():
         assert "\n" not in str(p)
 
 
+@pytest.mark.slow  # the trainer in a child process (torch import and start-up: seconds)
 def test_gpu_run_on_a_cpu_torch_stops_before_training(tmp_path):
     """The real trainer, with this machine's CPU torch, for a run that asks for A100s:
     exit 78 with one line saying why, and no metrics, ledger or checkpoint written."""

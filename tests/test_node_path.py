@@ -90,6 +90,7 @@ def test_transient_faults_exit_69_and_bugs_exit_1():
     assert exit_code_for(KeyError("bug")) == 1
 
 
+@pytest.mark.slow  # torchrun starts the trainer
 def test_the_trainer_exits_69_through_torchrun_on_a_storage_outage(tmp_path):
     """A run spec on an S3 endpoint where nothing listens: storage errors after retries,
     exit 69 from the run script (a transient fault: recover_on_exit_codes)."""

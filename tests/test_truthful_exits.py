@@ -30,6 +30,7 @@ from helpers.train import tiny_spec
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # the trainer in a child process (torch import and start-up: seconds)
 def test_storage_outage_reading_the_spec_is_transient(tmp_path):
     """#4: load_spec turned a storage error into exit 78, so the job was never retried."""
     # A port bound but never listening refuses every connection for as long as we hold it
@@ -50,6 +51,7 @@ def test_storage_outage_reading_the_spec_is_transient(tmp_path):
     assert "storage" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # the trainer in a child process (torch import and start-up: seconds)
 def test_a_spec_wrong_on_its_face_is_still_a_config_error(tmp_path):
     bucket = open_bucket(str(tmp_path / "b"))
     bucket.put_bytes("runs/r1/run.json", b'{"run_id": 5}')
