@@ -21,9 +21,11 @@ from vicuna_cloud.errors import (
 )
 from vicuna_cloud.sdk.cloud import launch, plan, render, render_task, write_dry_run
 from vicuna_cloud.sdk.costs import (
-    EstimateRequest, cost_overview, cost_report, estimate, simulate,
+    EstimateReport, EstimateRequest, SimulationReport, cost_overview, cost_report, estimate,
+    simulate,
 )
 from vicuna_cloud.sdk.delta import DeltaResult, WrongBase, apply_delta, make_delta
+from vicuna_cloud.evaluation.report import EvalReport
 from vicuna_cloud.sdk.evaluation import EvaluateRequest, evaluate
 from vicuna_cloud.sdk.data import PrepareOptions, inspect_data, prepare_data, upload_data
 from vicuna_cloud.sdk.export import ExportResult, chat_command, chat_model, export
@@ -35,7 +37,7 @@ from vicuna_cloud.sdk.models import (
 from vicuna_cloud.sdk.presets import presets
 from vicuna_cloud.sdk.runs import cancel, find_run, logs, status
 from vicuna_cloud.sdk.serving import (
-    ServePlan, ServeRequest, ServeResult, local_server_command, plan_serve, serve,
+    ServePlan, ServeRequest, ServeResult, ServeSummary, local_server_command, plan_serve, serve,
 )
 
 __all__ = [
@@ -45,7 +47,8 @@ __all__ = [
     "prepare_data", "presets", "render", "render_task", "simulate", "status", "upload_data", "write_dry_run",
     "apply_delta", "evaluate", "local_server_command", "make_delta", "plan_serve", "serve",
     # requests, plans, results
-    "EstimateRequest", "ExportResult", "LaunchPlan", "LaunchRequest", "LaunchResult",
+    "EstimateReport", "EstimateRequest", "EvalReport", "ExportResult", "SimulationReport",
+    "ServeSummary", "LaunchPlan", "LaunchRequest", "LaunchResult",
     "LocalEvent", "LocalLaunchRequest", "LocalLaunchResult", "OptimizerChoice",
     "PrepareOptions", "RenderRequest", "RunStatus", "StatusReport",
     "DeltaResult", "EvaluateRequest", "ServePlan", "ServeRequest", "ServeResult", "WrongBase",
