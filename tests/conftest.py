@@ -10,8 +10,8 @@ Markers (``make test-fast`` runs ``-m "not slow and not servers"``):
 - ``slow``: torchrun end to end, the trainer or a real model in a child process, or a
   fuzz run in one (each costs seconds of start-up); set by hand.
 - ``servers``: needs the moto S3 or fake-gcs-server servers (seconds to start); set here
-  from the fixtures a test uses (also one it asks for by name through a parameter), so a
-  new test is marked without anyone remembering to.
+  from the fixtures a test uses (also one it asks for by name through a parameter: "s3",
+  "gcs", "s3_server"), so a new test is marked without anyone remembering to.
 """
 
 from __future__ import annotations
@@ -53,16 +53,18 @@ for _secret in ("HF_TOKEN", "WANDB_API_KEY"):
     os.environ.pop(_secret, None)
 
 _SERVER_FIXTURES = {"s3_server", "gcs_server"}
-_SERVER_BUCKETS = {"s3", "gcs"}  # bucket_uri params that start a server
+_SERVER_BUCKETS = {"s3", "gcs"}  # params (bucket_uri, backend, ...) that start a server
 
 
 def pytest_collection_modifyitems(config, items):
     """Mark every test that needs an object-store server ``servers``."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
+        # A parameter "s3"/"gcs" or "s3_server" picks a server fixture by name
+        # (request.getfixturevalue), which fixturenames cannot see.
+        named = {v for v in params.values() if isinstance(v, str)}
         if (_SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
-                or params.get("bucket_uri") in _SERVER_BUCKETS
-                or _SERVER_FIXTURES & {v for v in params.values() if isinstance(v, str)}):
+                or (_SERVER_FIXTURES | _SERVER_BUCKETS) & named):
             item.add_marker(pytest.mark.servers)
 
 

@@ -292,6 +292,7 @@ def test_no_credentials_message(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.servers  # starts its own moto server; its keys come from the session's S3 set-up
 def test_bad_s3_credentials_against_moto_with_auth(tmp_path):
     """moto checks signatures and keys when INITIAL_NO_AUTH_ACTION_COUNT=0 (a process-wide
     setting, so this test runs its own moto server)."""
