@@ -65,8 +65,14 @@ def test_estimate_with_a_given_price_needs_no_catalog(offline):
     assert est["prices"]["cheapest_spot"]["spot"] == 12.0
     assert "--price-per-hour $12 (given" in est["price_source"]
     assert est["ours"]["cost_usd"] > 0
+    # The controller VM is billed but cannot be priced without the catalog: unknown, not $0.
+    assert est["ours"]["controller_usd"] is None and est["bill"]["controller"] is None
+    assert est["ours"]["unpriced"] == ["the controller"]
+    assert est["ours"]["verdict"].startswith(("unknown", "over"))
     for internal in INTERNALS:
         assert internal not in r.stdout + r.stderr, internal
+    table = cli(offline, "cost", "--estimate", "7b", "--price-per-hour", "12").stdout
+    assert "unknown (not priced)" in table and "+ unknown (the controller)" in table
     r = cli(offline, "cost", "--estimate", "7b", "--price-per-hour", "-1")
     assert r.returncode == 2 and "--price-per-hour must be a positive" in r.stderr
 

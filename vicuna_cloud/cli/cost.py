@@ -214,8 +214,10 @@ _EST_ROWS = (
     ("node", lambda e: _money(e.node_usd)),
     ("disk", lambda e: _money(e.disk_usd)),
     ("egress", lambda e: f"{_money(e.egress_usd)} ({e.egress_gb:,.0f} GB)"),
-    ("controller", lambda e: _money(e.controller_usd)),
-    ("cost", lambda e: _money(e.cost_usd)),
+    ("controller", lambda e: "unknown (not priced)" if e.controller_usd is None
+     else _money(e.controller_usd)),
+    ("cost", lambda e: _money(e.cost_usd) + (f" + unknown ({', '.join(e.unpriced)})"
+                                             if e.unpriced else "")),
     ("verdict", lambda e: e.verdict),
 )
 
@@ -280,7 +282,8 @@ def _show_lmsys(lm) -> None:
         t.add_column(col, justify="right")
     n = lm.node_usd
     t.add_row(_money(n["spot_min"]), _money(n["spot_median"]), _money(n["on_demand_min"]),
-              _money(lm.disk_and_controller_usd), _money(lm.published_budget_usd))
+              "unknown" if lm.disk_and_controller_usd is None
+              else _money(lm.disk_and_controller_usd), _money(lm.published_budget_usd))
     console.print(t)
     console.print(f"  {lm.note}", highlight=False)
 

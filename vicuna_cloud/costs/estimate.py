@@ -282,11 +282,12 @@ def checkpoint_interval_hours(preset: Preset, a: Assumptions) -> float:
 
 @dataclass(frozen=True)
 class BillRates:
-    """The bill's lines beyond the node, per hour or per GB (0 = not counted)."""
+    """The bill's lines beyond the node, per hour or per GB (0 = not counted; a
+    controller of None = billed but not priced: shown as unknown, never as $0)."""
 
     disk_per_node_hour: float = 0.0
     egress_per_gb: float = 0.0        # inter-region, the node's cloud
-    controller_per_hour: float = 0.0  # VM + its disk
+    controller_per_hour: Optional[float] = 0.0  # VM + its disk
     dataset_bytes: float = 0.0
     sources: tuple[str, ...] = ()
 
@@ -322,18 +323,30 @@ class Estimate(BaseModel):
     disk_usd: float
     egress_usd: float
     egress_gb: float
-    controller_usd: float
-    cost_usd: float                # every line: node + disk + egress + controller
+    controller_usd: Optional[float]  # None: billed, but no price is known
+    cost_usd: float                # every priced line: node + disk + egress + controller
     budget_usd: Optional[float]
     budget_label: str = ""
+    unpriced: list[str] = Field(default_factory=list)  # billed lines cost_usd lacks
+
+    def _known_verdict(self, ref: str) -> Optional[str]:
+        """With a line unpriced, only "over" is certain (the priced lines alone exceed)."""
+        if not self.unpriced or self.budget_usd is None or self.cost_usd > self.budget_usd:
+            return None
+        return (f"unknown: the priced lines (${self.cost_usd:,.0f}) are within {ref}, "
+                f"but {', '.join(self.unpriced)} is not priced")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def verdict(self) -> str:
         if self.budget_usd is None:
             return "no published budget"
+        ref = (f"${self.budget_usd:,.0f} ({self.budget_label})" if self.budget_label
+               else f"${self.budget_usd:,.0f}")
+        unknown = self._known_verdict(ref)
+        if unknown:
+            return unknown
         if self.budget_label:
-            ref = f"${self.budget_usd:,.0f} ({self.budget_label})"
             if self.cost_usd <= self.budget_usd:
                 return f"within {ref}, ${self.budget_usd - self.cost_usd:,.0f} to spare"
             return f"over {ref} by ${self.cost_usd - self.budget_usd:,.0f}"
@@ -413,8 +426,9 @@ def estimate(preset: Preset, workload: Workload, price_per_node_hour: float,
     disk = billed * rates.disk_per_node_hour * hw.nodes
     gb = _egress(preset, rates, a, compute_h, interval_h, billed, a.preemptions_per_hour * billed)
     egress = gb * rates.egress_per_gb
-    controller = (billed + CONTROLLER_IDLE_HOURS) * rates.controller_per_hour \
-        if rates.controller_per_hour else 0.0
+    ctl_rate = rates.controller_per_hour
+    controller = None if ctl_rate is None else (
+        (billed + CONTROLLER_IDLE_HOURS) * ctl_rate if ctl_rate else 0.0)
     budget, label = reference_budget(preset, workload)
     return Estimate(
         mode=mode, epochs=epochs, trained_tokens=trained, compute_tokens=compute_tokens,
@@ -425,7 +439,8 @@ def estimate(preset: Preset, workload: Workload, price_per_node_hour: float,
         expected_preemptions=a.preemptions_per_hour * billed, billed_hours=billed,
         price_per_node_hour=price_per_node_hour, nodes=hw.nodes, node_usd=node,
         disk_usd=disk, egress_usd=egress, egress_gb=gb, controller_usd=controller,
-        cost_usd=node + disk + egress + controller, budget_usd=budget, budget_label=label,
+        cost_usd=node + disk + egress + (controller or 0.0), budget_usd=budget,
+        budget_label=label, unpriced=[] if controller is not None else ["the controller"],
     )
 
 
@@ -436,7 +451,7 @@ class LmsysAsRun(BaseModel):
     implied_mfu_padded: float
     published_budget_usd: Optional[float]
     node_usd: dict[str, float] = Field(description="price column -> node dollars")
-    disk_and_controller_usd: float
+    disk_and_controller_usd: Optional[float]  # None: the controller is not priced
     note: str
 
 
@@ -455,7 +470,8 @@ def lmsys_as_run(preset: Preset, workload: Workload, prices: dict[str, float],
     padded_flops = flops_per_token(ref, ref.max_length) * ref.hyper.epochs \
         * ref_work.samples * ref.max_length
     implied = padded_flops / (hours * 3600.0 * hw.world_size * hw.bf16_peak_tflops * 1e12)
-    extra = hours * (rates.disk_per_node_hour * hw.nodes + rates.controller_per_hour)
+    extra = None if rates.controller_per_hour is None else \
+        hours * (rates.disk_per_node_hour * hw.nodes + rates.controller_per_hour)
     note = (f"{hours:g} node-hours as LMSYS reported for {preset.size} in 2023 (8 A100s, "
             "'in one day', v0/v1.1 data padded to 2,048), priced at today's catalog")
     if preset.version not in REFERENCE_VERSIONS:
@@ -465,7 +481,7 @@ def lmsys_as_run(preset: Preset, workload: Workload, prices: dict[str, float],
         published_hours=hours, implied_mfu_padded=round(implied, 4),
         published_budget_usd=preset.published_budget_usd,
         node_usd={k: round(hours * v * hw.nodes, 2) for k, v in prices.items()},
-        disk_and_controller_usd=round(extra, 2), note=note)
+        disk_and_controller_usd=None if extra is None else round(extra, 2), note=note)
 
 
 def mfu_from_file(path: str) -> tuple[float, str]:

@@ -192,7 +192,7 @@ def bill_rates(preset, prices, work):
         csrc = (f"controller {cp.instance_type} on-demand + {CONTROLLER_DISK_GB} GB {cdt}: "
                 f"{cp.source}")
     except pricing.PricingError as e:
-        ctl, csrc = 0.0, f"controller not priced ({e})"
+        ctl, csrc = None, f"controller billed but not priced ({e}): shown as unknown"
     return est.BillRates(
         disk_per_node_hour=disk_h, egress_per_gb=eg.usd, controller_per_hour=ctl,
         dataset_bytes=4.0 * work.tokens_per_epoch,
@@ -224,7 +224,7 @@ class BillLines(BaseModel):
     node: float
     disk: float
     egress: float
-    controller: float
+    controller: Optional[float]  # None: billed, but not priced
 
 
 class SensitivityPair(BaseModel):
@@ -309,7 +309,8 @@ def estimate(req: EstimateRequest) -> EstimateReport:
         max_length=preset.max_length, workload=work,
         assumptions=AssumptionsUsed(**asdict(a), mfu_source=ctx.mfu_source),
         prices=prices, price_source=prices.cheapest_spot.source, bill_rates=rates,
-        bill=BillLines(**{k: round(getattr(ours, f"{k}_usd"), 2)
+        bill=BillLines(**{k: None if getattr(ours, f"{k}_usd") is None
+                          else round(getattr(ours, f"{k}_usd"), 2)
                           for k in ("node", "disk", "egress", "controller")}),
         ours=ours, padded_ablation=padded, lmsys_2023_as_run=lmsys,
         sensitivity=SensitivityPair(
@@ -334,7 +335,7 @@ def simulate(req: EstimateRequest, trials: int = 2000, seed: int = 0) -> Simulat
     preset, a, work, prices = ctx.preset, ctx.assumptions, ctx.workload, ctx.prices
     rates = bill_rates(preset, prices, work)
     price = (prices.cheapest_spot.spot + rates.disk_per_node_hour) * preset.hardware.nodes \
-        + rates.controller_per_hour
+        + (rates.controller_per_hour or 0.0)
     e = est.estimate(preset, work, prices.cheapest_spot.spot, a, "packed", rates)
     common = dict(work_hours=e.compute_hours, restart_hours=a.restart_minutes / 60.0,
                   stall_hours=e.checkpoint_stall_seconds / 3600.0,
@@ -345,7 +346,10 @@ def simulate(req: EstimateRequest, trials: int = 2000, seed: int = 0) -> Simulat
     return SimulationReport(
         preset=preset.name, version=preset.version, price_per_hour_all_nodes=price,
         price_source=prices.cheapest_spot.source,
-        price_lines="node + disk per node, plus the controller; egress not simulated",
+        price_lines=("node + disk per node, plus the controller; egress not simulated"
+                     if rates.controller_per_hour is not None else
+                     "node + disk per node; the controller is billed but not priced (unknown);"
+                     " egress not simulated"),
         work_hours=e.compute_hours, restart_minutes=a.restart_minutes,
         checkpoint_stall_seconds=e.checkpoint_stall_seconds,
         preemptions_per_hour=a.preemptions_per_hour,
