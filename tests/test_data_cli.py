@@ -49,6 +49,10 @@ def test_human_output_tables(capsys, monkeypatch, tmp_path):
     r = run_cli(capsys, monkeypatch, "data", "prepare", str(DUMMY_CONVERSATIONS), "--out", out)
     assert r.code == 0, r.err
     assert "dropped: blocked_words" in r.out and "train.jsonl sha256" in r.out
+    # FastChat's dummy data is identity data: blocked words drop 60 of it, and it says so.
+    warn = [ln for ln in r.err.splitlines() if ln.startswith("warning:")]
+    assert len(warn) == 1 and "dropped 60 conversations that look like identity" in warn[0]
+    assert "--merge" in warn[0]
     r = run_cli(capsys, monkeypatch, "data", "upload", out, str(tmp_path / "b"))
     assert "uploaded and verified" in r.out and "launch 7b --data" in r.out
     r = run_cli(capsys, monkeypatch, "data", "inspect", f"{out}/train.jsonl", "--n", "1")
@@ -76,3 +80,30 @@ def test_bad_input_is_one_line_exit_2(capsys, monkeypatch, tmp_path, args, words
     fill = {"tmp": str(tmp_path), "bad": str(bad), "dummy": str(DUMMY_CONVERSATIONS)}
     r = run_cli(capsys, monkeypatch, "data", *[a.format(**fill) for a in args])
     _one_line_error(r, *words)
+
+
+def test_roles_option_and_removed_turns_in_the_report(capsys, monkeypatch, tmp_path):
+    q, a = "How do I sort a list of numbers in Python?", "Use sorted(xs) to get a new list."
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps([
+        {"id": "1", "conversations": [{"from": "system", "value": "Be terse."},
+                                      {"from": "human", "value": q}, {"from": "bard", "value": a}]},
+        {"id": "2", "conversations": [{"from": "human", "value": q + " 2"},
+                                      {"from": "gpt", "value": a + " 2"}]}]))
+    r = run_cli(capsys, monkeypatch, "data", "prepare", str(src), "--out", str(tmp_path / "a"),
+                "--eval-fraction", "0")
+    assert r.code == 0, r.err
+    assert "dropped: other_assistant" in r.out and "warning" not in r.err
+    r = run_cli(capsys, monkeypatch, "data", "prepare", str(src), "--out", str(tmp_path / "b"),
+                "--eval-fraction", "0", "--assistant-role", "bard")
+    assert r.code == 0, r.err
+    assert "dropped:" not in r.out and "turns removed from kept ones: leading_system" in r.out
+
+
+def test_workers_help_names_the_default(capsys, monkeypatch):
+    import os
+
+    r = run_cli(capsys, monkeypatch, "data", "prepare", "--help")
+    text = " ".join(r.out.replace("│", " ").split())
+    assert f"default: every usable core ({len(os.sched_getaffinity(0))} here" in text
+    assert "--assistant-role" in text

@@ -32,6 +32,11 @@ A = P + "<p>Use <code>sorted(xs)</code> to get a new sorted list.</p></div>"
     ({"id": "x", "conversations": [{"from": "human"}]}, "bad_schema"),
     ({"id": "x", "conversations": [{"from": "human", "value": 3}]}, "bad_schema"),
     (conv(Q, A, roles=["human", "robot"]), "unknown_role"),
+    (conv(Q, A, roles=["human", "bard"]), "other_assistant"),
+    (conv(Q, A, Q, A, roles=["human", "gpt", "human", "Bing"]), "other_assistant"),
+    (conv(Q, A, "Be terse.", Q, A, roles=["human", "gpt", "system", "human", "gpt"]),
+     "system_turn"),
+    (conv(Q, "Be terse.", A, roles=["human", "system", "gpt"]), "system_turn"),
     (conv(Q, A, plugins=[{"name": "web"}]), "plugins"),
     (conv(Q, A, Q, A, roles=["human", "gpt", "gpt", "human"]), "roles_not_alternating"),
     (conv(Q), "too_short"),
@@ -52,12 +57,46 @@ def test_leading_gpt_and_trailing_human_are_trimmed_not_dropped():
     assert c.reason is None
     assert [t["from"] for t in c.turns] == ["human", "gpt"]
     assert c.turns[1]["value"] == "Use `sorted(xs)` to get a new sorted list."
+    assert c.removed == {"leading_gpt": 1, "trailing_human": 1}
+
+
+def test_a_leading_system_turn_is_trimmed_and_counted():
+    c = clean_conversation(conv("You are terse.", Q, A, roles=["system", "human", "gpt"]),
+                           "f", OPTS)
+    assert c.reason is None and [t["from"] for t in c.turns] == ["human", "gpt"]
+    assert c.removed == {"leading_system": 1}
+
+
+def test_other_assistants_are_kept_only_when_mapped():
+    item = conv(Q, A, Q, A, roles=["human", "bard", "user", "Bing"])
+    assert clean_conversation(item, "f", OPTS).detail == "role 'bard'"
+    c = clean_conversation(item, "f", FilterOptions(assistant_roles=("bard", "bing")))
+    assert c.reason is None and [t["from"] for t in c.turns] == ["human", "gpt"] * 2
+    # The default spellings of the two roles need no option (FastChat's human/gpt, the
+    # OpenAI-style user/assistant, ShareGPT's chatgpt).
+    c = clean_conversation(conv(Q, A, Q, A, roles=["user", "chatgpt", "Human", "assistant"]),
+                           "f", OPTS)
+    assert c.reason is None and c.removed == {}
+
+
+def test_blocked_identity_data_is_flagged():
+    """The drop is the same; the flag lets prepare warn that identity belongs in --merge."""
+    who = clean_conversation(conv("Are you ChatGPT?", "No, I am Vicuna, trained by LMSYS."),
+                             "f", OPTS)
+    assert who.reason == "blocked_words" and who.identity
+    name = clean_conversation(conv("Hi. What is your name?", "My name is ChatGPT."), "f", OPTS)
+    assert name.identity
+    # Blocked for a word, but not about who the model is.
+    other = clean_conversation(conv("How do I call the OpenAI API from Python?", A), "f", OPTS)
+    assert other.reason == "blocked_words" and not other.identity
+    kept = clean_conversation(conv("Who are you?", "I am Vicuna, a chat assistant."), "f", OPTS)
+    assert kept.reason is None and not kept.identity
 
 
 def test_empty_later_message_truncates_there_at_a_pair_boundary():
     c = clean_conversation(conv(Q, A, Q, A, Q, P + "</div>", Q, A), "f", OPTS)
     assert c.reason is None and c.truncated
-    assert len(c.turns) == 4
+    assert len(c.turns) == 4 and c.removed == {"after_empty_message": 4}
 
 
 def test_control_characters_are_removed_and_roles_normalized():
@@ -89,6 +128,9 @@ def test_dummy_conversations_survive_except_blocked_words():
     assert [r for r, m in zip(reasons, mentions) if not m] == [None] * mentions.count(False)
     assert all(r == "blocked_words" for r, m in zip(reasons, mentions) if m)
     assert mentions.count(False) >= 400
+    # FastChat's dummy data is identity data: every blocked one is recognised as such.
+    flagged = [clean_conversation(c, "f", OPTS).identity for c, m in zip(data, mentions) if m]
+    assert all(flagged) and len(flagged) == 60
 
 
 def test_language_id_offline(monkeypatch, tmp_path):

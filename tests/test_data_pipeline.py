@@ -120,6 +120,79 @@ def test_dummy_conversations_merge_intact_and_clean_mostly(tmp_path, raw):
     assert rows[-1]["id"] == data[-1]["id"]  # appended after the cleaned data, in order
 
 
+def test_blocked_identity_data_is_counted_and_warned_about(tmp_path):
+    res = prepare([str(DUMMY_CONVERSATIONS)], str(tmp_path / "a"), PrepareOptions())
+    m = res.manifest
+    assert m["counts"]["dropped"]["blocked_words"] == 60 == m["counts"]["blocked_identity"]
+    assert len(m["warnings"]) == 1 and "60 conversations" in m["warnings"][0]
+    assert "--merge" in m["warnings"][0]
+    # Merged, the same conversations are trained and nothing is said.
+    res = prepare([str(DUMMY_CONVERSATIONS)], str(tmp_path / "b"),
+                  PrepareOptions(blocked_words=()))
+    assert res.manifest["counts"]["blocked_identity"] == 0 and res.manifest["warnings"] == []
+
+
+def test_roles_follow_fastchat_and_every_removed_turn_is_counted(tmp_path):
+    """A system turn mid-conversation and another assistant drop the conversation under
+    their own reasons; trimmed turns of kept ones are counted; --assistant-role maps."""
+    q, a = "How do I sort a list of numbers in Python?", "Use sorted(xs) for a new list."
+
+    def c(cid, *roles):
+        return {"id": cid, "conversations": [
+            {"from": r, "value": (q if r in ("human", "user") else a) + f" ({cid} {i})"}
+            for i, r in enumerate(roles)]}
+
+    items = [c("ok", "human", "gpt"), c("sys_mid", "human", "gpt", "system", "human", "gpt"),
+             c("sys_lead", "system", "human", "gpt"), c("bard", "human", "bard"),
+             c("lead_trail", "gpt", "human", "gpt", "human"), c("bing2", "user", "Bing")]
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(items))
+    res = prepare([str(src)], str(tmp_path / "a"), PrepareOptions())
+    cnt = res.manifest["counts"]
+    assert cnt["dropped"] == {"system_turn": 1, "other_assistant": 2}
+    assert cnt["kept"] == 3
+    assert cnt["removed_turns"] == {"leading_system": 1, "leading_gpt": 1, "trailing_human": 1}
+    res = prepare([str(src)], str(tmp_path / "b"), PrepareOptions(assistant_roles=("bard", "BING")))
+    cnt = res.manifest["counts"]
+    assert cnt["dropped"] == {"system_turn": 1} and cnt["kept"] == 5
+    assert res.manifest["options"]["assistant_roles"] == ["bard", "BING"]
+    rows = lines(os.path.join(tmp_path / "b", "train.jsonl"))
+    assert {t["from"] for r in rows for t in r["conversations"]} == {"human", "gpt"}
+
+
+def test_workers_default_to_the_usable_cores(monkeypatch):
+    from vicuna_cloud.data import pipeline
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5})  # as under taskset
+    assert pipeline.usable_cores() == 3
+    big = pipeline.POOL_MIN_BYTES
+    assert pipeline.worker_count(PrepareOptions(), big) == 3
+    assert pipeline.worker_count(PrepareOptions(), big - 1) == 1  # a pool would cost more
+    assert pipeline.worker_count(PrepareOptions(workers=2), 10) == 2
+    assert PrepareOptions().workers == 0
+
+
+def test_the_default_worker_count_runs_a_pool_with_the_same_output(prepared, raw, tmp_path,
+                                                                    monkeypatch):
+    from dataclasses import replace
+
+    from vicuna_cloud.data import pipeline
+
+    res, opts = prepared
+    seen = []
+    start = pipeline._start_workers
+
+    def spy(*args):  # records the count the default chose, runs the real pool
+        seen.append(args[-1])
+        return start(*args)
+
+    monkeypatch.setattr(pipeline, "POOL_MIN_BYTES", 0)
+    monkeypatch.setattr(pipeline, "_start_workers", spy)
+    res2 = prepare([raw], str(tmp_path / "auto"), replace(opts, workers=0, chunk_size=16))
+    assert seen == [pipeline.usable_cores()]
+    assert res2.manifest["output"] == res.manifest["output"]
+
+
 def test_out_dir_is_protected(prepared, raw, tmp_path):
     res, opts = prepared
     before = open(os.path.join(res.out_dir, "train.jsonl"), "rb").read()

@@ -2,7 +2,8 @@
 
     vicuna-cloud data prepare RAW [RAW...] --out DIR [--tokenizer T] [--max-length 2048]
         [--template vicuna_v1.1] [--lang en|all] [--skip-lang ko] [--decontaminate F.jsonl]
-        [--merge F.json] [--long-pair truncate|drop] [--workers N] [--force] [--json]
+        [--merge F.json] [--long-pair truncate|drop] [--assistant-role bard]
+        [--workers N] [--force] [--json]
     vicuna-cloud data upload DIR URI [--json]
     vicuna-cloud data inspect FILE [--n 3] [--tokenizer T] [--template T] [--json]
 
@@ -20,6 +21,16 @@ from rich.table import Table
 
 from vicuna_cloud.cli.app import app
 from vicuna_cloud.cli.common import console, err_console, print_json
+
+def _cores() -> int:
+    """The default --workers (data/pipeline.py's usable_cores, without importing it)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
 
 data_app = typer.Typer(help="Clean raw ShareGPT data, upload it, inspect the loss mask.",
                         epilog="Example: vicuna-cloud data prepare sharegpt_raw.json --out data/v1",
@@ -39,16 +50,26 @@ def prepare_cmd(
     skip_lang: List[str] = typer.Option([], "--skip-lang", help="Drop this language (repeatable)."),
     decontaminate: List[str] = typer.Option([], "--decontaminate",
                                             help="Evaluation prompts JSONL (repeatable)."),
-    merge: List[str] = typer.Option([], "--merge", help="Curated conversations to append."),
+    merge: List[str] = typer.Option(
+        [], "--merge", help="Curated conversations to append (repeatable): kept as they "
+        "are (no blocked words, language or length filters), never held out. Identity data "
+        "(\"Who are you?\" -> your model's name) belongs here."),
     long_pair: str = typer.Option("truncate", "--long-pair",
                                   help="A single pair over --max-length: truncate or drop."),
     blocked_words: Optional[str] = typer.Option(
-        None, "--blocked-words", help="Comma-separated blocked words ('' for none)."),
+        None, "--blocked-words", help="Comma-separated blocked words ('' for none); "
+        "default: openai,chatgpt, as FastChat. A conversation mentioning one is dropped."),
+    assistant_role: List[str] = typer.Option(
+        [], "--assistant-role", help="Keep another assistant's turns as gpt (repeatable, "
+        "e.g. --assistant-role bard --assistant-role bing); by default only "
+        "gpt/assistant/chatgpt, and conversations with other assistants are dropped."),
     eval_fraction: float = typer.Option(
         0.02, "--eval-fraction", help="Hold out this share of conversations (by id hash) "
         "to eval.jsonl for the trainer's eval loss; 0 = none."),
     eval_max: int = typer.Option(300, "--eval-max", help="At most this many held out."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1, help="Worker processes; default: every usable core "
+        f"({_cores()} here; one for inputs under 4 MB), as FastChat's cleaner."),
     max_record_mb: float = typer.Option(
         16.0, "--max-record-mb", min=0.001,
         help="Largest conversation record read (MB); larger ones are dropped as too_large. "
@@ -71,7 +92,8 @@ def prepare_cmd(
     opts = sdk.PrepareOptions(
         tokenizer=tokenizer, template=template, max_length=max_length, lang=lang,
         skip_lang=tuple(skip_lang), decontaminate=tuple(decontaminate), merge=tuple(merge),
-        long_pair=long_pair, eval_fraction=eval_fraction, eval_max=eval_max, workers=workers,
+        long_pair=long_pair, eval_fraction=eval_fraction, eval_max=eval_max,
+        workers=workers or 0, assistant_roles=tuple(assistant_role),
         max_record_bytes=int(max_record_mb * (1 << 20)),
         **kwargs)
     with Progress(TextColumn("[bold]prepare"), BarColumn(), DownloadColumn(),
@@ -84,6 +106,8 @@ def prepare_cmd(
 
         result = sdk.prepare_data(raw, out, opts, force=force, progress=progress)
     m = result.manifest
+    for w in m.get("warnings", []):
+        err_console.print(f"warning: {w}", highlight=False, markup=False)
     if as_json:
         print_json(m)
         return
@@ -96,6 +120,8 @@ def prepare_cmd(
     table.add_row("kept", f"{c['kept']:,}")
     for reason, n in sorted(c["dropped"].items(), key=lambda kv: -kv[1]):
         table.add_row(f"  dropped: {reason}", f"{n:,}")
+    for reason, n in sorted(c.get("removed_turns", {}).items(), key=lambda kv: -kv[1]):
+        table.add_row(f"  turns removed from kept ones: {reason}", f"{n:,}")
     table.add_row("pieces written (after splitting)", f"{c['split_pieces']:,}")
     if m.get("eval"):
         table.add_row("  held out for eval (conversations / pieces)",

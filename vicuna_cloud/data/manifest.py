@@ -23,7 +23,11 @@ The cost estimator reads ``tokens.total`` (tokens per epoch); the trainer checks
         "dropped_pairs": int,    # over-long single pairs dropped (long_pair="drop")
         "merged": int,           # conversations read from --merge files
         "train_over_length": int,   # train.jsonl pieces the trainer cuts at max_length
-        "train_tokens_after_truncation": int  # the trainer's token count (its log says so)
+        "train_tokens_after_truncation": int, # the trainer's token count (its log says so)
+        "removed_turns": {reason: int},  # turns removed from kept conversations (filters.py:
+                                 # leading_system, leading_gpt, trailing_human,
+                                 # after_empty_message)
+        "blocked_identity": int  # blocked_words drops that look like identity data
       },
       "tokens": {
         "conversations": int,    # = split_pieces
@@ -38,6 +42,7 @@ The cost estimator reads ``tokens.total`` (tokens per epoch); the trainer checks
       "samples": int,            # = counts.split_pieces, lines of train.jsonl
       "output": {"file": "train.jsonl", "sha256": str, "bytes": int},
       "stop": "</s>",            # the reply stop measured (v1.1: the tokenizer's EOS)
+      "warnings": [str],         # what the user should know (the CLI prints them)
       "eval": {"file": "eval.jsonl", "sha256", "bytes", "samples", "tokens": {...}}
                                  # only when --eval-fraction held something out; counts
                                  # has eval_conversations / eval_pieces (not in kept's
@@ -58,7 +63,7 @@ from vicuna_cloud import bucket_keys
 from vicuna_cloud.data.reader import DataError
 
 MANIFEST_VERSION = 1
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"  # 2: strict human/gpt roles (system_turn, other_assistant)
 MANIFEST_FILE = bucket_keys.MANIFEST_FILE
 TRAIN_FILE = bucket_keys.TRAIN_FILE
 EVAL_FILE = bucket_keys.EVAL_FILE  # the held-out split (--eval-fraction), when any

@@ -45,10 +45,11 @@ class PrepareOptions:
     merge: tuple[str, ...] = ()          # curated conversation files appended as-is
     long_pair: str = "truncate"          # a single pair over max_length: truncate | drop
     blocked_words: tuple[str, ...] = DEFAULT_BLOCKED_WORDS
+    assistant_roles: tuple[str, ...] = ()  # other assistants' roles kept as gpt ("bard")
     min_chars: int = 16
     eval_fraction: float = 0.0           # held out to eval.jsonl, by id hash (CLI: 0.02)
     eval_max: int = 300                  # never more held-out conversations than this
-    workers: int = 1
+    workers: int = 0                     # 0: every usable core (FastChat's cleaner's pool)
     chunk_size: int = 128
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES  # one conversation; larger: too_large
 
@@ -75,6 +76,30 @@ class ConvResult:
     tokens: list[tuple[int, int, bool]] = field(default_factory=list)  # (total, assistant, over)
     dropped_pairs: int = 0
     curated: bool = False      # from a --merge file: always trained, never held out
+    removed_turns: dict[str, int] = field(default_factory=dict)  # by reason (filters.py)
+    identity: bool = False     # dropped for blocked words, and looks like identity data
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, as under taskset or a
+    container's cpuset), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+#: With ``workers`` left at 0, inputs smaller than this are prepared in one process:
+#: starting a pool costs more than it saves.
+POOL_MIN_BYTES = 4 << 20
+
+
+def worker_count(opts: "PrepareOptions", input_bytes: int) -> int:
+    """How many processes prepare uses: ``opts.workers`` (0 = every usable core), one for
+    small inputs when it was not set."""
+    if opts.workers:
+        return opts.workers
+    return 1 if input_bytes < POOL_MIN_BYTES else usable_cores()
 
 
 def held_out(conv_id: str, fraction: float) -> bool:
@@ -105,10 +130,11 @@ class _Worker:
         from vicuna_cloud.tokenizer import eos_token
 
         self.opts = opts
+        roles = tuple(r.strip().lower() for r in opts.assistant_roles)
         self.filters = FilterOptions(blocked_words=tuple(opts.blocked_words),
-                                     min_chars=opts.min_chars)
+                                     min_chars=opts.min_chars, assistant_roles=roles)
         self.merge_filters = FilterOptions(blocked_words=(), min_chars=1, drop_plugins=False,
-                                           check_lists=False)
+                                           check_lists=False, assistant_roles=roles)
         if tok is not None:  # the parent's own (same process, or inherited by fork)
             pass
         elif tok_json is not None:  # from the parent: no transformers import, no conversion
@@ -140,7 +166,8 @@ class _Worker:
         for fallback_id, curated, item in chunk:
             c = clean_conversation(item, fallback_id,
                                    self.merge_filters if curated else self.filters)
-            r = ConvResult(c.id, c.reason, c.truncated, curated=curated)
+            r = ConvResult(c.id, c.reason, c.truncated, curated=curated,
+                           removed_turns=c.removed, identity=c.identity)
             results.append(r)
             if not c.reason:
                 cleaned.append((r, c, curated))
@@ -299,6 +326,8 @@ def _check(inputs: list[str], opts: PrepareOptions):
             raise DataError(f"{p}: no such file")
     if opts.lang != "all" and (len(opts.lang) < 2 or not opts.lang.isalpha()):
         raise DataError(f"--lang {opts.lang!r}: give an ISO 639-1 code like 'en', or 'all'")
+    if opts.workers < 0:
+        raise DataError(f"--workers {opts.workers}: give 1 or more (0 = every usable core)")
     if opts.max_length < 16:
         raise DataError(f"--max-length {opts.max_length} is too small; use at least 16")
     if not 0 <= opts.eval_fraction < 1:
@@ -320,17 +349,18 @@ def _check(inputs: list[str], opts: PrepareOptions):
     return tok, prompts
 
 
-def _start_workers(opts: PrepareOptions, prompts: list[str], tok, chunks: Iterator[list]):
-    """(results iterator, pool or None): one process, or opts.workers processes."""
+def _start_workers(opts: PrepareOptions, prompts: list[str], tok, chunks: Iterator[list],
+                   workers: int):
+    """(results iterator, pool or None): one process, or ``workers`` processes."""
     global _STATE
-    if opts.workers <= 1:
+    if workers <= 1:
         worker = _Worker(opts, prompts, tok=tok)
         return map(worker.process, chunks), None
     methods = mp.get_all_start_methods()
     fork = "fork" in methods
     ctx = mp.get_context("fork" if fork else "spawn")
     if not fork:
-        pool = ctx.Pool(opts.workers, initializer=_init_worker,
+        pool = ctx.Pool(workers, initializer=_init_worker,
                         initargs=(opts, prompts, tok.to_str()))
         return pool.imap(_run_chunk, chunks), pool
     _STATE = _Worker(opts, prompts, tok=tok)  # build once here; shared copy-on-write
@@ -338,8 +368,8 @@ def _start_workers(opts: PrepareOptions, prompts: list[str], tok, chunks: Iterat
     # N workers = this process + N-1 children: the parent processes a chunk itself
     # whenever the children have enough queued, so one process per core and only part
     # of the data crosses a pipe.
-    pool = ctx.Pool(opts.workers - 1, initializer=_init_worker, initargs=(opts, prompts, None))
-    return _shared_results(pool, _STATE, chunks, 2 * (opts.workers - 1)), pool
+    pool = ctx.Pool(workers - 1, initializer=_init_worker, initargs=(opts, prompts, None))
+    return _shared_results(pool, _STATE, chunks, 2 * (workers - 1)), pool
 
 
 class _Writer:
@@ -352,7 +382,8 @@ class _Writer:
             "input": 0, "kept": 0, "dropped": {}, "split_pieces": 0, "split_conversations": 0,
             "truncated": 0, "kept_for_truncation": 0, "dropped_pairs": 0, "merged": 0,
             "eval_conversations": 0, "eval_pieces": 0,
-            "train_over_length": 0, "train_tokens_after_truncation": 0}
+            "train_over_length": 0, "train_tokens_after_truncation": 0,
+            "removed_turns": {}, "blocked_identity": 0}
         self.dropped: dict[str, int] = self.counts["dropped"]
         self.stats = TokenStats()
         self.eval_stats = TokenStats()   # the held-out split (--eval-fraction)
@@ -373,7 +404,11 @@ class _Writer:
                 reason = "duplicate_content"
         if reason is not None:
             self.dropped[reason] = self.dropped.get(reason, 0) + 1
+            c["blocked_identity"] += reason == "blocked_words" and r.identity
             return
+        removed = c["removed_turns"]
+        for why, n in r.removed_turns.items():
+            removed[why] = removed.get(why, 0) + n
         self.seen_ids.add(r.id)
         self.seen_content.add(r.content_key)
         c["kept"] += 1
@@ -447,7 +482,8 @@ def prepare(inputs: list[str], out_dir: str, opts: PrepareOptions = PrepareOptio
     tmp_path = os.path.join(out_dir, f".{TRAIN_FILE}.tmp-{os.getpid()}")
     pool = None
     try:
-        results, pool = _start_workers(opts, prompts, tok, _chunks(items(), opts.chunk_size))
+        results, pool = _start_workers(opts, prompts, tok, _chunks(items(), opts.chunk_size),
+                                       worker_count(opts, total_bytes))
         w.write(results, tmp_path, on_batch)
         manifest = _manifest(inputs, opts, reader, merge_reader, w, malformed)
         eval_entry = _write_eval(out_dir, w.eval_lines, w.eval_stats)
@@ -502,7 +538,21 @@ def _manifest(inputs: list[str], opts: PrepareOptions, reader: Reader, merge_rea
         "tokens": w.stats.summary(),
         "output": {"file": TRAIN_FILE, "sha256": w.h.hexdigest(), "bytes": w.bytes},
         "stop": _stop_string(opts),
+        "warnings": _warnings(counts, opts),
     }
+
+
+def _warnings(counts: dict[str, Any], opts: PrepareOptions) -> list[str]:
+    """What the user should know about the result (the CLI prints them)."""
+    out = []
+    n = counts.get("blocked_identity", 0)
+    if n:
+        out.append(
+            f"--blocked-words dropped {n} conversation{'s' if n != 1 else ''} that look like "
+            "identity data (\"Who are you?\" -> \"I am ...\"); the model learns its name "
+            "from such data: put yours in a file given to --merge (curated conversations, "
+            "not filtered for blocked words)")
+    return out
 
 
 def _write_eval(out_dir: str, lines: list[bytes], stats: TokenStats) -> Optional[dict]:
