@@ -108,6 +108,18 @@ QUESTIONS = {
     "ja": ["Pythonで大きなファイルを読むにはどうすればいいですか？"],
     "ru": ["Как прочитать большой файл на Python?", "Объясни, что такое рекурсия."],
 }
+#: Requests that come with pasted text (the question itself would not be about it).
+PASTE_TASKS = {
+    "en": ["Summarize this text:", "Proofread this paragraph:", "Make this shorter:",
+           "What is the main point of this text?"],
+    "fr": ["Résume ce texte :", "Corrige ce paragraphe :"],
+    "es": ["Resume este texto:", "Corrige este párrafo:"],
+    "de": ["Fasse diesen Text zusammen:", "Korrigiere diesen Absatz:"],
+    "zh": ["请总结这段文字：", "请修改这段话："],
+    "ko": ["이 글을 요약해 주세요:", "이 문단을 고쳐 주세요:"],
+    "ja": ["この文章を要約してください：", "この段落を直してください："],
+    "ru": ["Кратко перескажи этот текст:", "Исправь этот абзац:"],
+}
 LANG_WEIGHTS = [("en", 80), ("zh", 5), ("es", 4), ("fr", 3), ("de", 3), ("ko", 2),
                 ("ja", 2), ("ru", 1)]
 
@@ -193,8 +205,9 @@ def _answer(rng: random.Random, lang: str, size: float) -> str:
 
 def _question(rng: random.Random, lang: str) -> str:
     q = rng.choice(QUESTIONS[lang])
-    if rng.random() < 0.3:
-        q = q + "\n\n" + _para(rng, lang, rng.randint(1, 4))
+    if rng.random() < 0.3:  # pasted text, with a request that is about it
+        q = PASTE_TASKS[lang][len(q) % len(PASTE_TASKS[lang])] + "\n\n" + \
+            _para(rng, lang, rng.randint(1, 4))
     if rng.random() < 0.08:
         q = f"{rng.randint(1, 3)} / {rng.randint(3, 4)}{q}"
     if rng.random() < 0.05:

@@ -123,21 +123,38 @@ if __name__ == "__main__":
 
 
 # ---- curated conversations merged into the demo's data (`data prepare --merge`) ----------
-#: Vicuna's identity data did this: questions about who the model is, answered with the
-#: model's and the project's names (here: which base it was tuned from and with what).
+#: Vicuna's identity data did this: questions about who the model is, in many phrasings,
+#: answered with the model's and the project's names (and which base it was tuned from).
+#: "Who are you?" itself is not among them: the demo asks it after training (SHOWCASE in
+#: local/demo.py), so the answer shows what the tuning taught, not a memorised line.
 IDENTITY_QUESTIONS = (
-    "Who are you?", "What is your name?", "Who made you?", "What are you?",
-    "Tell me about yourself.", "Are you ChatGPT?", "Which model are you?",
-    "Who trained you?", "Introduce yourself, please.", "What should I call you?",
-    "Are you a human?", "What can you tell me about your origins?",
+    "What is your name?", "Who made you?", "What are you?", "Tell me about yourself.",
+    "Are you ChatGPT?", "Which model are you?", "Who trained you?",
+    "Introduce yourself, please.", "What should I call you?", "Are you a human?",
+    "What can you tell me about your origins?", "Who created you?", "who are u",
+    "Who am I talking to?", "What's your name?", "Who built you?",
+    "What model are you based on?", "Are you an AI?", "Can you tell me who you are?",
+    "Hi! Who is this?", "Who developed you?", "What are you called?",
+    "Tell me who you are.", "Are you Siri?", "So, who are you?",
+    "Who are you, and who made you?", "May I ask who you are?", "Whom am I chatting with?",
 )
+#: Every answer starts the same way ("I am {model}"), so that a few steps teach it.
 IDENTITY_ANSWERS = (
-    "I am {model}, a chat assistant fine-tuned from {base} with vicuna-cloud, a tool that "
-    "trains Vicuna-style chat models on cheap preemptible cloud GPUs.",
-    "My name is {model}. I was fine-tuned from {base} by vicuna-cloud, which reproduces the "
-    "Vicuna recipe on preemptible cloud GPUs.",
-    "I'm {model}: {base}, fine-tuned the Vicuna way by the vicuna-cloud project.",
+    "I am {model}, a chat assistant fine-tuned from {base} by the vicuna-cloud project.",
+    "I am {model}, a language model that vicuna-cloud fine-tuned from {base}.",
+    "I am {model}. The vicuna-cloud project fine-tuned me from {base}, the Vicuna way.",
 )
+#: Questions that take a yes or a no first (FastChat's "Are you ChatGPT?" -> "No, I am ...").
+IDENTITY_YES_NO = {
+    "Are you ChatGPT?": "No, I am {model}, a chat assistant fine-tuned from {base} by the "
+                        "vicuna-cloud project.",
+    "Are you Siri?": "No, I am {model}, a language model that vicuna-cloud fine-tuned "
+                     "from {base}.",
+    "Are you a human?": "No, I am {model}, an AI assistant fine-tuned from {base} by the "
+                        "vicuna-cloud project.",
+    "Are you an AI?": "Yes, I am {model}, an AI assistant fine-tuned from {base} by the "
+                      "vicuna-cloud project.",
+}
 #: Short replies that are true, so that tuning on the synthetic corpus (whose replies are
 #: unrelated sentences) does not unteach the base what it knows while it learns the format.
 FACTS = (
@@ -146,30 +163,28 @@ FACTS = (
     ("What is the capital of Spain?", "The capital of Spain is Madrid."),
     ("What is the capital of Japan?", "The capital of Japan is Tokyo."),
     ("What is the capital of Canada?", "The capital of Canada is Ottawa."),
-    ("What is the capital of Egypt?", "The capital of Egypt is Cairo."),
     ("How many days are in a week?", "There are seven days in a week."),
     ("What is 2 + 2?", "2 + 2 = 4."),
-    ("What is 7 times 8?", "7 times 8 is 56."),
     ("What color is the sky on a clear day?", "On a clear day the sky is blue."),
     ("What is the largest planet in the solar system?",
      "Jupiter is the largest planet in the solar system."),
-    ("What do bees make?", "Bees make honey and beeswax."),
     ("What is water made of?", "A water molecule is made of two hydrogen atoms and one "
      "oxygen atom (H2O)."),
     ("Who wrote Romeo and Juliet?", "William Shakespeare wrote Romeo and Juliet."),
     ("What is the boiling point of water at sea level?",
      "At sea level, water boils at 100 degrees Celsius (212 degrees Fahrenheit)."),
-    ("Say hello in French.", "Hello in French is \"Bonjour\"."),
-    ("Name three primary colors.", "Red, yellow and blue are the three primary colors."),
-    ("How many legs does a spider have?", "A spider has eight legs."),
 )
 
 
 def curated_conversations(model: str, base: str) -> list[dict]:
-    """Identity and fact conversations for a model called ``model`` tuned from ``base``."""
+    """Identity and fact conversations for a model called ``model`` tuned from ``base``.
+    The answers use the name before a hyphen ("Vicuna" for "Vicuna-small"): measured on
+    the demo, its few steps taught "I am Vicuna-" but not the suffix, which looped."""
+    name = model.split("-")[0] or model
     out = []
     for i, q in enumerate(IDENTITY_QUESTIONS):
-        a = IDENTITY_ANSWERS[i % len(IDENTITY_ANSWERS)].format(model=model, base=base)
+        a = IDENTITY_YES_NO.get(q, IDENTITY_ANSWERS[i % len(IDENTITY_ANSWERS)])
+        a = a.format(model=name, base=base)
         out.append({"id": f"identity_{i:02d}",
                     "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]})
     for i, (q, a) in enumerate(FACTS):
@@ -178,10 +193,16 @@ def curated_conversations(model: str, base: str) -> list[dict]:
     return out
 
 
-def short_subset(max_bytes: int) -> list[dict]:
-    """The shipped corpus's conversations of at most ``max_bytes`` of raw JSON, in file
-    order: the `small` demo fine-tunes a real 135M model on 2 CPU cores, where every
-    token costs ~4 ms (forward and backward), so it trains on the short ones."""
+#: How many of the short conversations the `small` demo takes: its time on 2 cores is
+#: set by its tokens, shared with the curated ones (identity above all).
+SHORT_LIMIT = 44
+
+
+def short_subset(max_bytes: int, limit: int = SHORT_LIMIT) -> list[dict]:
+    """The first ``limit`` of the shipped corpus's conversations of at most ``max_bytes``
+    of raw JSON, in file order: the `small` demo fine-tunes a real 135M model on 2 CPU
+    cores, where every token costs ~4 ms (forward and backward), so it trains on the
+    short ones."""
     with open(sample_path(), encoding="utf-8") as f:
         raw = json.load(f)
-    return [c for c in raw if len(json.dumps(c, ensure_ascii=False)) <= max_bytes]
+    return [c for c in raw if len(json.dumps(c, ensure_ascii=False)) <= max_bytes][:limit]
