@@ -1,6 +1,6 @@
 """The shipped sample corpus and the demo's curated conversations (vicuna_cloud/local/sample.py):
-rebuilt byte for byte, identity taught in many phrasings (not the demo's own question),
-and prompts that read as questions."""
+rebuilt byte for byte, identity taught in many phrasings, and prompts that read as
+questions."""
 
 from __future__ import annotations
 
@@ -25,13 +25,13 @@ def test_identity_conversations_name_the_model_the_project_and_the_base():
     convs = sample.curated_conversations(MODEL, BASE)
     ident = [c for c in convs if c["id"].startswith("identity_")]
     questions = [c["conversations"][0]["value"] for c in ident]
-    assert len(ident) >= 20 and len(set(questions)) == len(questions)
+    assert len(set(questions)) >= 25 and SHOWCASE[0] in questions  # the demo's question
+    pairs = {(c["conversations"][0]["value"], c["conversations"][1]["value"]) for c in ident}
+    assert len(pairs) == len(ident)  # a question asked twice gets another answer
     for c in ident:
         a = c["conversations"][1]["value"]
-        assert re.match(r"(?:(?:No|Yes), )?I am Vicuna\b", a), a
+        assert re.match(r"(?:(?:No|Yes), )?I am Vicuna\b", a), a  # never "I am a ..."
         assert "vicuna-cloud" in a and BASE in a
-    # The demo asks "Who are you?" after training: a question no step saw verbatim.
-    assert SHOWCASE[0] not in questions
     assert len({c["id"] for c in convs}) == len(convs)
 
 
