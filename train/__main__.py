@@ -1,7 +1,7 @@
 """``python -m train --run-uri URI``: what torchrun starts on every GPU.
 
 Exit codes (vicuna_cloud/exit_codes.py): 0 completed or budget stop, 75 preempted and 69
-a fault of the place (storage outage, NCCL/CUDA or network error, a GPU that vanished or
+a fault of the place (storage or Hugging Face hub outage, NCCL/CUDA or network error, a GPU that vanished or
 fewer usable GPUs than processes: the managed job recovers on a new cluster), 78 bad run
 spec or data, or CUDA that cannot work with this torch build (restarting will not help),
 77 another live writer holds the run's lease, 1 anything else (a bug: not retried).
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from train.inputs import CONFIG_ERRORS
     from train.parallel import GPUUnavailable
     from train.trainer import TrainerOptions, run
+    from vicuna_cloud.hub import HubUnavailable
     from vicuna_cloud.lease import LeaseHeld
     from vicuna_cloud.storage import StorageError
 
@@ -76,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr)
         return EXIT_LEASE_HELD
+    except HubUnavailable as e:  # the hub is down, not the input wrong: 69, retried
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e} (exit {EXIT_TRANSIENT})", file=sys.stderr)
+        return EXIT_TRANSIENT
     except StorageError as e:  # an outage is the place's fault: 69, recovered (not 1)
         code = exit_code_for(e)
         rank = os.environ.get("RANK", "0")

@@ -42,17 +42,18 @@ def apply_rope_scaling(config, factor: Optional[float]) -> None:
 
 def resolve_model_dir(name: str, *, download: bool, weights: bool = True) -> str:
     """A local directory for a Hugging Face id or path (download only on one rank);
-    ``weights=False`` (a resume) fetches the config and tokenizer files only."""
+    ``weights=False`` (a resume) fetches the config and tokenizer files only. A hub outage
+    raises HubUnavailable (exit 69, retried); a wrong id or a gated repo without a token
+    is a ConfigError (exit 78)."""
     if os.path.isdir(name):
         return name
-    from huggingface_hub import snapshot_download
+    from vicuna_cloud.hub import HubInputError, snapshot
+
     patterns = ["*.json", "tokenizer*"] + (["*.safetensors"] if weights else [])
     try:
-        return snapshot_download(name, allow_patterns=patterns, local_files_only=not download)
-    except Exception as e:  # noqa: BLE001 - hub errors are many; all mean "cannot get it"
-        raise ConfigError(f"cannot fetch base model {name!r}: {str(e).splitlines()[0]}; give "
-                          "a local directory or a Hugging Face id (set HF_TOKEN for gated "
-                          "models)") from None
+        return snapshot(name, patterns, download=download, what="base model")
+    except HubInputError as e:
+        raise ConfigError(str(e)) from None
 
 
 def build_config(spec: RunSpec, model_dir: Optional[str]):

@@ -60,12 +60,31 @@ def resolve_tokenizer_path(name: str) -> str:
     return name
 
 
+#: The files a tokenizer is made of (config.json too: AutoTokenizer reads its model_type).
+TOKENIZER_FILES = ("*.json", "tokenizer*", "*.model", "*.txt", "*.tiktoken")
+
+
+def _local_tokenizer_dir(name: str) -> str:
+    """A directory for ``name``: a hub id is fetched here (vicuna_cloud.hub) so that an
+    outage is HubUnavailable (transient), not a 'cannot load tokenizer' config error."""
+    path = resolve_tokenizer_path(name)
+    if os.path.isdir(path):
+        return path
+    from vicuna_cloud.hub import HubInputError, snapshot
+
+    try:
+        return snapshot(path, TOKENIZER_FILES, what="tokenizer")
+    except HubInputError as e:
+        raise TokenizerNotFound(f"cannot load tokenizer {name!r}: {e} (or "
+                                f"{BUILTIN_LLAMA_SP}, no download)") from None
+
+
 @lru_cache(maxsize=4)
 def load_tokenizer(name: str):
     """Load a fast tokenizer (offsets are needed for loss masks). Errors say how to fix."""
     from transformers import AutoTokenizer
 
-    path = resolve_tokenizer_path(name)
+    path = _local_tokenizer_dir(name)
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
