@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from vicuna_cloud.lease import read_state
 from vicuna_cloud.ledger import read_ledger
 from vicuna_cloud.exported_model import local_export_dir
 from vicuna_cloud.local.supervisor import EXIT_CANCELLED, PreemptionPlan
@@ -95,8 +96,39 @@ def cancelled(home, gcs_server):
     return uri, first, ledger_after_cancel, r
 
 
-def _exists(bucket) -> bool:
-    return bool(bucket.list("runs/e2e-cancel/ledger/"))
+def _exists(bucket, run_id: str = "e2e-cancel") -> bool:
+    return bool(bucket.list(f"runs/{run_id}/ledger/"))
+
+
+@pytest.fixture(scope="module")
+def orphaned(home):
+    """Launch, SIGKILL the launcher (the local supervisor) once a checkpoint is committed,
+    wait for its orphaned torchrun and workers to end by themselves, then relaunch the
+    same run id (no --take-over). Returns what each step saw."""
+    uri, run_id = str(home / "bucket-orphan"), "e2e-orphan"
+    bucket = open_bucket(uri)
+    proc = subprocess.Popen(launch_cmd("--bucket", uri, "--run-id", run_id), env=env_for(home),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        segs = read_ledger(bucket, run_id).segments if _exists(bucket, run_id) else []
+        if segs and (segs[-1].last_checkpoint_step or 0) >= 3:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the run ended before its launcher could be killed"
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert any("train" in " ".join(p.cmdline()) for p in family), "no trainer was running"
+    proc.kill()  # SIGKILL: no handler runs, the supervisor is simply gone
+    proc.wait()
+    t0 = time.time()
+    _, alive = psutil.wait_procs(family, timeout=120)
+    orphans_s = time.time() - t0
+    after = read_ledger(bucket, run_id).segments
+    lease = read_state(bucket, run_id)
+    exported = bool(bucket.list(f"runs/{run_id}/final/"))
+    r = launch(home, "--bucket", uri, "--run-id", run_id)
+    return uri, run_id, alive, orphans_s, after, lease, exported, r
 
 
 def weights(bucket_uri: str, run_id: str, home: Path) -> dict:
@@ -176,6 +208,27 @@ def test_ctrl_c_stops_cleanly_and_a_relaunch_resumes(p0, cancelled, home):
     assert segs[-1].first_step > 0 and segs[-1].end_reason == "completed"
     assert "Resuming run e2e-cancel" in r.stdout
     assert_same_weights(weights(p0[0], "e2e-p0", home), weights(uri, "e2e-cancel", home))
+
+
+def test_trainers_of_a_sigkilled_launcher_stop_and_free_the_run(p0, orphaned, home):
+    """Issue 14: the launcher (the local supervisor) SIGKILLed, its torchrun and workers
+    lived on and kept renewing the run's lease, so the relaunch was refused. Now they
+    notice (VICUNA_SUPERVISOR, polled with the preemption notices), stop at the next step
+    boundary with a checkpoint, release the lease and exit; the relaunch (no --take-over)
+    resumes at once and ends with the weights of the uninterrupted run."""
+    uri, run_id, alive, orphans_s, after, lease, exported, r = orphaned
+    assert not alive, f"orphaned trainers still running: {[p.pid for p in alive]}"
+    print(f"\norphaned trainers ended {orphans_s:.1f}s after the launcher's SIGKILL")
+    seg = after[-1]
+    assert seg.end_reason == "cancelled" and seg.last_step < seg.total_steps, seg
+    assert seg.last_checkpoint_step == seg.last_step  # the stop's own checkpoint
+    assert lease.released and not exported  # freed, and they did not finish the run
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "held by" not in r.stdout + r.stderr and "Resuming run e2e-orphan" in r.stdout
+    segs = read_ledger(open_bucket(uri), run_id).segments
+    assert len(segs) == len(after) + 1 and segs[-1].end_reason == "completed"
+    assert segs[-1].first_step == seg.last_checkpoint_step  # nothing trained twice
+    assert_same_weights(weights(p0[0], "e2e-p0", home), weights(uri, run_id, home))
 
 
 def test_chat_with_the_trained_export(p2, home):

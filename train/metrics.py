@@ -61,6 +61,19 @@ def mfu(flops: float, seconds: float, n_gpus: int, peak_tflops: Optional[float])
     return flops / seconds / (n_gpus * peak_tflops * 1e12)
 
 
+def _quiet_on_broken_pipe_console():
+    """rich's Console exits the process (SystemExit 1) when its pipe breaks; the reader of
+    ours is the launcher, and a SIGKILLed launcher must not end training mid-step: the
+    console goes quiet instead (the trainer then stops by itself, train/preemption.py)."""
+    from rich.console import Console
+
+    class TrainerConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+
+    return TrainerConsole(stderr=True, soft_wrap=True)
+
+
 class MetricsLog:
     """Rank 0's metrics sink. Other ranks hold a NullMetricsLog instead."""
 
@@ -87,8 +100,7 @@ class MetricsLog:
                 pass
         self.console = None
         if console:
-            from rich.console import Console
-            self.console = Console(stderr=True, soft_wrap=True)
+            self.console = _quiet_on_broken_pipe_console()
         self.wandb = None
         if wandb_config is not None and os.environ.get("WANDB_API_KEY"):
             try:
@@ -100,8 +112,17 @@ class MetricsLog:
                 self.print(f"[yellow]W&B disabled: {str(e).splitlines()[0]}")
 
     def print(self, msg: str) -> None:
-        if self.console is not None:
+        self._say(msg)
+
+    def _say(self, msg: str) -> None:
+        """The console line; a console that went away (a pipe to a SIGKILLed launcher)
+        is dropped, never a crash: telemetry must not stop training."""
+        if self.console is None:
+            return
+        try:
             self.console.print(msg, highlight=False)
+        except OSError:
+            self.console = None
 
     def event(self, kind: str, step: int, **fields) -> None:
         self._append({"event": kind, "step": step, "time": time.time(), **fields})
@@ -113,11 +134,9 @@ class MetricsLog:
                       "eval_loss": result.loss, "eval_tokens": result.trained_tokens,
                       "eval_conversations": result.conversations,
                       "eval_seconds": result.seconds})
-        if self.console is not None:
-            self.console.print(
-                f"eval step {step}/{total_steps} eval_loss {result.loss:.4f} "
-                f"({result.conversations} held-out conversations, {result.trained_tokens} "
-                f"trained tokens, {result.seconds:.1f} s)", highlight=False)
+        self._say(f"eval step {step}/{total_steps} eval_loss {result.loss:.4f} "
+                  f"({result.conversations} held-out conversations, {result.trained_tokens} "
+                  f"trained tokens, {result.seconds:.1f} s)")
         if self.wandb is not None:
             self.wandb.log({"eval_loss": result.loss}, step=step)
         self.flush()
@@ -126,11 +145,11 @@ class MetricsLog:
         self._append(rec)
         if self.console is not None:
             m = rec.get("mfu")
-            self.console.print(
+            self._say(
                 f"step {rec['step']}/{total_steps} loss {rec['loss']:.4f} lr {rec['lr']:.2e} "
                 f"gnorm {rec['grad_norm']:.3f} tok/s {rec['tokens_per_s']:.0f} "
                 f"trained {rec['trained_fraction']:.2f} pad {rec['padding_fraction']:.2f} "
-                f"mfu {'-' if m is None else f'{100 * m:.1f}%'}", highlight=False)
+                f"mfu {'-' if m is None else f'{100 * m:.1f}%'}")
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in rec.items() if isinstance(v, (int, float))},
                            step=rec["step"])

@@ -25,8 +25,9 @@ log = logging.getLogger("train.preemption")
 
 AWS_DEFAULT_URL = "http://169.254.169.254"
 GCP_DEFAULT_URL = "http://metadata.google.internal"
-# Warning windows the clouds promise before the VM goes away.
-WINDOW_S = {"aws": 120.0, "gcp": 30.0, "sigterm": 30.0}
+# Warning windows the clouds promise before the VM goes away. A trainer whose supervisor
+# is gone (vicuna_cloud/supervision.py) has no deadline: its checkpoint always fits.
+WINDOW_S = {"aws": 120.0, "gcp": 30.0, "sigterm": 30.0, "supervisor": 3600.0}
 
 
 class AwsSpotNotice:
@@ -84,19 +85,56 @@ class GcpPreemptedNotice:
         return body if body.upper() == "TRUE" else None
 
 
+class SupervisorGone:
+    """A local supervisor (the launcher) that died, SIGKILLed, with its trainers alive:
+    nobody will restart or cancel them, their output goes nowhere, and their lease keeps
+    the user's relaunch out. Noticed like a preemption: stop at the next step boundary,
+    checkpoint, then the trainer releases the lease (vicuna_cloud/supervision.py)."""
+
+    name = "supervisor"
+
+    def __init__(self, token: str):
+        self.token = token
+
+    def poll(self) -> Optional[str]:
+        from vicuna_cloud.supervision import gone
+
+        why = gone(self.token)
+        if why:
+            _silence_output()
+        return why
+
+
+def _silence_output() -> None:
+    """stdout/stderr were a pipe to the dead launcher: every write would raise
+    BrokenPipeError (a crash mid-checkpoint); from now on they go to /dev/null."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+    except OSError:
+        pass
+
+
 def sources_for(cloud: str) -> list:
     """Which metadata services to poll. 'any' probes both; unreachable ones are dropped.
 
     'local' polls only the services whose URL is set in the environment (tests, demos).
+    Under a local supervisor (VICUNA_SUPERVISOR set), its liveness is polled too.
     """
+    from vicuna_cloud.supervision import SUPERVISOR_ENV
+
+    token = os.environ.get(SUPERVISOR_ENV)
+    extra = [SupervisorGone(token)] if token else []
     if cloud == "aws":
-        return [AwsSpotNotice()]
+        return [AwsSpotNotice()] + extra
     if cloud == "gcp":
-        return [GcpPreemptedNotice()]
+        return [GcpPreemptedNotice()] + extra
     if cloud == "local":
         return ([AwsSpotNotice()] if os.environ.get("VICUNA_AWS_METADATA_URL") else []) + \
-            ([GcpPreemptedNotice()] if os.environ.get("VICUNA_GCP_METADATA_URL") else [])
-    return [AwsSpotNotice(), GcpPreemptedNotice()]
+            ([GcpPreemptedNotice()] if os.environ.get("VICUNA_GCP_METADATA_URL") else []) + extra
+    return [AwsSpotNotice(), GcpPreemptedNotice()] + extra
 
 
 def default_poll_s() -> float:

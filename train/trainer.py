@@ -38,6 +38,7 @@ from vicuna_cloud.exit_codes import EXIT_BUDGET, EXIT_COMPLETED, EXIT_PREEMPTED
 from vicuna_cloud.ledger import LedgerRecorder, NullLedger
 from vicuna_cloud.storage.base import TRANSFERS
 from vicuna_cloud.storage import open_bucket
+from vicuna_cloud.supervision import supervisor_gone
 from vicuna_cloud.tokenizer import load_tokenizer
 
 from train import attention, batching, evaluate, inputs, lease as run_lease, metrics, model as model_lib, optim, parallel
@@ -49,7 +50,9 @@ from train.sampler import GlobalBatchSampler
 
 logger = logging.getLogger("train.trainer")
 
-EXIT_CODES = {"completed": EXIT_COMPLETED, "budget": EXIT_BUDGET, "preempted": EXIT_PREEMPTED}
+#: "cancelled": the local supervisor died (vicuna_cloud/supervision.py); a relaunch resumes.
+EXIT_CODES = {"completed": EXIT_COMPLETED, "budget": EXIT_BUDGET, "preempted": EXIT_PREEMPTED,
+              "cancelled": EXIT_PREEMPTED}
 
 
 @dataclass
@@ -259,7 +262,8 @@ class Trainer:
     # --- training ----------------------------------------------------------------------
     def train(self) -> str:
         """Steps until the last one, a preemption notice or the budget, then the end.
-        Returns why it stopped: 'completed', 'preempted' or 'budget'."""
+        Returns why it stopped: 'completed', 'preempted', 'budget', or 'cancelled' (the
+        local supervisor is gone: a preemption that nobody will restart)."""
         reason = "completed"
         # The budget before the first step: a recovery (or relaunch) of a spent run trains
         # nothing. Collective: rank 0's ledger decides.
@@ -279,6 +283,12 @@ class Trainer:
                 reason = stop
                 break
         self._finish(reason)
+        orphaned = supervisor_gone() if reason == "preempted" else None
+        if orphaned:  # nobody will restart us: say so, and free the run for a relaunch
+            self.log.print(f"[yellow]{orphaned}: stopped at step {self.progress.step} "
+                           f"(checkpoint {self.checkpointer.last_committed_step}); the run's "
+                           "lease is released, relaunch to continue")
+            reason = "cancelled"
         self.outcome = reason
         return reason
 
@@ -407,9 +417,10 @@ class Trainer:
                     last_checkpoint_step=self.checkpointer.last_committed_step,
                     bytes_moved=self.moved)),
                 ("metrics", lambda: self._close_log(reason)),
-                # A finished run (completed, budget) frees the lease for the next launch.
+                # A finished run (completed, budget) frees the lease for the next launch,
+                # and so does a trainer whose supervisor is gone (cancelled).
                 ("lease", lambda: self.lease and self.lease.close(
-                    release=self.outcome in ("completed", "budget")))):
+                    release=self.outcome in ("completed", "budget", "cancelled")))):
             try:
                 part()
             except Exception:  # noqa: BLE001 - see the docstring

@@ -16,7 +16,9 @@ own, and restarts it like a managed job's recovery would:
 Every process of an attempt carries ``VICUNA_ATTEMPT_TAG=<tag>`` in its environment and the
 supervisor is their child subreaper (prctl), so a worker whose torchrun was SIGKILLed alone
 (it lives in a session of its own) is re-parented to the supervisor, found by its tag, and
-killed: the next attempt never starts while one process of the previous one lives. Its
+killed: the next attempt never starts while one process of the previous one lives. If the
+supervisor itself is SIGKILLed, its trainers notice (``VICUNA_SUPERVISOR``, polled with the
+preemption notices), checkpoint, release the run's lease and exit. Its
 temporary files go under ``temp_root`` (the run's local directory); a SIGKILLed launcher's
 leftovers there are removed by the next start. ``stop_check`` (the run lease lost) ends
 the attempt and the run.
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Sequence
 
 from vicuna_cloud.exit_codes import EXIT_CONFIG, EXIT_LEASE_HELD, RECOVERABLE_EXIT_CODES
+from vicuna_cloud import supervision
 from vicuna_cloud.local import proctree
 
 EXIT_CANCELLED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -155,6 +158,11 @@ class Supervisor:
         self.exit_code_file = os.path.join(self._exit_code_dir, "exit-code")
         self.env = {**(os.environ if env is None else env),
                     "VICUNA_EXIT_CODE_FILE": self.exit_code_file}
+        # Who supervises: a trainer that outlives us (SIGKILLed launcher) notices and
+        # stops cleanly, freeing the run's lease (vicuna_cloud/supervision.py).
+        token = supervision.token_for_self()
+        if token:
+            self.env[supervision.SUPERVISOR_ENV] = token
         self.cwd = cwd
         self.log_path = log_path
         self.on_line = on_line
