@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -211,3 +213,32 @@ def fake_gcp_adc(tmp_path, monkeypatch):
                                 "client_secret": "fake-secret", "refresh_token": "fake-token"}))
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
     return str(path)
+
+
+# --- the short fine-tune of the real demo model, once per session ---------------------------
+@dataclass(frozen=True)
+class SmallRun:
+    home: Path
+    bucket: str
+    run_id: str
+    result: subprocess.CompletedProcess
+
+    @property
+    def export_dir(self) -> str:
+        """final/ in the (local directory) bucket: the exported Hugging Face model."""
+        return str(Path(self.bucket) / "runs" / self.run_id / "final")
+
+
+@pytest.fixture(scope="session")
+def small_p0(tmp_path_factory) -> SmallRun:
+    """`launch small --local` on fewer steps (helpers/model.py), uninterrupted, the first
+    small run of its home: test_small_e2e checks the run itself, the eval test answers
+    with its export; the session pays for the minutes of training once."""
+    from helpers.model import launch_small, smollm2_dir
+
+    smollm2_dir()  # fetched and converted before the clock of any launch starts
+    home = tmp_path_factory.mktemp("smallhome")
+    bucket = str(home / "bucket")
+    r = launch_small(home, bucket, "small-p0")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    return SmallRun(home, bucket, "small-p0", r)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.model import launch_small, smollm2_dir
+from helpers.model import launch_small
 from test_local_e2e import assert_same_weights, weights
 
 # The real 135M model on 2 CPU processes: minutes per run, far more on a loaded machine.
@@ -26,21 +26,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    smollm2_dir()  # fetched and converted before the clock of any launch starts
-    return tmp_path_factory.mktemp("smallhome")
+def home(small_p0) -> Path:
+    return small_p0.home
 
 
 @pytest.fixture(scope="module")
-def bucket(home) -> str:
-    return str(home / "bucket")
+def bucket(small_p0) -> str:
+    return small_p0.bucket
 
 
 @pytest.fixture(scope="module")
-def p0(home, bucket):
-    r = launch_small(home, bucket, "small-p0")
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-    return r
+def p0(small_p0):
+    """The session's uninterrupted run (conftest.small_p0; the eval test answers with it)."""
+    return small_p0.result
 
 
 @pytest.fixture(scope="module")

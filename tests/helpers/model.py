@@ -9,7 +9,10 @@ converts once; later ones find the directory. Delete the folder to start over.
 
 For other test modules (serve/eval): ``smollm2_dir()`` gives the base model directory;
 ``tuned_small(home, bucket_dir, run_id)`` runs the `small` preset end to end (fewer steps
-than `make demo`, same model and data) and returns the exported model directory.
+than `make demo`, same model and data) and returns the exported model directory. The
+session's one such run is conftest's ``small_p0`` fixture (test_small_e2e checks it, the
+eval test answers with it); ``tuned_cache_dir``/``store_tuned`` keep its export across
+sessions while the code and data it depends on are unchanged.
 """
 
 from __future__ import annotations
@@ -94,23 +97,37 @@ def _tuned_key() -> str:
     return h.hexdigest()[:16]
 
 
-def tuned_small_cached(tmp_home: Path) -> str:
-    """The short fine-tune's exported directory from the model cache, trained (in
-    ``tmp_home``) only when the code or data changed since it was last made: what a test
-    that needs *a* tuned demo model (serving, evaluation) should call."""
-    import shutil
-
+def tuned_cache_dir() -> Path:
+    """Where the short fine-tune of the current code and data is cached (may not exist)."""
     from vicuna_cloud.base_models import store_root
 
-    dest = Path(store_root()) / "tuned" / f"small-{_tuned_key()}"
+    return Path(store_root()) / "tuned" / f"small-{_tuned_key()}"
+
+
+def store_tuned(export_dir: str, run_json: bytes) -> str:
+    """Put a short fine-tune's export (and its run.json) into the cache, atomically."""
+    import shutil
+
+    dest = tuned_cache_dir()
     if (dest / "config.json").is_file():
         return str(dest)
-    src = tuned_small(tmp_home, str(tmp_home / "bucket"), "small-tuned")
+    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
-    shutil.copytree(src, tmp)
-    (tmp / "run.json").write_bytes((tmp_home / "bucket" / "runs" / "small-tuned" / "run.json").read_bytes())
+    shutil.copytree(export_dir, tmp)
+    (tmp / "run.json").write_bytes(run_json)
     try:
         tmp.rename(dest)
     except OSError:  # another session made it meanwhile: same content
         shutil.rmtree(tmp, ignore_errors=True)
     return str(dest)
+
+
+def tuned_small_cached(tmp_home: Path) -> str:
+    """The short fine-tune's exported directory from the model cache, trained (in
+    ``tmp_home``) only when the code or data changed since it was last made: what a test
+    that needs *a* tuned demo model (serving, evaluation) should call."""
+    dest = tuned_cache_dir()
+    if (dest / "config.json").is_file():
+        return str(dest)
+    src = tuned_small(tmp_home, str(tmp_home / "bucket"), "small-tuned")
+    return store_tuned(src, (tmp_home / "bucket" / "runs" / "small-tuned" / "run.json").read_bytes())

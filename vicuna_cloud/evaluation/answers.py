@@ -2,8 +2,9 @@
 
 Each question is one conversation: turn 1 is asked, the model's own reply is appended,
 then turn 2 is asked (MT-Bench); the temperature is the category's (facts.py). Output
-lines: ``{"question_id", "answer_id", "model_id", "choices": [{"index": 0, "turns": [...]}],
-"tstamp"}``. A turn whose request failed is written as ``$ERROR$`` (as FastChat does) and
+lines: ``{"question_id", "answer_id", "model_id", "choices": [{"index": 0, "turns": [...],
+"finish_reasons": [...]}], "tstamp"}`` (``finish_reasons`` is ours, beside FastChat's
+fields: "length" says a turn was cut at --max-tokens). A turn whose request failed is written as ``$ERROR$`` (as FastChat does) and
 counted; a question already in the answer file is not asked again (a rerun resumes).
 """
 
@@ -54,9 +55,10 @@ def generate_answers(client, model: str, questions: Sequence[Question], path: st
             if q.question_id in done:
                 stats.reused += 1
                 continue
-            turns = _ask(client, model, q, max_tokens, stop, seed, stats)
+            turns, reasons = _ask(client, model, q, max_tokens, stop, seed, stats)
             row = {"question_id": q.question_id, "answer_id": uuid.uuid4().hex,
-                   "model_id": model, "choices": [{"index": 0, "turns": turns}],
+                   "model_id": model,
+                   "choices": [{"index": 0, "turns": turns, "finish_reasons": reasons}],
                    "tstamp": time.time()}
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
             out.flush()
@@ -68,9 +70,12 @@ def generate_answers(client, model: str, questions: Sequence[Question], path: st
 
 
 def _ask(client, model: str, q: Question, max_tokens: int, stop, seed: int,
-         stats: AnswerStats) -> list[str]:
+         stats: AnswerStats) -> tuple[list[str], list[Optional[str]]]:
+    """The answers turn by turn, and each turn's finish_reason ("stop": the model ended
+    its reply, "length": cut at max_tokens; None: the call failed)."""
     messages: list[dict] = []
     turns: list[str] = []
+    reasons: list[Optional[str]] = []
     for text in q.turns:
         messages.append({"role": "user", "content": text})
         kwargs = dict(model=model, messages=messages, max_tokens=max_tokens,
@@ -80,12 +85,14 @@ def _ask(client, model: str, q: Question, max_tokens: int, stop, seed: int,
         try:
             r = client.chat.completions.create(**kwargs)
             answer = (r.choices[0].message.content or "").strip()
+            reason = r.choices[0].finish_reason
             if r.usage is not None:
                 stats.completion_tokens += r.usage.completion_tokens or 0
         except Exception as e:  # noqa: BLE001 - any API failure is one failed turn, counted
-            answer = ERROR_OUTPUT
+            answer, reason = ERROR_OUTPUT, None
             stats.failed_turns += 1
             stats.errors.append(f"question {q.question_id}: {str(e).splitlines()[0][:200]}")
         turns.append(answer)
+        reasons.append(reason)
         messages.append({"role": "assistant", "content": answer})
-    return turns
+    return turns, reasons
