@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -32,6 +33,13 @@ SHARED_DATA = SHARED / "data"
 DUMMY_CONVERSATIONS = SHARED_DATA / "sharegpt" / "dummy_conversation.json"
 EVAL_PROMPTS = SHARED_DATA / "eval_prompts"
 CATALOG_SNAPSHOT = SHARED / "catalog" / "v8"
+
+# The Ctrl-C tests need Python's own SIGINT handler here and in the launchers they start. A
+# shell without job control starts `cmd &` with SIGINT ignored, Python then installs none,
+# and every child inherits the ignore (measured: a backgrounded `bash .ci/run` failed the 3
+# Ctrl-C tests, each running ~9 minutes to completion).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _SKY_HOME = tempfile.mkdtemp(prefix="vicuna-sky-")
 shutil.copytree(CATALOG_SNAPSHOT, os.path.join(_SKY_HOME, ".sky", "catalogs", "v8"))
