@@ -176,6 +176,8 @@ class Soak:
                 time.sleep(11)
 
     def run(self) -> None:
+        """One run to the end, killing as it goes (a run can end before KILLS are done: the
+        trainers of a SIGKILLed launcher train until they notice, and may finish it)."""
         a = self.start()
         deadline = time.time() + 3600
         while time.time() < deadline:
@@ -202,26 +204,13 @@ class Soak:
         raise AssertionError("the soak run did not finish within an hour")
 
 
-@pytest.mark.parametrize("kind", ["local", "s3"])
-def test_soak(kind, home, reference, tmp_path, request):
-    uri = str(tmp_path / "bucket") if kind == "local" else \
-        f"s3://{request.getfixturevalue('s3_server').create_bucket()}/soak"
-    run_id = f"soak-{kind}"
-    soak = Soak(home, uri, run_id, random.Random(f"soak-{kind}"))
-    t0 = time.time()
-    try:
-        soak.run()
-    finally:
-        left = [p for p in _run_processes(run_id) if p.pid != os.getpid()]
-        for p in left:
-            _kill(p)
-    assert not left, f"processes of the run still alive at the end: {[p.pid for p in left]}"
-    assert sum(soak.kills.values()) == KILLS
-    assert_same_weights(weights(uri, run_id, home), reference)
-
+def check_run(uri: str, run_id: str, home: Path, reference) -> tuple[int, int]:
+    """The run ended with the uninterrupted run's weights, and its cost report's segments
+    match its attempts; returns (attempts, segments)."""
     from vicuna_cloud.costs import report
     from vicuna_cloud.ledger import read_ledger
 
+    assert_same_weights(weights(uri, run_id, home), reference)
     bucket = open_bucket(uri)
     rc = report.run_cost(bucket, run_id)  # the report reads every segment
     led = read_ledger(bucket, run_id)
@@ -236,8 +225,38 @@ def test_soak(kind, home, reference, tmp_path, request):
     firsts = [s.first_step for s in segs]  # every attempt resumed, none went backwards
     assert firsts == sorted(firsts) and all(s.last_step >= s.first_step for s in segs)
     assert read_state(bucket, run_id).released
-    print(f"\nSOAK {kind}: {sum(soak.kills.values())} SIGKILLs {soak.kills}, "
-          f"{soak.refused} second launchers refused, {soak.orphans_ended} orphaned processes "
-          f"ended by themselves, {soak.launches} launches, "
-          f"{attempts} attempts, {len(segs)} ledger segments, {time.time() - t0:.0f}s; "
-          "weights identical to the uninterrupted run")
+    return attempts, len(segs)
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_soak(kind, home, reference, tmp_path, request):
+    """Runs of one bucket, one after another, until KILLS kills are done; each run is
+    checked on its own (weights, segments vs attempts, lease released)."""
+    uri = str(tmp_path / "bucket") if kind == "local" else \
+        f"s3://{request.getfixturevalue('s3_server').create_bucket()}/soak"
+    rng = random.Random(f"soak-{kind}")
+    t0, rounds, attempts, segments, kills = time.time(), 0, 0, 0, {}
+    refused = orphans = launches = 0
+    while sum(kills.values()) < KILLS:
+        rounds += 1
+        run_id = f"soak-{kind}-{rounds}"
+        soak = Soak(home, uri, run_id, rng)
+        soak.kills = kills  # one budget of kills across the runs
+        try:
+            soak.run()
+        finally:
+            left = [p for p in _run_processes(run_id) if p.pid != os.getpid()]
+            for p in left:
+                _kill(p)
+        assert not left, f"processes of {run_id} still alive at the end: {[p.pid for p in left]}"
+        n_att, n_seg = check_run(uri, run_id, home, reference)
+        attempts, segments = attempts + n_att, segments + n_seg
+        refused, orphans, launches = (refused + soak.refused, orphans + soak.orphans_ended,
+                                      launches + soak.launches)
+        assert rounds <= KILLS, "every run ended without a kill"
+    assert sum(kills.values()) == KILLS
+    print(f"\nSOAK {kind}: {sum(kills.values())} SIGKILLs {kills} over {rounds} runs, "
+          f"{refused} second launchers refused, {orphans} orphaned processes ended by "
+          f"themselves, {launches} launches, {attempts} attempts, {segments} ledger "
+          f"segments, {time.time() - t0:.0f}s; every run's weights identical to the "
+          "uninterrupted run")
