@@ -10,15 +10,8 @@ from rich.table import Table
 from vicuna_cloud.cli import completion
 from vicuna_cloud.cli.app import app
 from vicuna_cloud.cli.common import console, err_console, print_json
+from vicuna_cloud.durations import hms
 
-
-def _hms(sec: Optional[float]) -> str:
-    if sec is None:
-        return "-"
-    sec = int(round(sec))
-    h, rem = divmod(sec, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 def _money(x: Optional[float]) -> str:
@@ -35,7 +28,7 @@ def detail_table(d) -> Table:
         step += f" ({100 * d.step / d.total_steps:.0f}%)"
     spend = _money(d.spend_usd) + (f", projected {_money(d.projected_total_usd)}"
                                    if d.projected_total_usd is not None else "")
-    hb = "-" if d.last_heartbeat is None else f"{d.last_heartbeat} ({_hms(d.heartbeat_age_seconds)} ago)"
+    hb = "-" if d.last_heartbeat is None else f"{d.last_heartbeat} ({hms(d.heartbeat_age_seconds)} ago)"
     rows = [("state", d.state), ("phase", d.phase), ("step", step),
             ("loss", "-" if d.loss is None else f"{d.loss:.4f}")]
     if d.eval_loss is not None:
@@ -43,7 +36,7 @@ def detail_table(d) -> Table:
     rows.append(("tokens/s", "-" if d.tokens_per_s is None else f"{d.tokens_per_s:,.0f}"))
     if d.mfu is not None:
         rows.append(("MFU", f"{100 * d.mfu:.1f}%"))
-    rows += [("ETA", _hms(d.eta_seconds)), ("spend", spend),
+    rows += [("ETA", hms(d.eta_seconds)), ("spend", spend),
              ("budget", f"{_money(d.budget_usd)} ({d.verdict})"),
              ("recoveries", str(d.recoveries) + (
                  f" (SkyPilot: {d.skypilot_recoveries})"

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgres
 from rich.table import Table
 
 from vicuna_cloud.local.supervisor import Attempt, Progress
+from vicuna_cloud.durations import hms
 from vicuna_cloud.run_progress import jsonl_records
 from vicuna_cloud.storage import Bucket, NotFoundError, StorageError
 
@@ -282,7 +283,7 @@ class LiveView:
         table.add_row("step", f"{step if step is not None else '-'} / {total or '?'}")
         table.add_row("loss", f"{loss:.4f}" if isinstance(loss, (int, float)) else "-")
         table.add_row("tokens/s", f"{tps:,.0f}" if isinstance(tps, (int, float)) else "-")
-        table.add_row("ETA", _hms(self._eta(step, total)))
+        table.add_row("ETA", hms(self._eta(step, total)))
         table.add_row("cost so far", f"${self._cost():.4f} at ${s.price_per_hour:g}/h")
         first, last = self.tail.evals() if hasattr(self.tail, "evals") else (None, None)
         if last:
@@ -311,7 +312,7 @@ class LiveView:
             parts.append(f"loss {loss:.4f}")
         if isinstance(tps, (int, float)):
             parts.append(f"tok/s {tps:,.0f}")
-        parts += [f"ETA {_hms(self._eta(step, total))}", f"cost ${self._cost():.4f}",
+        parts += [f"ETA {hms(self._eta(step, total))}", f"cost ${self._cost():.4f}",
                   f"preemptions {s.preemptions} of {s.planned_preemptions} simulated"]
         return "  ".join(parts)
 
@@ -358,11 +359,3 @@ class LiveView:
             self._live = None
         self.console.print()  # what follows starts on a line of its own
 
-
-def _hms(sec: Optional[float]) -> str:
-    if sec is None:
-        return "-"
-    sec = int(round(sec))
-    m, s = divmod(sec, 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
