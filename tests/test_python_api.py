@@ -94,6 +94,28 @@ def test_sdk_calls_return_typed_objects_not_dicts():
         assert "Any" not in repr(ret) and "JsonValue" not in repr(ret), f"sdk.{name} -> {ret!r}"
 
 
+def test_methods_of_sdk_objects_return_typed_objects_not_dicts():
+    """A plan's own methods (``LaunchPlan.summary``, ``ServePlan.summary``) are SDK calls too.
+    A model's JSON form (``as_dict``, ``for_manifest``: like pydantic's ``model_dump``) is a
+    dict by design."""
+    from vicuna_cloud import sdk
+
+    checked = []
+    for name in sdk.__all__:
+        cls = getattr(sdk, name)
+        if not isinstance(cls, type):
+            continue
+        for meth, fn in vars(cls).items():
+            if meth.startswith(("_", "model_")) or meth in ("as_dict", "for_manifest") \
+                    or not callable(fn):
+                continue
+            ret = typing.get_type_hints(fn).get("return", "missing")
+            assert ret != "missing", f"{name}.{meth} declares no return type"
+            assert typing.get_origin(ret) is not dict and ret is not dict, f"{name}.{meth} -> {ret!r}"
+            checked.append(f"{name}.{meth}")
+    assert "LaunchPlan.summary" in checked and "ServePlan.summary" in checked, checked
+
+
 def test_estimate_and_simulate_results_are_typed_and_are_what_the_cli_prints(capsys,
                                                                              monkeypatch):
     """Typed fields a notebook reads, and the same figures as `cost --json`."""

@@ -286,11 +286,11 @@ def _launch_cloud(req, out, json_out, take_over: bool = False) -> None:
         if out is not None:
             written = sdk.write_dry_run(p, out)
             extra["written"] = f"{out}/task.yaml, {out}/run.json"
-            summary["written"] = written
+            summary.written = written
         for w in p.warnings:
             _warn(w)
         if json_out:
-            print_json(summary)
+            print_json(summary.model_dump())
         else:
             console.print(_launch_table(p, True, extra))
         return
@@ -298,9 +298,9 @@ def _launch_cloud(req, out, json_out, take_over: bool = False) -> None:
     res = sdk.launch(p, warn=_warn)
     if res.warning:
         err_console.print(f"[yellow]warning:[/] {res.warning}", highlight=False)
-    summary.update(job_id=res.job_id, run_uri=res.run_uri)
+    summary = summary.model_copy(update={"job_id": res.job_id, "run_uri": res.run_uri})
     if json_out:
-        print_json(summary)
+        print_json(summary.model_dump())
         return
     console.print(_launch_table(p, False, {"job id": res.job_id}))
     console.print(f"follow it: vicuna-cloud status {p.spec.run_id}; "

@@ -31,8 +31,8 @@ from vicuna_cloud.sdk.data import PrepareOptions, inspect_data, prepare_data, up
 from vicuna_cloud.sdk.export import ExportResult, chat_command, chat_model, export
 from vicuna_cloud.sdk.local import launch_local
 from vicuna_cloud.sdk.models import (
-    LaunchPlan, LaunchRequest, LaunchResult, LocalEvent, LocalLaunchRequest, LocalLaunchResult,
-    OptimizerChoice, RenderRequest, RunStatus, StatusReport,
+    LaunchPlan, LaunchRequest, LaunchResult, LaunchSummary, LocalEvent, LocalLaunchRequest,
+    LocalLaunchResult, OptimizerChoice, RenderRequest, RunStatus, StatusReport,
 )
 from vicuna_cloud.sdk.presets import presets
 from vicuna_cloud.sdk.runs import cancel, find_run, logs, status
@@ -48,7 +48,7 @@ __all__ = [
     "apply_delta", "evaluate", "local_server_command", "make_delta", "plan_serve", "serve",
     # requests, plans, results
     "EstimateReport", "EstimateRequest", "EvalReport", "ExportResult", "SimulationReport",
-    "ServeSummary", "LaunchPlan", "LaunchRequest", "LaunchResult",
+    "ServeSummary", "LaunchPlan", "LaunchRequest", "LaunchResult", "LaunchSummary",
     "LocalEvent", "LocalLaunchRequest", "LocalLaunchResult", "OptimizerChoice",
     "PrepareOptions", "RenderRequest", "RunStatus", "StatusReport",
     "DeltaResult", "EvaluateRequest", "ServePlan", "ServeRequest", "ServeResult", "WrongBase",

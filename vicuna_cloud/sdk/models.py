@@ -113,17 +113,41 @@ class LaunchPlan(BaseModel):
                                             "nodes run relative to the bucket")
     _task: object = PrivateAttr(default=None)  # the parsed sky.Task (secrets inside)
 
-    def summary(self) -> dict[str, JsonValue]:
-        """The --json summary of a launch (dry run or not)."""
-        return {"run_id": self.spec.run_id, "job_name": self.job_name, "dry_run": self.dry_run,
-                "preset": self.preset.name, "version": self.preset.version,
-                "bucket": self.bucket_uri, "run_uri": self.run_uri,
-                "dataset": self.spec.dataset.uri, "dataset_sha256": self.spec.dataset.sha256,
-                "optimizer": self.optimizer.as_dict() if self.optimizer else None,
-                "secrets": sorted(self.secret_names), "code_version": self.spec.code_version,
-                "placement": dict(self.placement), "warnings": list(self.warnings),
-                "not_checked": dict(self.not_checked),
-                "billing": self.spec.billing.model_dump()}
+    def summary(self) -> "LaunchSummary":
+        """What `launch --json` prints (dry run or not)."""
+        return LaunchSummary(
+            run_id=self.spec.run_id, job_name=self.job_name, dry_run=self.dry_run,
+            preset=self.preset.name, version=self.preset.version, bucket=self.bucket_uri,
+            run_uri=self.run_uri, dataset=self.spec.dataset.uri,
+            dataset_sha256=self.spec.dataset.sha256,
+            optimizer=self.optimizer.as_dict() if self.optimizer else None,
+            secrets=sorted(self.secret_names), code_version=self.spec.code_version,
+            placement=dict(self.placement), warnings=list(self.warnings),
+            not_checked=dict(self.not_checked), billing=self.spec.billing.model_dump())
+
+
+class LaunchSummary(BaseModel):
+    """The --json twin of launch's table; ``job_id`` once submitted, ``written`` after a
+    dry run with --out."""
+
+    run_id: str
+    job_name: str
+    dry_run: bool
+    preset: str
+    version: str
+    bucket: str
+    run_uri: str
+    dataset: str
+    dataset_sha256: Optional[str]
+    optimizer: Optional[dict[str, JsonValue]]
+    secrets: list[str] = Field(description="names only; values never leave the environment")
+    code_version: str
+    placement: dict[str, JsonValue]
+    warnings: list[str]
+    not_checked: dict[str, str]
+    billing: dict[str, JsonValue]
+    job_id: Optional[int] = None
+    written: Optional[list[str]] = None
 
 
 class LaunchResult(BaseModel):
