@@ -238,15 +238,19 @@ class SmallRun:
 
 
 @pytest.fixture(scope="session")
-def small_p0(tmp_path_factory) -> SmallRun:
+def small_p0(tmp_path_factory):
     """`launch small --local` on fewer steps (helpers/model.py), uninterrupted, the first
     small run of its home: test_small_e2e checks the run itself, the eval test answers
-    with its export; the session pays for the minutes of training once."""
-    from helpers.model import launch_small, smollm2_dir
+    with its export; the session pays for the minutes of training once. Its home (GBs of
+    checkpoints and exports) goes when the session ends."""
+    from helpers.model import NO_MIDRUN_CHECKPOINT, launch_small, smollm2_dir
 
     smollm2_dir()  # fetched and converted before the clock of any launch starts
     home = tmp_path_factory.mktemp("smallhome")
     bucket = str(home / "bucket")
-    r = launch_small(home, bucket, "small-p0")
+    r = launch_small(home, bucket, "small-p0", checkpoint_steps=NO_MIDRUN_CHECKPOINT)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-    return SmallRun(home, bucket, "small-p0", r)
+    # Nothing resumes this run: its end checkpoint (1.65 GB) would only fill the disk.
+    shutil.rmtree(Path(bucket) / "runs" / "small-p0" / "checkpoints")
+    yield SmallRun(home, bucket, "small-p0", r)
+    shutil.rmtree(home, ignore_errors=True)

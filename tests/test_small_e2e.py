@@ -76,7 +76,10 @@ def test_two_preemptions_end_with_the_weights_of_the_uninterrupted_run(p0, p2, h
     assert "EQUAL those of the uninterrupted run small-p0" in last, p2.stdout[-2000:]
     from vicuna_cloud.ledger import read_ledger
     from vicuna_cloud.storage import open_bucket
-    assert len(read_ledger(open_bucket(bucket), "small-p2").segments) == 3
+    segments = read_ledger(open_bucket(bucket), "small-p2").segments
+    # What each attempt did, so a failure says why there were more (or fewer) of them.
+    why = [(s.attempt, s.first_step, s.last_step, s.end_reason) for s in segments]
+    assert len(segments) == 3, f"{why}\n{p2.stdout[-6000:]}"
 
 
 def test_status_shows_the_eval_loss(p0, home, bucket):

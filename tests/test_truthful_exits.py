@@ -96,3 +96,24 @@ def test_hints_are_shell_quoted(tmp_path, capsys, monkeypatch):
     args = shlex.split(line[len("next:"):])
     assert args[:4] == ["vicuna-cloud", "launch", "7b", "--data"]
     assert args[4].startswith(str(target)) and len(args) == 5
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_full_disk_is_a_one_line_error_that_says_what_to_change(monkeypatch, capsys):
+    """The disk is the outer edge here: the trainer's run is replaced by a write to
+    /dev/full, which fails as a full disk does (ENOSPC), so main's handling is what runs.
+    A retry would fill the same disk again: exit 1 (not 69), and the advice names the fix."""
+    import train.__main__ as entry
+    import train.trainer
+
+    def run(uri, options):
+        with open("/dev/full", "wb") as f:
+            f.write(b"x" * 1024)
+            f.flush()
+
+    monkeypatch.setattr(train.trainer, "run", run)
+    assert entry.main(["--run-uri", "/nonexistent/run.json"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "no space left on the device" in err[0] and "checkpoint.keep=1" in err[0], err
+    assert entry.disk_full(OSError(5, "I/O error")) is None

@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - classified, printed, then the traceback
+        full = disk_full(e)
+        if full:  # the same disk fills again on a retry: say what to change (exit 1)
+            print(f"error (rank {os.environ.get('RANK', '0')}): {full}", file=sys.stderr)
+            return EXIT_FAILED
         code = exit_code_for(e)
         if code == EXIT_TRANSIENT:
             rank = os.environ.get("RANK", "0")
@@ -101,6 +105,19 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             return code
         raise
+
+
+def disk_full(e: BaseException) -> str | None:
+    """The one-line advice for ENOSPC on this machine's disk (checkpoint staging, the
+    token cache, a directory bucket), None for any other error."""
+    import errno
+
+    if not (isinstance(e, OSError) and e.errno == errno.ENOSPC):
+        return None
+    where = f" writing {e.filename}" if e.filename else ""
+    return (f"no space left on the device{where}: each checkpoint of this run needs its "
+            f"size again while it is written; free space there, keep fewer checkpoints "
+            f"(--set checkpoint.keep=1) or give the node a larger disk (disk_size)")
 
 
 def exit_code_for(e: BaseException) -> int:
