@@ -7,8 +7,10 @@ before anything imports sky. Files without .meta/*.md5 are never re-downloaded. 
 and the scratch VICUNA_CLOUD_HOME are removed when the session ends.
 
 Markers (``make test-fast`` runs ``-m "not slow and not servers"``):
-- ``slow``: torchrun end to end, the trainer or a real model in a child process, or a
-  fuzz run in one (each costs seconds of start-up); set by hand.
+- ``slow``: torchrun end to end, the trainer or a real model in a child process, a
+  fuzz run in one, or any test that takes seconds of its own (child interpreters that
+  import sky, a pty run to its end, kill-and-wait timing); set by hand. test-fast runs
+  the rest on every core (pytest-xdist), so no fast test may depend on another's order.
 - ``servers``: needs the moto S3 or fake-gcs-server servers (seconds to start); set here
   from the fixtures a test uses (also one it asks for by name through a parameter: "s3",
   "gcs", "s3_server"), so a new test is marked without anyone remembering to.

@@ -19,6 +19,10 @@ from train.masking import IGNORE, Example
 LENS = [37, 90, 13]          # three documents in one packed row of T = 140 tokens
 T = sum(LENS)
 
+# FlexAttention is compiled on the CPU (seconds for a process' first call): `make test`,
+# not test-fast.
+pytestmark = pytest.mark.slow
+
 
 def tiny(impl: str, seed: int = 0, **over):
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -15,6 +15,9 @@ from vicuna_cloud.recipes import PRESET_NAMES, VERSIONS
 
 EXE = Path(sys.executable).with_name("vicuna-cloud")
 
+# The console script in a child process per case (~1 s each): `make test`, not test-fast.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):

@@ -231,6 +231,7 @@ def test_7_a_vm_that_starts_over_budget_installs_nothing_and_exits_0(local_bucke
     assert "torchrun" not in run.stderr  # it never got that far
 
 
+@pytest.mark.slow  # the task's setup in a shell, with waits: seconds
 def test_7_within_budget_setup_opens_and_the_trainer_adopts_and_stops_its_heartbeat(
         local_bucket_uri, tmp_path):
     spec = _cloud_spec(local_bucket_uri, cap=500.0, fallback=10.0)

@@ -13,6 +13,7 @@ import tempfile
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+import pytest
 
 from vicuna_cloud.data import synthetic
 from vicuna_cloud.data.filters import DROP_REASONS, FilterOptions, clean_conversation
@@ -62,6 +63,7 @@ def test_cleaner_never_crashes_and_output_alternates(item):
         t["value"].encode("utf-8")
 
 
+@pytest.mark.slow  # 20 pipeline runs: seconds
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(conversation, min_size=1, max_size=12), st.sampled_from(["truncate", "drop"]))
 def test_pipeline_accounts_for_every_conversation(items, long_pair):

@@ -240,6 +240,7 @@ def test_bad_eval_input_is_a_one_line_error(tmp_path, monkeypatch):
     assert r.returncode == 2 and "no such file" in r.stderr and r.stderr.strip().count("\n") == 0
 
 
+@pytest.mark.slow  # a served endpoint and the judge: seconds
 def test_eval_of_a_cloud_service_is_priced_and_sends_its_stop_strings(judge, tmp_path):
     """A service `vicuna-cloud serve` launched is in this machine's serve index with its
     $/hour and stop strings; eval --base-url uses both (the endpoint is the stand-in)."""

@@ -48,6 +48,7 @@ def _estimate(*args):
     return json.loads(r.output)
 
 
+@pytest.mark.slow  # three estimates from the price catalog: seconds
 def test_mfu_from_a_gpu_check_and_from_metrics(tmp_path):
     check = tmp_path / "check.json"
     check.write_text(json.dumps({"kind": est.GPU_CHECK_KIND, "device": "cuda:0",

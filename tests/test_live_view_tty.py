@@ -14,6 +14,10 @@ import sys
 from pathlib import Path
 
 import pexpect
+import pytest
+
+# A launcher in a pty, run to its end (seconds each): `make test`, not test-fast.
+pytestmark = pytest.mark.slow
 
 DRIVER = str(Path(__file__).parent / "helpers" / "children" / "live_view_driver.py")
 

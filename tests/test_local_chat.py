@@ -104,6 +104,7 @@ def test_chat_interactive_loop_keeps_the_conversation(export_dir):
     assert len(lines) == 2 and lines[0] == expected_reply(export_dir, "Hello", 4)
 
 
+@pytest.mark.slow  # two CLI child processes: seconds
 def test_chat_unknown_run_is_a_one_line_error(local_bucket_uri):
     r = cli("chat", "no-such-run", "--bucket", local_bucket_uri, "--prompt", "hi")
     assert r.returncode == 2

@@ -16,10 +16,14 @@ from vicuna_cloud.run_store import spec_from_preset, write_run_spec
 from vicuna_cloud.storage import open_bucket
 
 
-def cli(*args, home):
-    env = dict(os.environ, VICUNA_CLOUD_HOME=str(home), COLUMNS="400")
-    return subprocess.run([sys.executable, "-m", "vicuna_cloud", *args], capture_output=True,
-                          text=True, timeout=120, env=env)
+def cli(*args, home, capsys, monkeypatch) -> subprocess.CompletedProcess:
+    """`vicuna-cloud ARGS` in this process (the CLI's own main: a child interpreter would
+    cost a second per case and prove nothing more for input that never reaches a run)."""
+    from helpers.cli import run_cli
+
+    monkeypatch.setenv("VICUNA_CLOUD_HOME", str(home))
+    r = run_cli(capsys, monkeypatch, *args)
+    return subprocess.CompletedProcess(list(args), r.code, r.out, r.err)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -35,8 +39,9 @@ def cli(*args, home):
     (["small", "--local", "--base-model", "/nonexistent"], "not a model directory"),
     (["small", "--local", "--version", "v1.5"], "uses the Vicuna v1.1 format"),
 ])
-def test_bad_input_is_one_line_and_nothing_is_written(tmp_path, args, message):
-    r = cli("launch", *args, home=tmp_path)
+def test_bad_input_is_one_line_and_nothing_is_written(tmp_path, args, message, capsys,
+                                                      monkeypatch):
+    r = cli("launch", *args, home=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     assert r.returncode == 2, r.stdout + r.stderr
     assert message in r.stderr and r.stderr.strip().count("\n") == 0
     assert "Traceback" not in r.stderr
@@ -48,11 +53,11 @@ def spec(bucket_uri, seed=7):
                             dataset_sha256=None, bucket_uri=bucket_uri, cloud="local", seed=seed)
 
 
-def test_existing_run_with_other_settings_is_refused(tmp_path):
+def test_existing_run_with_other_settings_is_refused(tmp_path, capsys, monkeypatch):
     b = str(tmp_path / "b")
     write_run_spec(open_bucket(b), spec(b, seed=7))
     r = cli("launch", "tiny", "--local", "--bucket", b, "--run-id", "r1", "--seed", "8",
-            home=tmp_path)
+            home=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     assert r.returncode == 2 and "seed 7" in r.stderr and "choose a new --run-id" in r.stderr
 
 

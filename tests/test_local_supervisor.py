@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from vicuna_cloud.exit_codes import EXIT_CONFIG
 from vicuna_cloud.local.live_view import MetricsTail
@@ -163,6 +164,7 @@ def _live(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow  # waits out kills and a restart: seconds
 def test_group_kill_of_the_launcher_alone_never_leaves_workers_beside_the_next_attempt(tmp_path):
     """Issue 14 #1: `kill -9` of torchrun's process group alone left its workers (own
     sessions, adopted by init) running, and the next attempt started beside them. The

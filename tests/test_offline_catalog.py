@@ -21,6 +21,9 @@ INTERNALS = ("sky-payload", "rich_init", "rich_exit", "Failed to fetch", "Traceb
              "urllib3", "HTTPSConnectionPool")
 HEADLINE = "error: the price catalog is not cached and cannot be fetched: "
 
+# Child processes that import sky (seconds each): `make test`, not test-fast.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def offline(tmp_path):

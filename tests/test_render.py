@@ -185,6 +185,7 @@ def _modules_after(args: list[str]) -> list[str]:
     return json.loads(proc.stderr.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # fresh interpreters that import sky: seconds
 def test_help_imports_neither_torch_nor_sky_and_render_no_torch():
     assert _modules_after(["--help"]) == []
     loaded = _modules_after(["render", "7b"])

@@ -66,14 +66,10 @@ def test_status_list_fits_80_columns(local_bucket_uri, tmp_path, capsys, monkeyp
         write_fake_run(local_bucket_uri, rid)
         run_index.record(run_index.RunRecord(run_id=rid, bucket_uri=local_bucket_uri,
                                              backend="local"))
-    from vicuna_cloud.cli.common import console
-
-    monkeypatch.setattr(console, "width", 320)  # piped: the wide list has the bucket
-    r = run_cli(capsys, monkeypatch, "status")
+    r = run_cli(capsys, monkeypatch, "status", width=320)  # piped: the wide list has the bucket
     assert r.code == 0, r.err
     assert local_bucket_uri in r.out and "vicuna-a-very-long-run-identifier-20261201-101502" in r.out
-    monkeypatch.setattr(console, "width", 80)  # an 80-column terminal
-    r = run_cli(capsys, monkeypatch, "status")
+    r = run_cli(capsys, monkeypatch, "status", width=80)  # an 80-column terminal
     lines = [ln for ln in r.out.splitlines() if "vicuna-a-very" in ln]
     assert len(lines) == 3, r.out  # one line per run: ids ellipsized, never folded
     assert all(len(ln) <= 80 for ln in r.out.splitlines()), r.out

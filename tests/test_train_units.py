@@ -214,6 +214,7 @@ def test_metrics_upload_failure_does_not_stop_training(tmp_path):
     assert len(bucket.get_bytes("runs/r/metrics.jsonl").decode().splitlines()) == 2
 
 
+@pytest.mark.slow  # a slow bucket on purpose: seconds
 def test_metrics_upload_does_not_hold_up_the_step(tmp_path):
     """Rank 0 re-uploads metrics.jsonl every flush interval; a slow object store must not
     stall the step (every other rank would wait for rank 0 in the next collective)."""

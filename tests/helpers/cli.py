@@ -17,11 +17,16 @@ class CliResult:
     err: str
 
 
-def run_cli(capsys, monkeypatch, *args: str) -> CliResult:
-    """``vicuna-cloud ARGS`` through vicuna_cloud.cli.main (UserError -> exit 2 included)."""
-    from vicuna_cloud.cli import main
+def run_cli(capsys, monkeypatch, *args: str, width: int = 400) -> CliResult:
+    """``vicuna-cloud ARGS`` through vicuna_cloud.cli.main (UserError -> exit 2 included),
+    on consoles ``width`` columns wide."""
+    from vicuna_cloud.cli import common, main
 
     monkeypatch.setenv("COLUMNS", "400")  # rich must not wrap the one-line error
+    # ... and the CLI's consoles, which read COLUMNS once, when vicuna_cloud.cli is first
+    # imported: by whichever test came first (another order under pytest-xdist).
+    for c in (common.console, common.err_console):
+        monkeypatch.setattr(c, "_width", width)
     monkeypatch.setattr(sys, "argv", ["vicuna-cloud", *args])
     capsys.readouterr()
     code = 0
