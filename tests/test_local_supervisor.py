@@ -24,6 +24,9 @@ from vicuna_cloud.storage import open_bucket
 
 WORKER = str(Path(__file__).parent / "helpers" / "children" / "supervised_worker.py")
 
+# Real child processes run, killed and restarted, 1-2 s a test: `make test`, not test-fast.
+pytestmark = pytest.mark.slow
+
 
 def make(tmp_path, mode="ok", total=20, dt=0.05, **cfg):
     env = dict(os.environ, METRICS=str(tmp_path / "metrics.jsonl"), STATE=str(tmp_path / "state"),
@@ -164,7 +167,6 @@ def _live(pid: int) -> bool:
         return False
 
 
-@pytest.mark.slow  # waits out kills and a restart: seconds
 def test_group_kill_of_the_launcher_alone_never_leaves_workers_beside_the_next_attempt(tmp_path):
     """Issue 14 #1: `kill -9` of torchrun's process group alone left its workers (own
     sessions, adopted by init) running, and the next attempt started beside them. The
