@@ -290,7 +290,7 @@ def _launch_cloud(req, out, json_out, take_over: bool = False) -> None:
         for w in p.warnings:
             _warn(w)
         if json_out:
-            print_json(summary.model_dump())
+            print_json(summary.model_dump(exclude_unset=True))
         else:
             console.print(_launch_table(p, True, extra))
         return
@@ -300,7 +300,7 @@ def _launch_cloud(req, out, json_out, take_over: bool = False) -> None:
         err_console.print(f"[yellow]warning:[/] {res.warning}", highlight=False)
     summary = summary.model_copy(update={"job_id": res.job_id, "run_uri": res.run_uri})
     if json_out:
-        print_json(summary.model_dump())
+        print_json(summary.model_dump(exclude_unset=True))
         return
     console.print(_launch_table(p, False, {"job id": res.job_id}))
     console.print(f"follow it: vicuna-cloud status {p.spec.run_id}; "

@@ -128,7 +128,7 @@ class LaunchPlan(BaseModel):
 
 class LaunchSummary(BaseModel):
     """The --json twin of launch's table; ``job_id`` once submitted, ``written`` after a
-    dry run with --out."""
+    dry run with --out (printed with ``exclude_unset``: absent until then, as before)."""
 
     run_id: str
     job_name: str
