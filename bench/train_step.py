@@ -35,6 +35,9 @@ SHAPES = {
                num_key_value_heads=32, vocab_size=32000),
     "13b": dict(hidden_size=5120, intermediate_size=13824, num_attention_heads=40,
                 num_key_value_heads=40, vocab_size=32000),
+    # SmolLM2-135M (the `small` preset's base, GQA with 3 KV heads): 30 layers.
+    "smollm2": dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9,
+                    num_key_value_heads=3, vocab_size=49152),
     "tiny": dict(hidden_size=64, intermediate_size=176, num_attention_heads=4,
                  num_key_value_heads=4, vocab_size=32000),
 }

