@@ -1,11 +1,11 @@
-"""Before/after on held-out prompts: ``python -m train.compare --base DIR --tuned DIR
---prompts FILE``.
+"""One side of the before/after on held-out prompts: ``python -m train.compare --model DIR
+--prompts FILE`` (vicuna_cloud/local/demo.py runs the base's and the tuned model's at once).
 
 Both models get the same prompts through the run's Vicuna template (the stop being the
 tuned tokenizer's EOS) and generate greedily up to ``--max-new-tokens``. A reply *ends*
 when the model emits EOS before that limit; a base model prompted with a chat format it
 was not tuned on typically runs on into invented ``USER:`` turns instead. Prints one JSON
-object: per model, the fraction of prompts that ended, and every reply.
+object: the fraction of prompts that ended, and every reply.
 """
 
 from __future__ import annotations
@@ -45,20 +45,15 @@ def generate(model_dir: str, template_name: str, prompts: list[str], max_new_tok
     return out
 
 
-def compare(base: str, tuned: str, template: str, prompts: list[str],
-            max_new_tokens: int) -> dict:
-    result = {"prompts": prompts, "max_new_tokens": max_new_tokens}
-    for name, path in (("base", base), ("tuned", tuned)):
-        replies = generate(path, template, prompts, max_new_tokens)
-        result[name] = {"ended_fraction": sum(r["ended"] for r in replies) / max(len(replies), 1),
-                        "replies": replies}
-    return result
+def replies_of(model_dir: str, template: str, prompts: list[str], max_new_tokens: int) -> dict:
+    replies = generate(model_dir, template, prompts, max_new_tokens)
+    return {"ended_fraction": sum(r["ended"] for r in replies) / max(len(replies), 1),
+            "replies": replies}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.compare", description=__doc__)
-    p.add_argument("--base", required=True)
-    p.add_argument("--tuned", required=True)
+    p.add_argument("--model", required=True, help="a model directory (base or tuned)")
     p.add_argument("--prompts", required=True, help="JSON list of prompt strings")
     p.add_argument("--template", default="vicuna_v1.1")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -66,7 +61,7 @@ def main(argv=None) -> int:
     with open(a.prompts, encoding="utf-8") as f:
         prompts = json.load(f)
     try:
-        res = compare(a.base, a.tuned, a.template, prompts, a.max_new_tokens)
+        res = replies_of(a.model, a.template, prompts, a.max_new_tokens)
     except OSError as e:
         print(f"error: cannot load a model: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
