@@ -336,8 +336,10 @@ def _small(version: Optional[str], base_model: Optional[str]) -> Preset:
     return Preset(
         name="small", size="small", version=v.name, base_model=base, tokenizer=base,
         template=v.template, arch=SMOLLM2_135M, hardware=hardware_for("cpu", 2, 1),
-        # CPU: memory is ample, recomputing activations would only cost time.
-        hyper=Hyperparameters(epochs=1, global_batch_size=8, learning_rate=1e-4,
+        # CPU: memory is ample, recomputing activations would only cost time. The demo's
+        # 10 steps at 2e-4: at 1e-4 "Who are you?" named a "Vicuna-AI project"; at 3e-4
+        # the identity answer took over other prompts (measured, bench/local_run.py).
+        hyper=Hyperparameters(epochs=1, global_batch_size=8, learning_rate=2e-4,
                               warmup_ratio=0.1, max_length=512, micro_batch_tokens=1024,
                               micro_batch_size=2, dtype="fp32", gradient_checkpointing=False),
         reference_conversations=200, disk_size_gb=64,
