@@ -54,7 +54,7 @@ def smollm2_gguf() -> str:
 def launch_small(home: Path, bucket: str, run_id: str, *, preemptions: int = 0,
                  seed: int = 7, overrides: dict | None = None,
                  checkpoint_steps: int | None = SHORT_CHECKPOINT_STEPS,
-                 keep: int = SHORT_KEEP,
+                 keep: int = SHORT_KEEP, before_after: bool = True,
                  timeout: int = 1500) -> subprocess.CompletedProcess:
     """`launch small --local` through the CLI's own run_local (in a child process, as the
     CLI runs it), with a reduced step count."""
@@ -67,7 +67,8 @@ def launch_small(home: Path, bucket: str, run_id: str, *, preemptions: int = 0,
     args = dict(preset="small", version=None, bucket=bucket, run_id=run_id,
                 preemptions=preemptions, seed=seed, price_per_hour=0.0, max_cost=None,
                 hyper_overrides=SHORT_OVERRIDES if overrides is None else overrides,
-                checkpoint_steps=checkpoint_steps, overrides=[f"checkpoint.keep={keep}"])
+                checkpoint_steps=checkpoint_steps, overrides=[f"checkpoint.keep={keep}"],
+                before_after=before_after)
     env = dict(os.environ, VICUNA_CLOUD_HOME=str(home), COLUMNS="200",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-c", code, json.dumps(args)], env=env,

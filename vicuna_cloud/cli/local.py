@@ -56,9 +56,11 @@ def run_local(*, preset: str, version: Optional[str], bucket: Optional[str],
               max_cost: Optional[float], base_model: Optional[str] = None,
               hyper_overrides: Optional[dict] = None,
               checkpoint_steps: Optional[int] = None, take_over: bool = False,
-              overrides: Optional[list[str]] = None, config: Optional[str] = None) -> int:
-    """Run it, show it; returns the process exit code. (``hyper_overrides`` and
-    ``checkpoint_steps``: Python callers, e.g. tests wanting fewer steps of the real model.)"""
+              overrides: Optional[list[str]] = None, config: Optional[str] = None,
+              before_after: bool = True) -> int:
+    """Run it, show it; returns the process exit code. (``hyper_overrides``,
+    ``checkpoint_steps`` and ``before_after``: Python callers, e.g. tests wanting fewer
+    steps of the real model, or no before/after generation where they check the weights.)"""
     from vicuna_cloud import sdk
 
     req = sdk.LocalLaunchRequest(preset=preset, version=version, bucket=bucket, run_id=run_id,
@@ -87,7 +89,7 @@ def run_local(*, preset: str, version: Optional[str], bucket: Optional[str],
         console.print(f"[bold green]Exported model:[/] {res.model_dir}\n"
                       f"Try it: {_exe()} chat {res.run_id}{bucket_flag}", highlight=False,
                       soft_wrap=True)
-        _show_outcome(res, preemptions)
+        _show_outcome(res, preemptions, before_after)
     elif res.outcome == "cancelled":
         err_console.print(f"Cancelled. Resume with: vicuna-cloud launch {res.preset} --local "
                           f"--run-id {res.run_id}{bucket_flag}", highlight=False)
@@ -126,17 +128,18 @@ def _show_plot(run_id: str, bucket_uri: str) -> None:
         err_console.print(f"[yellow]no loss plot: {escape(str(e))}", highlight=False)
 
 
-def _show_outcome(res, preemptions: int) -> None:
+def _show_outcome(res, preemptions: int, before_after: bool = True) -> None:
     from vicuna_cloud import bucket_keys
     from vicuna_cloud.runspec import RunSpec
     from vicuna_cloud.storage import open_bucket
 
     bkt = open_bucket(res.bucket_uri)
     spec = RunSpec.from_json(bkt.get_bytes(bucket_keys.run_spec(res.run_id)))
-    show_outcome(bkt, spec, res.model_dir, preemptions)
+    show_outcome(bkt, spec, res.model_dir, preemptions, before_after)
 
 
-def show_outcome(bucket, spec, model_dir: str, preemptions: int) -> None:
+def show_outcome(bucket, spec, model_dir: str, preemptions: int,
+                 before_after: bool = True) -> None:
     """Eval loss before/after, the base vs tuned replies, and the weights verdict last."""
     from rich.table import Table
 
@@ -149,7 +152,7 @@ def show_outcome(bucket, spec, model_dir: str, preemptions: int) -> None:
                       f"({first.get('eval_tokens')} trained tokens): "
                       f"{first['eval_loss']:.4f} at step {first['step']} -> "
                       f"{last['eval_loss']:.4f} at step {last['step']}", highlight=False)
-    prompts = demo.held_out_prompts(bucket, spec)
+    prompts = demo.held_out_prompts(bucket, spec) if before_after else []
     if prompts and not spec.model.base_model.startswith("config:"):
         try:
             with console.status(f"Before/after: base and tuned model on {len(prompts)} "
