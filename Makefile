@@ -28,9 +28,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/vicuna-cloud launch small --local
 
-# The whole suite: what CI runs.
+# The whole suite: what CI runs. The quick tests first, on every core (as test-fast); then
+# the rest one at a time: each of them runs 2 training processes or servers of its own.
+# The two marker expressions cover every test.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -m "not slow and not servers" -n auto
+	$(BIN)/python -m pytest -q -m "slow or servers" --durations=25
 
 # The day-to-day loop: no torchrun, no object-store servers, nothing that takes seconds
 # (markers: see tests/conftest.py), on every core.
