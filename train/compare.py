@@ -1,8 +1,9 @@
 """One side of the before/after on held-out prompts: ``python -m train.compare --model DIR
 --prompts FILE`` (vicuna_cloud/local/demo.py runs the base's and the tuned model's at once).
 
-Both models get the same prompts through the run's Vicuna template (the stop being the
-tuned tokenizer's EOS) and generate greedily up to ``--max-new-tokens``. A reply *ends*
+Both models get the same prompts through the run's Vicuna template (each process stops on
+its model's own tokenizer's EOS, the reply stop the run trained) and generate greedily up
+to ``--max-new-tokens``. A reply *ends*
 when the model emits EOS before that limit; a base model prompted with a chat format it
 was not tuned on typically runs on into invented ``USER:`` turns instead. Prints one JSON
 object: the fraction of prompts that ended, and every reply.

@@ -4,7 +4,7 @@ preemption proof.
 1. Eval loss on the held-out split at the start and at the end (metrics.jsonl).
 2. Before/after on the held-out prompts: the base and the tuned model, same template,
    greedy, ``MAX_NEW_TOKENS``; the fraction whose reply ended with EOS before the limit
-   (``python -m train.compare`` in a subprocess: this module stays torch-free).
+   (``python -m train.compare``, one subprocess per model: this module stays torch-free).
 3. Whether the final weights equal an uninterrupted run's: every run that completed in
    one segment records its weights' sha256 (train/export.py writes it to EXPORT.json)
    under a key of everything that determines them (base, data, template,
@@ -81,11 +81,16 @@ def held_out_prompts(bucket, spec, limit: int = MAX_PROMPTS) -> list[str]:
 def compare(base_dir: str, tuned_dir: str, template: str, prompts: list[str],
             max_new_tokens: int = MAX_NEW_TOKENS) -> Comparison:
     """Both models' greedy replies, generated side by side in two processes with half the
-    cores each: decoding a 135M model is bound by memory bandwidth, not by the cores, so
-    two at once took 20 s where one after the other took 39 (2 cores, 11 prompts)."""
+    usable cores each (unless OMP_NUM_THREADS says otherwise): decoding a 135M model is
+    bound by memory bandwidth, not by the cores, so two at once took 20 s where one after
+    the other took 39 (2 cores, 11 prompts)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vicuna_cloud.data.pipeline import usable_cores
+
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(prompts + list(SHOWCASE), f)
-    threads = str(max(1, (os.cpu_count() or 2) // 2))
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, usable_cores() // 2))
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=threads,
                MKL_NUM_THREADS=threads)
     procs: dict[str, subprocess.Popen] = {}
@@ -95,18 +100,22 @@ def compare(base_dir: str, tuned_dir: str, template: str, prompts: list[str],
                 [sys.executable, "-m", "train.compare", "--model", path, "--prompts", f.name,
                  "--template", template, "--max-new-tokens", str(max_new_tokens)],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        outs = {who: (*p.communicate(), p.returncode) for who, p in procs.items()}
+        with ThreadPoolExecutor(len(procs)) as pool:  # each child's pipes drained at once
+            talks = {who: pool.submit(p.communicate) for who, p in procs.items()}
+            outs = {who: (*t.result(), procs[who].returncode) for who, t in talks.items()}
     finally:
         for p in procs.values():  # interrupted (Ctrl-C): no generation outlives the demo
             if p.poll() is None:
                 p.kill()
+            p.wait()
         os.unlink(f.name)
     raw: dict = {"prompts": prompts + list(SHOWCASE), "max_new_tokens": max_new_tokens}
     for who, (out, err, rc) in outs.items():
-        if rc:
+        lines = out.strip().splitlines()
+        if rc or not lines:
             raise RuntimeError(f"{who} model: "
                                f"{(err.strip().splitlines() or ['no output'])[-1]}")
-        raw[who] = json.loads(out.strip().splitlines()[-1])
+        raw[who] = json.loads(lines[-1])
     n = len(prompts)
     frac = lambda who: sum(r["ended"] for r in raw[who]["replies"][:n]) / max(n, 1)  # noqa: E731
     return Comparison(prompts, frac("base"), frac("tuned"), raw)
