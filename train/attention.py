@@ -147,8 +147,9 @@ def _varlen_bwd_cpu(grad_out, query, key, value, out, lse, cu_seq_q, cu_seq_k, m
     _check_cpu_args(cu_seq_q, cu_seq_k, window_size)
     heads, kv_heads = query.shape[1], key.shape[1]
     dq = torch.zeros_like(query)
-    dk = torch.zeros(key.shape[0], heads, key.shape[2], dtype=query.dtype)
-    dv = torch.zeros(value.shape[0], heads, value.shape[2], dtype=query.dtype)
+    # fp32: a kv head's gradient is the sum over its query heads, rounded once at the end.
+    dk = torch.zeros(key.shape[0], heads, key.shape[2], dtype=torch.float32)
+    dv = torch.zeros(value.shape[0], heads, value.shape[2], dtype=torch.float32)
     k, v = _expand_kv(key, heads), _expand_kv(value, heads)
     for a, b in _segments(cu_seq_q):
         gq, gk, gv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
