@@ -30,10 +30,12 @@ demo: $(STAMP)
 
 # The whole suite: what CI runs. The quick tests first, on every core (as test-fast); then
 # the rest one at a time: each of them runs 2 training processes or servers of its own.
-# The two marker expressions cover every test.
+# The two marker expressions cover every test; both parts run, whichever fails.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not servers" -n auto
-	$(BIN)/python -m pytest -q -m "slow or servers" --durations=25
+	rc=0; \
+	$(BIN)/python -m pytest -q -m "not slow and not servers" -n auto || rc=$$?; \
+	$(BIN)/python -m pytest -q -m "slow or servers" --durations=25 || rc=$$?; \
+	exit $$rc
 
 # The day-to-day loop: no torchrun, no object-store servers, nothing that takes seconds
 # (markers: see tests/conftest.py), on every core.
